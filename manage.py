@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Herald's one command-line entry: database, roles, tokens and registry look-ups."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _settings() -> Any:
+    from service.config import Settings
+
+    return Settings.from_env()
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from alembic import command
+
+    from service.db import ensure_database
+
+    url = _settings().database_url
+    cfg = alembic_config(url)
+    if args.action == "upgrade":
+        if ensure_database(url):
+            print(f"created database {url.rsplit('/', 1)[-1]}")
+        command.upgrade(cfg, args.rev or "head")
+    elif args.action == "downgrade":
+        command.downgrade(cfg, args.rev or "-1")
+    elif args.action == "current":
+        command.current(cfg, verbose=True)
+    elif args.action == "revision":
+        command.revision(cfg, message=args.message, autogenerate=True)
+    return 0
+
+
+def _exec_celery(*argv: str) -> int:
+    # exec keeps this PID, so whoever started the role can stop exactly it
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "workers.celery_app", *argv])
+    return 0  # pragma: no cover
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if args.role == "frontend":
+        from service.server import run
+
+        run(settings, args.port or 8000)
+        return 0
+    var = ROOT / "var"
+    var.mkdir(exist_ok=True)
+    if args.role == "worker":
+        return _exec_celery("worker", "-Q", settings.task_queue, "-c",
+                            str(settings.worker_concurrency), "-l", "info",
+                            "-n", f"herald-{os.getpid()}@%h")
+    if args.role == "beat":
+        schedule = var / f"beat-schedule-{settings.task_queue}"
+        return _exec_celery("beat", "-l", "info", "-s", str(schedule))
+    if args.role == "flower":
+        return _exec_celery("flower", f"--port={args.port or settings.flower_port}",
+                            "--address=" + settings.host,
+                            f"--broker_api={settings.rabbitmq_api_url}")
+    raise SystemExit(f"unknown role {args.role}")
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from service.auth import issue_token
+
+    print(issue_token(_settings().secret_key, args.user, join=args.join, publish=args.publish,
+                      tasks=args.task, ttl_s=args.ttl))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from service.envelope import Target
+    from workers.notify import publisher
+
+    if args.all:
+        target = Target.all()
+    elif args.group:
+        target = Target.group(args.group, args.scope)
+    else:
+        target = Target.user(args.user)
+    data = json.loads(args.data)
+    msg_id = publisher().publish(target, args.event, __import__("msgspec").Raw(
+        json.dumps(data).encode()), durable=not args.transient)
+    print(json.dumps({"id": msg_id}))
+    return 0
+
+
+def _print(rows: Any) -> int:
+    print(json.dumps(rows, indent=2, default=str))
+    return 0
+
+
+def cmd_members(args: argparse.Namespace) -> int:
+    from service import registry
+    from service.db import get_engine
+
+    return _print(registry.get_members(get_engine(_settings().database_url), args.scope, args.group))
+
+
+def cmd_frontends(args: argparse.Namespace) -> int:
+    from service import registry
+    from service.db import get_engine
+
+    return _print(registry.list_frontends(get_engine(_settings().database_url)))
+
+
+def cmd_connections(args: argparse.Namespace) -> int:
+    from service import registry
+    from service.db import get_engine
+
+    return _print(registry.user_connections(get_engine(_settings().database_url), args.user))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="manage.py", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="Alembic migrations")
+    db.add_argument("action", choices=["upgrade", "downgrade", "current", "revision"])
+    db.add_argument("rev", nargs="?")
+    db.add_argument("-m", "--message", default="change")
+    db.set_defaults(func=cmd_db)
+
+    run = sub.add_parser("run", help="run one role in the foreground")
+    run.add_argument("role", choices=["frontend", "worker", "beat", "flower"])
+    run.add_argument("--port", type=int)
+    run.set_defaults(func=cmd_run)
+
+    tok = sub.add_parser("token", help="print a client JWT")
+    tok.add_argument("--user", required=True)
+    tok.add_argument("--join", action="append", default=[], metavar="PATTERN")
+    tok.add_argument("--publish", action="append", default=[], metavar="PATTERN")
+    tok.add_argument("--task", action="append", default=[], metavar="NAME")
+    tok.add_argument("--ttl", type=int, default=3600, metavar="SECONDS")
+    tok.set_defaults(func=cmd_token)
+
+    pub = sub.add_parser("publish", help="publish from the shell (durable unless --transient)")
+    target = pub.add_mutually_exclusive_group(required=True)
+    target.add_argument("--all", action="store_true")
+    target.add_argument("--group")
+    target.add_argument("--user")
+    pub.add_argument("--scope", default="default")
+    pub.add_argument("--event", required=True)
+    pub.add_argument("--data", default="null")
+    pub.add_argument("--transient", action="store_true")
+    pub.set_defaults(func=cmd_publish)
+
+    mem = sub.add_parser("members", help="cluster-wide members of a group")
+    mem.add_argument("group")
+    mem.add_argument("--scope", default="default")
+    mem.set_defaults(func=cmd_members)
+
+    fe = sub.add_parser("frontends", help="registered frontends")
+    fe.set_defaults(func=cmd_frontends)
+
+    con = sub.add_parser("connections", help="a user's connections")
+    con.add_argument("--user", required=True)
+    con.set_defaults(func=cmd_connections)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("HERALD_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    from service.config import ConfigError
+
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"herald: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The HTTP API for backends (bearer API key) and the unauthenticated probes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import msgspec
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from sqlalchemy.orm import Session
+from werkzeug.exceptions import HTTPException
+
+from . import registry
+from .auth import api_key_valid
+from .envelope import NULL, Target, raw_json, valid_name
+from .errors import BadRequest, HeraldError, NotFound, Unauthorized
+from .frontend import Frontend
+from .models import TaskRecord
+
+api = Blueprint("api", __name__, url_prefix="/api")
+probes = Blueprint("probes", __name__)
+
+
+def node() -> Frontend:
+    return current_app.extensions["herald"]  # type: ignore[no-any-return]
+
+
+def require_key(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Bearer API key check, constant-time against every configured key."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        header = request.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            raise Unauthorized("missing bearer API key")
+        if not api_key_valid(key.strip(), node().settings.api_keys):
+            raise Unauthorized("invalid API key")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+class _PublishBody(msgspec.Struct, kw_only=True):
+    target: dict[str, Any]
+    event: str
+    data: msgspec.Raw = NULL
+    durable: bool = True
+    exclude_connection: str | None = None
+
+
+class _TaskBody(msgspec.Struct, kw_only=True):
+    name: str
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    notify: dict[str, Any]
+
+
+def _body(schema: type[Any]) -> Any:
+    if not request.is_json:
+        raise BadRequest("body must be JSON (Content-Type: application/json)")
+    try:
+        return msgspec.json.decode(request.get_data(cache=False), type=schema)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise BadRequest(str(exc)) from None
+
+
+@api.post("/publish")
+@require_key
+def publish() -> tuple[Response, int]:
+    body: _PublishBody = _body(_PublishBody)
+    target = Target.from_json(body.target)
+    if not valid_name(body.event):
+        raise BadRequest("event must be a name of 1-128 characters")
+    msg_id = node().publish(target, body.event, body.data, durable=body.durable,
+                            exclude=body.exclude_connection)
+    return jsonify({"id": msg_id}), 202
+
+
+@api.post("/tasks")
+@require_key
+def start_task() -> tuple[Response, int]:
+    from workers.client import start_task as enqueue
+
+    body: _TaskBody = _body(_TaskBody)
+    target = Target.from_json(body.notify)
+    return jsonify({"task_id": enqueue(body.name, body.args, target)}), 202
+
+
+@api.get("/tasks/<task_id>")
+@require_key
+def task_status(task_id: str) -> Response:
+    with Session(node().engine) as db:
+        rec = db.get(TaskRecord, task_id)
+    if rec is None:
+        raise NotFound(f"no task {task_id!r}")
+    return jsonify({"task_id": rec.id, "name": rec.name, "state": rec.state,
+                    "progress": rec.progress, "result": rec.result, "error": rec.error})
+
+
+@api.get("/frontends")
+@require_key
+def frontends() -> Response:
+    return jsonify(registry.list_frontends(node().engine))
+
+
+@probes.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok", "frontend": node().id})
+
+
+@probes.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    ready, reason = node().readiness()
+    return jsonify({"ready": ready, "reason": reason, "frontend": node().id}), 200 if ready else 503
+
+
+def _error_response(exc: HeraldError) -> tuple[Response, int]:
+    return jsonify({"error": exc.code, "message": exc.message}), exc.status
+
+
+def init_app(app: Flask) -> None:
+    """Register the blueprints and the JSON error handlers."""
+    app.register_blueprint(api)
+    app.register_blueprint(probes)
+    app.register_error_handler(HeraldError, _error_response)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[Response, int]:
+        code = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 413: "too_large", 429: "rate_limited"}.get(
+            exc.code or 500, "internal")
+        return jsonify({"error": code, "message": exc.description}), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def _internal(exc: Exception) -> tuple[Response, int]:
+        current_app.logger.exception("unhandled error")
+        return jsonify({"error": "internal", "message": "internal error"}), 500
+
+
+__all__ = ["init_app", "raw_json"]

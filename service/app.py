@@ -1,0 +1,62 @@
+"""The application factory: ``create_app(test_config=None)``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask
+from flask_sock import Sock
+
+from . import api, ws
+from .config import Settings
+from .frontend import Frontend
+
+#: WSGI environ key simple-websocket reads to negotiate permessage-deflate.
+_EXTENSIONS_HEADER = "HTTP_SEC_WEBSOCKET_EXTENSIONS"
+
+
+class NoDeflate:
+    """WSGI middleware: hide the client's extension offer so no socket gets deflate.
+
+    simple-websocket accepts permessage-deflate whenever it is offered, at ~100 KiB of
+    zlib state per socket; Herald makes it a setting (HERALD_WS_DEFLATE), off by default.
+    """
+
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]]) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        environ.pop(_EXTENSIONS_HEADER, None)
+        return self.wsgi_app(environ, start_response)
+
+
+def create_app(test_config: dict[str, Any] | None = None, *, port: int | None = None,
+               start: bool = True) -> Flask:
+    """Build the frontend app. ``test_config`` overrides settings fields by name.
+
+    ``start=False`` builds everything but starts no background work (unit tests).
+    """
+    settings = Settings.from_env()
+    if test_config:
+        settings = dataclasses.replace(settings, **test_config)
+    app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.config.update(
+        HERALD_SETTINGS=settings,
+        MAX_CONTENT_LENGTH=settings.max_frame_bytes,
+        SOCK_SERVER_OPTIONS={"max_message_size": settings.max_frame_bytes},
+    )
+    node = Frontend(settings, port)
+    app.extensions["herald"] = node
+    sock = Sock(app)
+    ws.init_app(app, sock)
+    api.init_app(app)
+    if not settings.ws_deflate:
+        app.wsgi_app = NoDeflate(app.wsgi_app)  # type: ignore[method-assign]
+    if start:
+        from workers import notify
+
+        notify.set_publish_hook(node.publish_hook)
+        node.start()
+    return app

@@ -1,0 +1,117 @@
+"""Client tokens (HS256 JWT) and their grants; API keys for backends.
+
+A token's ``sub`` is the user id. Grants are lists of patterns: an exact name, or a
+``prefix*`` pattern (``chat:*`` matches ``chat:1`` but not ``chatroom``). A group pattern
+may name its scope as ``scope/pattern``; without one it means the ``default`` scope.
+Publish grants also take ``@all``, ``@user:<pattern>`` and ``@connection:*``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from .envelope import DEFAULT_SCOPE, Target
+from .errors import Unauthorized
+
+ALGORITHM = "HS256"
+DEFAULT_TOKEN_TTL_S = 3600
+#: Seconds of clock skew tolerated between the issuer and the frontends.
+LEEWAY_S = 5
+
+
+def pattern_matches(pattern: str, name: str) -> bool:
+    """Exact match, or prefix match for a pattern that ends with ``*``."""
+    if pattern.endswith("*"):
+        return name.startswith(pattern[:-1])
+    return pattern == name
+
+
+def _split_scope(pattern: str) -> tuple[str, str]:
+    scope, sep, rest = pattern.partition("/")
+    return (scope, rest) if sep else (DEFAULT_SCOPE, pattern)
+
+
+def group_allowed(patterns: Iterable[str], scope: str, group: str) -> bool:
+    """True when some ``[scope/]pattern`` grants this group in this scope."""
+    for pattern in patterns:
+        if pattern.startswith("@"):
+            continue
+        p_scope, p_group = _split_scope(pattern)
+        if pattern_matches(p_scope, scope) and pattern_matches(p_group, group):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Grants:
+    """What one token lets its holder do."""
+
+    user_id: str
+    expires_at: float
+    join: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    claims: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def may_join(self, scope: str, group: str) -> bool:
+        return group_allowed(self.join, scope, group)
+
+    def may_start(self, task_name: str) -> bool:
+        return any(pattern_matches(p, task_name) for p in self.tasks)
+
+    def may_publish(self, target: Target) -> bool:
+        if target.kind == "group":
+            return group_allowed(self.publish, target.scope, target.key)
+        if target.kind == "all":
+            return "@all" in self.publish
+        prefix = f"@{target.kind}:"
+        return any(p.startswith(prefix) and pattern_matches(p[len(prefix):], target.key)
+                   for p in self.publish)
+
+
+def _str_list(claims: dict[str, Any], name: str) -> tuple[str, ...]:
+    value = claims.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Unauthorized(f"token claim {name!r} must be a list of strings")
+    return tuple(value)
+
+
+def issue_token(secret: str, user_id: str, *, join: Sequence[str] = (),
+                publish: Sequence[str] = (), tasks: Sequence[str] = (),
+                ttl_s: int = DEFAULT_TOKEN_TTL_S) -> str:
+    """Sign a client token (what a backend, or ``manage.py token``, hands a browser)."""
+    now = int(time.time())
+    claims = {"sub": user_id, "iat": now, "exp": now + ttl_s,
+              "join": list(join), "publish": list(publish), "tasks": list(tasks)}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(secret: str, token: str) -> Grants:
+    """Check signature, algorithm and expiry; return the grants. Raise Unauthorized."""
+    try:
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], leeway=LEEWAY_S,
+                            options={"require": ["exp", "sub"]})
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("token expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise Unauthorized(f"invalid token: {exc}") from None
+    sub = claims["sub"]
+    if not isinstance(sub, str) or not 0 < len(sub) <= 128:
+        raise Unauthorized("token sub must be a user id string")
+    return Grants(user_id=sub, expires_at=float(claims["exp"]),
+                  join=_str_list(claims, "join"), publish=_str_list(claims, "publish"),
+                  tasks=_str_list(claims, "tasks"), claims=claims)
+
+
+def api_key_valid(presented: str, keys: Iterable[str]) -> bool:
+    """Constant-time comparison against every configured key (no early exit)."""
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(presented.encode(), key.encode())
+    return ok

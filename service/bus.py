@@ -1,0 +1,181 @@
+"""The bus: one durable fanout exchange on RabbitMQ, through kombu.
+
+A backend only publishes and listens; what a message means is the frontend's business.
+``BusPublisher`` and ``BusConsumer`` use separate broker connections. The consumer owns one
+exclusive, auto-delete, server-named queue bound to the exchange; when its connection
+drops the queue goes with it, so it reconnects with capped backoff, declares a new queue
+and tells its owner (who replays the gap from the durable log). Workers construct only a
+publisher (write-only mode), with publisher confirms.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/x-herald"
+#: Seconds between AMQP heartbeats (each side closes after two missed).
+BROKER_HEARTBEAT_S = 10
+#: Reconnect backoff bounds, seconds.
+RECONNECT_MIN_S = 0.25
+RECONNECT_MAX_S = 5.0
+#: How long one publish may keep retrying a lost broker before it raises.
+PUBLISH_RETRY_BUDGET = {"max_retries": 6, "interval_start": 0.1, "interval_step": 0.5,
+                        "interval_max": 2.0}
+
+
+def fanout_exchange(name: str) -> Exchange:
+    return Exchange(name, type="fanout", durable=True)
+
+
+class BusPublisher:
+    """Publishes envelope bytes to the fanout exchange on its own connection."""
+
+    def __init__(self, url: str, exchange: str, *, confirm: bool = False,
+                 lock: Any = None) -> None:
+        self.exchange = fanout_exchange(exchange)
+        options = {"confirm_publish": True} if confirm else {}
+        self.connection = Connection(url, heartbeat=BROKER_HEARTBEAT_S,
+                                     transport_options=options)
+        # one lock per publisher: a kombu channel is not safe to share between greenlets
+        self._lock = lock if lock is not None else threading.Lock()
+        self._producer: Producer | None = None
+
+    def _get_producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(self.connection, exchange=self.exchange)
+            self.exchange(self._producer.channel).declare()
+        return self._producer
+
+    def publish(self, body: bytes) -> None:
+        """Publish one envelope; retries a lost connection, then raises."""
+        with self._lock:
+            producer = self._get_producer()
+            producer.publish(body, exchange=self.exchange, routing_key="",
+                             content_type=CONTENT_TYPE, content_encoding="binary",
+                             delivery_mode=1, retry=True, retry_policy=PUBLISH_RETRY_BUDGET,
+                             declare=[self.exchange])
+
+    def heartbeat_tick(self) -> None:
+        """Send/check AMQP heartbeats while idle; drop the connection if the broker is gone."""
+        with self._lock:
+            if not self.connection.connected:
+                return
+            try:
+                self.connection.heartbeat_check()
+            except self.connection.connection_errors:
+                log.warning("publisher connection lost; it reconnects on the next publish")
+                self._reset()
+
+    def _reset(self) -> None:
+        self._producer = None
+        try:
+            self.connection.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection may raise anything
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._reset()
+
+
+class BusConsumer:
+    """Consumes the fanout through one exclusive queue; reconnects by itself.
+
+    ``on_body`` gets each message's raw bytes; an exception there is logged and the loop
+    goes on. ``on_ready(queue_name, first)`` runs after each (re)declare; ``on_lost()``
+    when the connection drops.
+    """
+
+    def __init__(self, url: str, exchange: str, on_body: Callable[[bytes], None], *,
+                 on_ready: Callable[[str, bool], None] | None = None,
+                 on_lost: Callable[[], None] | None = None,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        self.url = url
+        self.exchange = fanout_exchange(exchange)
+        self.on_body = on_body
+        self.on_ready = on_ready
+        self.on_lost = on_lost
+        self.should_stop = False
+        self.connected = False
+        self.queue_name: str | None = None
+        self.reconnects = 0
+        self._sleep = sleep or time.sleep
+        self._connection: Connection | None = None
+
+    def stop(self) -> None:
+        self.should_stop = True
+        conn = self._connection
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def run(self) -> None:
+        """The consumer loop: connect, declare, drain; on loss back off and do it again."""
+        delay = RECONNECT_MIN_S
+        first = True
+        while not self.should_stop:
+            conn = Connection(self.url, heartbeat=BROKER_HEARTBEAT_S)
+            self._connection = conn
+            try:
+                conn.connect()
+                channel = conn.channel()
+                self.exchange(channel).declare()
+                queue = Queue("", exchange=self.exchange, exclusive=True, auto_delete=True,
+                              durable=False, channel=channel)
+                queue.declare()
+                consumer = Consumer(channel, queues=[queue], no_ack=True, auto_declare=False,
+                                    on_message=self._on_message)
+                consumer.consume()
+                self.queue_name = queue.name
+                self.connected = True
+                delay = RECONNECT_MIN_S
+                log.info("bus: consuming %s on exchange %s", queue.name, self.exchange.name)
+                if self.on_ready is not None:
+                    self.on_ready(queue.name, first)
+                first = False
+                self._drain(conn)
+            except (*conn.connection_errors, *conn.channel_errors, OSError) as exc:
+                if self.should_stop:
+                    break
+                log.warning("bus: connection lost (%s); reconnecting in %.2fs", exc, delay)
+            finally:
+                was_connected = self.connected
+                self.connected = False
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            if was_connected:
+                self.reconnects += 1
+                if self.on_lost is not None and not self.should_stop:
+                    self.on_lost()
+            if not self.should_stop:
+                self._sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+
+    def _drain(self, conn: Connection) -> None:
+        while not self.should_stop:
+            try:
+                conn.drain_events(timeout=BROKER_HEARTBEAT_S / 4)
+            except socket.timeout:
+                pass
+            # after every drain, busy or idle: with no_ack we send nothing else, and the
+            # broker closes a connection that stays silent for two heartbeats
+            conn.heartbeat_check()
+
+    def _on_message(self, message: Any) -> None:
+        try:
+            self.on_body(message.body)
+        except Exception:  # noqa: BLE001 - one bad message must not stop the consumer
+            log.exception("bus: failed to handle a message; skipped")

@@ -1,0 +1,194 @@
+"""Herald configuration: every setting, read from ``HERALD_*`` environment variables.
+
+One frozen dataclass is the single source of truth. Each field has a safe default;
+``Settings.from_env()`` reads the environment, and production mode refuses to start
+without the secrets that development mode may generate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEV_SECRET_DIR = Path(os.environ.get("HERALD_VAR_DIR", Path(__file__).resolve().parent.parent / "var"))
+
+
+_warned: set[str] = set()
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or invalid; the process must not start."""
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _list(name: str) -> tuple[str, ...]:
+    raw = os.environ.get(name, "")
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _dev_value(filename: str, what: str) -> str:
+    """Return a development-only value shared by every local process through a file.
+
+    Two frontends and a worker started from one checkout must agree on the secret, so a
+    generated value is written once under ``var/`` and read back by the others.
+    """
+    DEV_SECRET_DIR.mkdir(parents=True, exist_ok=True)
+    path = DEV_SECRET_DIR / filename
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        value = ""
+    if not value:
+        value = secrets.token_urlsafe(32)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(value)
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    if filename not in _warned:
+        _warned.add(filename)
+        log.warning(
+            "%s is not set: using a generated development value from %s. "
+            "Never run like this in production (HERALD_ENV=production refuses to).",
+            what, path,
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of Herald's settings. Field docs name the environment variable."""
+
+    env: str = "development"  # HERALD_ENV: development | production
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/herald"  # HERALD_DATABASE_URL
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"  # HERALD_BROKER_URL
+    secret_key: str = ""  # HERALD_SECRET_KEY: HS256 key for client tokens
+    api_keys: tuple[str, ...] = ()  # HERALD_API_KEYS: comma-separated bearer keys
+    allowed_origins: tuple[str, ...] = ()  # HERALD_ALLOWED_ORIGINS: comma-separated; "*" = any
+    hello_timeout_s: float = 10.0  # HERALD_HELLO_TIMEOUT
+    max_frame_bytes: int = 64 * 1024  # HERALD_MAX_FRAME
+    outbox_limit: int = 1024  # HERALD_OUTBOX_LIMIT: queued frames per socket before 1013
+    history_ttl_s: int = 24 * 3600  # HERALD_HISTORY_TTL: durable log retention
+    heartbeat_s: float = 10.0  # HERALD_HEARTBEAT: frontend liveness and client ping hint
+    exchange: str = "herald.fanout"  # HERALD_EXCHANGE: the fanout exchange name
+    task_queue: str = "herald.tasks"  # HERALD_TASK_QUEUE: Celery's task queue
+    frontend_id: str = ""  # HERALD_FRONTEND_ID: stable id of this frontend (default host-port)
+    host: str = "127.0.0.1"  # HERALD_HOST: address the frontend binds
+    ws_deflate: bool = False  # HERALD_WS_DEFLATE: permessage-deflate (~100 KiB per socket)
+    db_pool_size: int = 4  # HERALD_DB_POOL_SIZE: connections per frontend process
+    log_json: bool = False  # HERALD_LOG_JSON: one JSON object per log line
+    worker_concurrency: int = 2  # HERALD_WORKER_CONCURRENCY
+    flower_port: int = 5555  # HERALD_FLOWER_PORT
+    rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672/api/"  # HERALD_RABBITMQ_API
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read every setting from the environment and check it is usable."""
+        env = os.environ.get("HERALD_ENV", "development").strip().lower()
+        if env not in {"development", "production"}:
+            raise ConfigError(f"HERALD_ENV must be development or production, got {env!r}")
+        settings = cls(
+            env=env,
+            database_url=os.environ.get("HERALD_DATABASE_URL") or cls.database_url,
+            broker_url=os.environ.get("HERALD_BROKER_URL") or cls.broker_url,
+            secret_key=os.environ.get("HERALD_SECRET_KEY", ""),
+            api_keys=_list("HERALD_API_KEYS"),
+            allowed_origins=_list("HERALD_ALLOWED_ORIGINS"),
+            hello_timeout_s=_float("HERALD_HELLO_TIMEOUT", cls.hello_timeout_s),
+            max_frame_bytes=_int("HERALD_MAX_FRAME", cls.max_frame_bytes),
+            outbox_limit=_int("HERALD_OUTBOX_LIMIT", cls.outbox_limit),
+            history_ttl_s=_int("HERALD_HISTORY_TTL", cls.history_ttl_s),
+            heartbeat_s=_float("HERALD_HEARTBEAT", cls.heartbeat_s),
+            exchange=os.environ.get("HERALD_EXCHANGE") or cls.exchange,
+            task_queue=os.environ.get("HERALD_TASK_QUEUE") or cls.task_queue,
+            frontend_id=os.environ.get("HERALD_FRONTEND_ID", ""),
+            host=os.environ.get("HERALD_HOST") or cls.host,
+            ws_deflate=_bool("HERALD_WS_DEFLATE", cls.ws_deflate),
+            db_pool_size=_int("HERALD_DB_POOL_SIZE", cls.db_pool_size),
+            log_json=_bool("HERALD_LOG_JSON", cls.log_json),
+            worker_concurrency=_int("HERALD_WORKER_CONCURRENCY", cls.worker_concurrency),
+            flower_port=_int("HERALD_FLOWER_PORT", cls.flower_port),
+            rabbitmq_api_url=os.environ.get("HERALD_RABBITMQ_API") or cls.rabbitmq_api_url,
+        )
+        return settings.checked()
+
+    def checked(self) -> Settings:
+        """Fill development defaults, or refuse to run in production without secrets."""
+        for name, value in (("HERALD_HELLO_TIMEOUT", self.hello_timeout_s),
+                            ("HERALD_MAX_FRAME", self.max_frame_bytes),
+                            ("HERALD_OUTBOX_LIMIT", self.outbox_limit),
+                            ("HERALD_HEARTBEAT", self.heartbeat_s),
+                            ("HERALD_HISTORY_TTL", self.history_ttl_s)):
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.production:
+            missing = [name for name, value in (("HERALD_SECRET_KEY", self.secret_key),
+                                                ("HERALD_API_KEYS", self.api_keys),
+                                                ("HERALD_ALLOWED_ORIGINS", self.allowed_origins))
+                       if not value]
+            if missing:
+                raise ConfigError(
+                    "production mode (HERALD_ENV=production) refuses to start without "
+                    + ", ".join(missing))
+            if len(self.secret_key) < 32:
+                raise ConfigError("HERALD_SECRET_KEY must be at least 32 characters in production")
+            return self
+        changes: dict[str, object] = {}
+        if not self.secret_key:
+            changes["secret_key"] = _dev_value("dev-secret-key", "HERALD_SECRET_KEY")
+        if not self.api_keys:
+            changes["api_keys"] = (_dev_value("dev-api-key", "HERALD_API_KEYS"),)
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def frontend_id_for(self, port: int | None) -> str:
+        """The frontend id: configured, else ``<hostname>-<port>`` (stable across restarts)."""
+        if self.frontend_id:
+            return self.frontend_id
+        return f"{socket.gethostname()}-{port if port is not None else os.getpid()}"
+
+
+#: Environment variables the configuration reads (checked by the compose/k8s test).
+ENV_VARS = (
+    "HERALD_ENV", "HERALD_DATABASE_URL", "HERALD_BROKER_URL", "HERALD_SECRET_KEY",
+    "HERALD_API_KEYS", "HERALD_ALLOWED_ORIGINS", "HERALD_HELLO_TIMEOUT", "HERALD_MAX_FRAME",
+    "HERALD_OUTBOX_LIMIT", "HERALD_HISTORY_TTL", "HERALD_HEARTBEAT", "HERALD_EXCHANGE",
+    "HERALD_TASK_QUEUE", "HERALD_FRONTEND_ID", "HERALD_HOST", "HERALD_WS_DEFLATE",
+    "HERALD_DB_POOL_SIZE", "HERALD_LOG_JSON", "HERALD_WORKER_CONCURRENCY",
+    "HERALD_FLOWER_PORT", "HERALD_RABBITMQ_API", "HERALD_VAR_DIR",
+)

@@ -1,0 +1,126 @@
+"""Client→server frames: one declarative msgspec schema per op, and the parser.
+
+Parsing is two steps: a cheap head decode (``op`` and ``ref`` only) that tells
+``bad_request`` from ``unknown_op``, then a typed decode of the whole frame against that
+op's schema. ``data`` stays raw JSON so a publish is never re-encoded.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .envelope import NAME_MAX, NULL
+from .errors import BadRequest, UnknownOp
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=r"^[^/@\s]+$")]
+Scope = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=r"^[^/@\s]+$")]
+Ref = str | int | float | bool | None
+
+
+class Frame(msgspec.Struct, kw_only=True):
+    """Fields every client frame may carry."""
+
+    op: str
+    ref: Ref = None
+
+
+class Hello(Frame, kw_only=True):
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+    resume: str | None = None
+    last_id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
+
+
+class Join(Frame, kw_only=True):
+    group: Name
+    scope: Scope = "default"
+
+
+class Leave(Join):
+    pass
+
+
+class Publish(Frame, kw_only=True):
+    group: Name | None = None
+    scope: Scope = "default"
+    user: Name | None = None
+    connection: Name | None = None
+    all: bool = False
+    event: Name
+    data: msgspec.Raw = NULL
+    durable: bool = False
+
+
+class Members(Frame, kw_only=True):
+    group: Name
+    scope: Scope = "default"
+    local: bool = False
+
+
+class Monitor(Join):
+    pass
+
+
+class Demonitor(Join):
+    pass
+
+
+class StartTask(Frame, kw_only=True):
+    name: Name
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    notify: Literal["user", "connection"] = "user"
+
+
+class Ping(Frame, kw_only=True):
+    pass
+
+
+SCHEMAS: dict[str, type[Frame]] = {
+    "hello": Hello,
+    "join": Join,
+    "leave": Leave,
+    "publish": Publish,
+    "members": Members,
+    "monitor": Monitor,
+    "demonitor": Demonitor,
+    "task": StartTask,
+    "ping": Ping,
+}
+
+
+class _Head(msgspec.Struct):
+    op: Any = None
+    ref: Any = None
+
+
+_head = msgspec.json.Decoder(_Head)
+_decoders = {op: msgspec.json.Decoder(schema) for op, schema in SCHEMAS.items()}
+
+
+def peek_ref(raw: bytes | str) -> Ref:
+    """Best-effort ``ref`` of a frame, so even a rejected frame's error can echo it."""
+    try:
+        ref = _head.decode(raw).ref
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return ref if isinstance(ref, (str, int, float, bool)) else None
+
+
+def parse(raw: bytes | str) -> Frame:
+    """Decode and validate one client frame; raise BadRequest or UnknownOp."""
+    try:
+        head = _head.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"frame must be a JSON object: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"frame is not valid JSON: {exc}") from None
+    if not isinstance(head.op, str):
+        raise BadRequest("frame needs a string field 'op'")
+    decoder = _decoders.get(head.op)
+    if decoder is None:
+        raise UnknownOp(f"unknown op {head.op[:64]!r}")
+    try:
+        return decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise BadRequest(str(exc)) from None

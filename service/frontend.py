@@ -1,0 +1,222 @@
+"""One frontend instance: its hub, registry writer, bus and heartbeat, wired together.
+
+``Frontend`` is created once per process by the app factory. It owns the publish path
+(log first when durable, then local sockets, then the fanout) and the receive path (drop
+our own envelopes, build one frame, hand it to the matching local sockets).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import threading
+import time
+from typing import Any
+
+import gevent
+import msgspec
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import messagelog, registry
+from .bus import BusConsumer, BusPublisher
+from .config import Settings
+from .db import get_engine
+from .envelope import (
+    Envelope,
+    Target,
+    decode_envelope,
+    encode,
+    event_frame,
+    make_envelope,
+    presence_envelope,
+    presence_frame,
+    target_of,
+    ws_text_frame,
+)
+from .hub import CLOSE_DRAINING, Conn, GroupKey, Hub
+
+log = logging.getLogger(__name__)
+
+#: Sockets closed per drain batch, and the pause between batches.
+DRAIN_BATCH = 100
+DRAIN_PAUSE_S = 0.05
+#: Upper bound of the jittered reconnect hint sent with 1012, milliseconds.
+DRAIN_JITTER_MS = 2000
+#: How long a drain waits for clients to go before exiting anyway.
+DRAIN_WAIT_S = 10.0
+
+
+class Frontend:
+    """This process's frontend: local delivery plus its share of the cluster."""
+
+    def __init__(self, settings: Settings, port: int | None = None) -> None:
+        self.settings = settings
+        self.id = settings.frontend_id_for(port)
+        self.host = socket.gethostname()
+        self.engine = get_engine(settings.database_url, settings.db_pool_size)
+        self.hub = Hub()
+        self.registry = registry.RegistryWriter(self.engine)
+        self.publisher = BusPublisher(settings.broker_url, settings.exchange,
+                                      lock=threading.RLock())
+        self.consumer = BusConsumer(settings.broker_url, settings.exchange, self.on_bus_body,
+                                    on_ready=self._on_bus_ready, on_lost=self._on_bus_lost,
+                                    sleep=gevent.sleep)
+        self.registered = False
+        self.draining = False
+        self._greenlets: list[gevent.Greenlet[Any]] = []
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register, start consuming, start the heartbeat and the registry writer."""
+        self.registry.start()
+        self._try_register()
+        self._greenlets = [gevent.spawn(self.consumer.run), gevent.spawn(self._heartbeat_loop)]
+
+    def stop(self) -> None:
+        """Deregister and stop background work (graceful exit)."""
+        self.draining = True
+        self.consumer.stop()
+        self.registry.flush(timeout_s=5.0)
+        try:
+            registry.deregister_frontend(self.engine, self.id)
+        except SQLAlchemyError as exc:
+            log.warning("could not deregister %s: %s", self.id, exc)
+        for g in self._greenlets:
+            g.kill(block=False)
+        self.publisher.close()
+
+    def drain(self) -> None:
+        """Stop taking sockets, close every socket with 1012 in batches, wait (bounded).
+
+        Batches with a pause between them and a jittered retry hint in the close reason
+        spread the reconnect storm over the surviving frontends.
+        """
+        self.draining = True
+        self._safe_heartbeat()  # draining=true in the registry
+        conns = list(self.hub.conns.values())
+        log.info("draining %d sockets", len(conns))
+        for start in range(0, len(conns), DRAIN_BATCH):
+            for conn in conns[start:start + DRAIN_BATCH]:
+                hint_ms = random.randint(0, DRAIN_JITTER_MS)
+                conn.close(CLOSE_DRAINING, f"draining; retry_ms={hint_ms}")
+            gevent.sleep(DRAIN_PAUSE_S)
+        deadline = time.monotonic() + DRAIN_WAIT_S
+        while self.hub.conns and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        self.registry.flush(timeout_s=5.0)
+
+    def _try_register(self) -> None:
+        try:
+            registry.register_frontend(self.engine, self.id, self.host, self.consumer.queue_name)
+            self.registered = True
+        except SQLAlchemyError as exc:
+            log.warning("frontend %s could not register yet: %s", self.id, exc.__class__.__name__)
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            gevent.sleep(self.settings.heartbeat_s)
+            self.publisher.heartbeat_tick()
+            try:
+                if not self.registered:
+                    self._try_register()
+                    if self.registered:
+                        self._resync_registry()
+                elif not registry.heartbeat(self.engine, self.id, self.consumer.queue_name,
+                                            self.draining):
+                    log.warning("frontend %s was swept while alive; re-registering", self.id)
+                    self._try_register()
+                    self._resync_registry()
+            except SQLAlchemyError as exc:
+                log.warning("heartbeat failed: %s", exc.__class__.__name__)
+
+    def _resync_registry(self) -> None:
+        """Write every local connection and membership again (after a sweep or outage)."""
+        for conn in list(self.hub.conns.values()):
+            self.registry.submit("connect", id=conn.id, frontend_id=self.id, user_id=conn.user_id)
+            for scope, group in conn.groups:
+                self.registry.submit("join", connection_id=conn.id, scope=scope, group=group)
+
+    def _on_bus_ready(self, queue: str, first: bool) -> None:
+        if self.registered:
+            gevent.spawn(self._safe_heartbeat)
+
+    def _on_bus_lost(self) -> None:
+        log.warning("frontend %s lost its bus queue", self.id)
+
+    def _safe_heartbeat(self) -> None:
+        try:
+            registry.heartbeat(self.engine, self.id, self.consumer.queue_name, self.draining)
+        except SQLAlchemyError:
+            pass
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason) for /readyz."""
+        if self.draining:
+            return False, "draining"
+        if not self.consumer.connected:
+            return False, "broker: not consuming"
+        try:
+            with self.engine.connect() as db:
+                db.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            return False, f"database: {exc.__class__.__name__}"
+        if not self.registered:
+            return False, "not registered"
+        return True, "ok"
+
+    # --- publish and receive -------------------------------------------------------------
+
+    def publish(self, target: Target, event: str, data: msgspec.Raw, *, durable: bool,
+                exclude: str | None = None, dedupe_key: str | None = None) -> int | None:
+        """Log (when durable), deliver to local sockets, then publish to the fanout."""
+        msg_id = None
+        if durable:
+            msg_id = messagelog.append(self.engine, self.id, target, event, data, dedupe_key)
+        env = make_envelope(self.id, target, event, data, msg_id, exclude)
+        self.hub.deliver(target, ws_text_frame(event_frame(env)), exclude)
+        try:
+            self.publisher.publish(encode(env))
+        except Exception as exc:  # noqa: BLE001 - kombu raises many kinds when the broker is away
+            if not durable:
+                raise
+            log.warning("broker unavailable; durable message %s stays in the log: %s", msg_id, exc)
+        return msg_id
+
+    def publish_hook(self, target: Target, event: str, data: msgspec.Raw, durable: bool,
+                     dedupe_key: str | None) -> int | None:
+        """The signature ``workers.notify`` expects (task.queued from this frontend)."""
+        return self.publish(target, event, data, durable=durable, dedupe_key=dedupe_key)
+
+    def on_bus_body(self, body: bytes) -> None:
+        """One envelope from the fanout: skip our own, deliver the rest locally."""
+        env = decode_envelope(body)
+        if env.origin == self.id:
+            return
+        self._deliver(env)
+
+    def _deliver(self, env: Envelope) -> None:
+        if env.kind == "presence":
+            key = (env.target["scope"], env.target["group"])
+            watchers = self.hub.monitors.get(key)
+            if watchers:
+                frame = ws_text_frame(presence_frame(env))
+                for conn in list(watchers):
+                    conn.push(frame)
+            return
+        self.hub.deliver(target_of(env), ws_text_frame(event_frame(env)), env.exclude)
+
+    def publish_presence(self, key: GroupKey, joins: list[dict[str, str]],
+                         leaves: list[dict[str, str]]) -> None:
+        """Tell monitors of a group, here and on every other frontend, who joined or left."""
+        env = presence_envelope(self.id, key[0], key[1], joins, leaves)
+        self._deliver(env)
+        try:
+            self.publisher.publish(encode(env))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("presence not published (broker away): %s", exc)
+
+    def member_info(self, conn: Conn) -> dict[str, str]:
+        return {"connection_id": conn.id, "user_id": conn.user_id, "frontend": self.id}

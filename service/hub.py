@@ -1,0 +1,194 @@
+"""The frontend's local sockets: an index by id, user and group, and one writer per socket.
+
+Every write to a socket goes through its bounded outbox and its single writer greenlet,
+so two greenlets never write one socket at once (flask-sock's ``send`` has no lock), a
+slow socket never blocks the greenlet that delivers to the others, and frames that queue
+up while a write is in flight leave in one ``sendall``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from simple_websocket import ConnectionClosed
+
+from .envelope import Target, encode, ws_text_frame
+
+log = logging.getLogger(__name__)
+
+#: Close codes from PROTOCOL.md.
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_DRAINING = 1012
+CLOSE_BEHIND = 1013
+CLOSE_UNAUTHORIZED = 4401
+
+GroupKey = tuple[str, str]  # (scope, group)
+
+
+class Conn:
+    """One local WebSocket: identity, memberships and the outbox its writer drains."""
+
+    __slots__ = ("id", "user_id", "ws", "groups", "monitors", "_outbox", "_wake", "_limit",
+                 "_close", "closed", "_writer", "on_overflow", "__weakref__")
+
+    def __init__(self, conn_id: str, user_id: str, ws: Any, outbox_limit: int,
+                 on_overflow: Callable[[Conn], None] | None = None) -> None:
+        self.id = conn_id
+        self.user_id = user_id
+        self.ws = ws
+        self.groups: set[GroupKey] = set()
+        self.monitors: set[GroupKey] = set()
+        self._outbox: deque[bytes] = deque()
+        self._wake = Event()
+        self._limit = outbox_limit
+        self._close: tuple[int, str] | None = None
+        self.closed = False
+        self.on_overflow = on_overflow
+        self._writer = gevent.spawn(self._write_loop)
+
+    def push(self, frame: bytes) -> None:
+        """Queue one ready WebSocket frame; on overflow close with 1013 (the client resumes)."""
+        if self._close is not None:
+            return
+        if len(self._outbox) >= self._limit:
+            if self.on_overflow is not None:
+                self.on_overflow(self)
+            self.close(CLOSE_BEHIND, "outbound buffer full, resume")
+            return
+        self._outbox.append(frame)
+        self._wake.set()
+
+    def send(self, obj: Any) -> None:
+        """Encode one JSON frame for this socket alone and queue it."""
+        self.push(ws_text_frame(encode(obj)))
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Ask the writer to flush what is queued, then send a close frame."""
+        if self._close is None:
+            self._close = (code, reason)
+            self._wake.set()
+
+    def _write_loop(self) -> None:
+        sock = self.ws.sock
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._outbox:
+                    outbox = self._outbox
+                    chunk = outbox.popleft() if len(outbox) == 1 else b"".join(
+                        [outbox.popleft() for _ in range(len(outbox))])
+                    sock.sendall(chunk)
+                    if self._outbox:
+                        self._wake.set()
+                        continue
+                if self._close is not None:
+                    code, reason = self._close
+                    try:
+                        self.ws.close(reason=code, message=reason)
+                    except ConnectionClosed:
+                        pass  # the peer closed first
+                    return
+        except OSError:
+            pass  # the peer went away; the reader side notices and cleans up
+        except Exception:  # noqa: BLE001 - a writer must never take the process down
+            log.exception("writer for %s failed", self.id)
+        finally:
+            self.closed = True
+            self._outbox.clear()
+
+    def stop(self) -> None:
+        """End the writer (the socket is gone)."""
+        self.closed = True
+        if self._writer is not gevent.getcurrent():
+            self._writer.kill(block=False)
+
+
+class Hub:
+    """Index of this frontend's sockets; delivers a ready frame to every matching one."""
+
+    def __init__(self) -> None:
+        self.conns: dict[str, Conn] = {}
+        self.by_user: dict[str, set[Conn]] = {}
+        self.by_group: dict[GroupKey, set[Conn]] = {}
+        self.monitors: dict[GroupKey, set[Conn]] = {}
+
+    def add(self, conn: Conn) -> None:
+        self.conns[conn.id] = conn
+        self.by_user.setdefault(conn.user_id, set()).add(conn)
+
+    def remove(self, conn: Conn) -> list[GroupKey]:
+        """Forget a socket; return the groups it was in (for presence leaves)."""
+        self.conns.pop(conn.id, None)
+        _discard(self.by_user, conn.user_id, conn)
+        groups = list(conn.groups)
+        for key in groups:
+            _discard(self.by_group, key, conn)
+        for key in conn.monitors:
+            _discard(self.monitors, key, conn)
+        conn.groups.clear()
+        conn.monitors.clear()
+        conn.stop()
+        return groups
+
+    def join(self, conn: Conn, key: GroupKey) -> bool:
+        """Add a membership; False when it already existed."""
+        if key in conn.groups:
+            return False
+        conn.groups.add(key)
+        self.by_group.setdefault(key, set()).add(conn)
+        return True
+
+    def leave(self, conn: Conn, key: GroupKey) -> bool:
+        """Drop a membership; False when there was none."""
+        if key not in conn.groups:
+            return False
+        conn.groups.discard(key)
+        _discard(self.by_group, key, conn)
+        return True
+
+    def monitor(self, conn: Conn, key: GroupKey, on: bool) -> None:
+        if on:
+            conn.monitors.add(key)
+            self.monitors.setdefault(key, set()).add(conn)
+        else:
+            conn.monitors.discard(key)
+            _discard(self.monitors, key, conn)
+
+    def matching(self, target: Target) -> Iterable[Conn]:
+        """The local sockets a target addresses."""
+        if target.kind == "all":
+            return list(self.conns.values())
+        if target.kind == "group":
+            return list(self.by_group.get((target.scope, target.key), ()))
+        if target.kind == "user":
+            return list(self.by_user.get(target.key, ()))
+        conn = self.conns.get(target.key)
+        return [conn] if conn is not None else []
+
+    def deliver(self, target: Target, frame: bytes, exclude: str | None = None) -> int:
+        """Queue one shared frame on every matching socket; return how many got it."""
+        n = 0
+        for conn in self.matching(target):
+            if conn.id != exclude:
+                conn.push(frame)
+                n += 1
+        return n
+
+    def local_members(self, key: GroupKey) -> list[Conn]:
+        return list(self.by_group.get(key, ()))
+
+
+def _discard(index: dict[Any, set[Conn]], key: Any, conn: Conn) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(conn)
+        if not members:
+            del index[key]

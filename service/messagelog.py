@@ -1,0 +1,38 @@
+"""The durable message log: written before a durable message is published."""
+
+from __future__ import annotations
+
+import msgspec
+from sqlalchemy import Engine, Text, cast, literal, select
+from sqlalchemy.dialects.postgresql import JSONB, insert
+
+from .envelope import Target
+from .models import Message
+
+
+def append(engine: Engine, origin: str, target: Target, event: str, data: msgspec.Raw,
+           dedupe_key: str | None = None) -> int:
+    """Write one durable message and return its log id.
+
+    With a ``dedupe_key`` (a task's outcome) a second append returns the first one's id,
+    so a task that runs again after a crash re-publishes under the same id and clients
+    drop the copy.
+    """
+    raw_text = bytes(data).decode() if len(data) else "null"
+    values = {
+        "target_kind": target.kind,
+        "target_key": target.log_key(),
+        "event": event,
+        # the publisher's JSON goes in as text and Postgres parses it: no decode here
+        "data": cast(literal(raw_text, Text), JSONB),
+        "origin": origin,
+        "dedupe_key": dedupe_key,
+    }
+    with engine.begin() as db:
+        stmt = insert(Message).values(**values)
+        if dedupe_key is not None:
+            stmt = stmt.on_conflict_do_nothing(index_elements=[Message.dedupe_key])
+        msg_id = db.execute(stmt.returning(Message.id)).scalar()
+        if msg_id is None:
+            msg_id = db.execute(select(Message.id).where(Message.dedupe_key == dedupe_key)).scalar_one()
+    return int(msg_id)

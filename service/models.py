@@ -1,0 +1,122 @@
+"""The registry and the log: typed SQLAlchemy 2 models shared by frontends, workers and manage.py.
+
+Plain SQLAlchemy (no Flask-SQLAlchemy) so that every process uses one model module without
+an application context. A naming convention keeps constraint names stable for Alembic.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ID_LEN = 64
+NAME_LEN = 128
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the naming convention Alembic relies on."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Frontend(Base):
+    """One frontend process: its id, where it runs and when it last said it was alive."""
+
+    __tablename__ = "frontends"
+
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    queue: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    draining: Mapped[bool] = mapped_column(Boolean, server_default="false")
+
+
+class Connection(Base):
+    """One WebSocket: which user holds it and which frontend serves it."""
+
+    __tablename__ = "connections"
+
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    frontend_id: Mapped[str] = mapped_column(
+        ForeignKey("frontends.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(String(NAME_LEN), index=True)
+    connected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Membership(Base):
+    """A connection's membership of a group within a scope (pg's join)."""
+
+    __tablename__ = "memberships"
+
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    group: Mapped[str] = mapped_column("group_name", String(NAME_LEN), primary_key=True)
+    joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index("ix_memberships_scope_group", "scope", "group_name"),)
+
+
+class Message(Base):
+    """The durable message log that resume and broker-outage recovery replay from.
+
+    ``target_kind`` is all, group, user or connection; ``target_key`` is "" for all,
+    "<scope>/<group>" for a group, else the user or connection id. ``dedupe_key`` lets a
+    re-run task log its outcome once, so a second publish carries the same id.
+    """
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    target_kind: Mapped[str] = mapped_column(String(16))
+    target_key: Mapped[str] = mapped_column(String(2 * NAME_LEN + 1))
+    event: Mapped[str] = mapped_column(String(NAME_LEN))
+    data: Mapped[Any] = mapped_column(JSONB)
+    origin: Mapped[str] = mapped_column(String(ID_LEN))
+    dedupe_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True)
+
+    __table_args__ = (Index("ix_messages_target", "target_kind", "target_key", "id"),)
+
+
+class TaskRecord(Base):
+    """A long-running task's state, whoever started it (API, client op or Celery directly)."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LEN))
+    args: Mapped[Any] = mapped_column(JSONB, server_default="{}")
+    notify: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), server_default="queued")
+    progress: Mapped[float] = mapped_column(Float, server_default="0")
+    result: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now())

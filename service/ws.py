@@ -1,0 +1,277 @@
+"""The WebSocket endpoint ``/ws``: hello, then a loop of frames dispatched by op.
+
+Each socket is one ``Session``. Replies and events both leave through the socket's
+``Conn`` outbox (one writer per socket). Handlers live in a dict from op to method and
+raise ``HeraldError`` subclasses, which become `error` frames; the socket stays open.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+from flask import Flask, request
+from flask_sock import Sock
+from simple_websocket import ConnectionClosed
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import frames, registry
+from .auth import Grants, verify_token
+from .envelope import Target, encode
+from .errors import BadRequest, Forbidden, HeraldError, Unauthorized
+from .frontend import Frontend
+from .hub import CLOSE_DRAINING, CLOSE_POLICY, CLOSE_UNAUTHORIZED, Conn
+
+log = logging.getLogger(__name__)
+
+#: How long a handler waits for its registry write before answering anyway.
+REGISTRY_ACK_TIMEOUT_S = 5.0
+RESUME_TOKEN_TTL_S = 24 * 3600
+
+Reply = dict[str, Any] | None
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """Browser Origin check. No Origin header means a non-browser client."""
+    if origin is None:
+        return True
+    if "*" in allowed or origin in allowed:
+        return True
+    if not allowed:  # development default: local pages only
+        host = origin.split("://", 1)[-1].split(":", 1)[0]
+        return host in {"localhost", "127.0.0.1", "[::1]"}
+    return False
+
+
+class Session:
+    """One client socket from `hello` to close."""
+
+    def __init__(self, node: Frontend, ws: Any) -> None:
+        self.node = node
+        self.ws = ws
+        self.conn: Conn | None = None
+        self.grants: Grants | None = None
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        if not origin_allowed(request.headers.get("Origin"), self.node.settings.allowed_origins):
+            self.ws.close(reason=CLOSE_POLICY, message="origin not allowed")
+            return
+        if self.node.draining:
+            self.ws.close(reason=CLOSE_DRAINING, message="draining; retry_ms=0")
+            return
+        if not self._hello():
+            return
+        try:
+            self._loop()
+        finally:
+            self._cleanup()
+
+    def _send_early(self, obj: dict[str, Any]) -> None:
+        # before hello there is no writer yet, so this greenlet is the only one writing
+        self.ws.send(encode(obj).decode())
+
+    def _hello(self) -> bool:
+        settings = self.node.settings
+        deadline = time.monotonic() + settings.hello_timeout_s
+        while True:
+            raw = self.ws.receive(timeout=max(0.0, deadline - time.monotonic()))
+            if raw is None:
+                self.ws.close(reason=CLOSE_UNAUTHORIZED, message="no hello in time")
+                return False
+            try:
+                frame = frames.parse(raw)
+                if not isinstance(frame, frames.Hello):
+                    raise Unauthorized("the first frame must be hello")
+                self.grants = verify_token(settings.secret_key, frame.token)
+            except Unauthorized as exc:
+                self._send_early(error_frame(exc, frames.peek_ref(raw)))
+                self.ws.close(reason=CLOSE_UNAUTHORIZED, message=exc.message[:100])
+                return False
+            except HeraldError as exc:
+                self._send_early(error_frame(exc, frames.peek_ref(raw)))
+                continue
+            self._welcome(frame)
+            return True
+
+    def _welcome(self, frame: frames.Hello) -> None:
+        assert self.grants is not None
+        node = self.node
+        conn = Conn(uuid.uuid4().hex, self.grants.user_id, self.ws,
+                    node.settings.outbox_limit)
+        self.conn = conn
+        node.hub.add(conn)
+        node.registry.write("connect", REGISTRY_ACK_TIMEOUT_S, id=conn.id,
+                            frontend_id=node.id, user_id=conn.user_id)
+        resume = jwt.encode({"cid": conn.id, "sub": conn.user_id,
+                             "exp": int(time.time()) + RESUME_TOKEN_TTL_S},
+                            node.settings.secret_key, algorithm="HS256")
+        conn.send({"op": "welcome", "ref": frame.ref, "connection_id": conn.id,
+                   "frontend": node.id, "resume": resume,
+                   "heartbeat": node.settings.heartbeat_s, "replayed": 0, "groups": []})
+
+    def _loop(self) -> None:
+        assert self.conn is not None and self.grants is not None
+        conn = self.conn
+        while not conn.closed:
+            remaining = self.grants.expires_at - time.time()
+            if remaining <= 0:
+                conn.close(CLOSE_UNAUTHORIZED, "token expired")
+                return
+            try:
+                raw = self.ws.receive(timeout=remaining)
+            except ConnectionClosed:
+                return
+            if raw is None:
+                continue  # timed out: loop re-checks expiry
+            self._handle(raw)
+
+    def _handle(self, raw: str | bytes) -> None:
+        assert self.conn is not None
+        ref = None
+        try:
+            frame = frames.parse(raw)
+            ref = frame.ref
+            handler = HANDLERS.get(frame.op)
+            if handler is None:  # hello again: not allowed mid-session
+                raise BadRequest(f"op {frame.op!r} is not valid after hello")
+            reply = handler(self, frame)
+        except HeraldError as exc:
+            reply = error_frame(exc, ref if ref is not None else frames.peek_ref(raw))
+        except Exception:  # noqa: BLE001 - one frame must never kill the socket or process
+            log.exception("op failed")
+            reply = error_frame(HeraldError("internal error"), ref)
+        if reply is not None:
+            self.conn.send(reply)
+
+    def _cleanup(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        node = self.node
+        groups = node.hub.remove(conn)
+        node.registry.submit("disconnect", id=conn.id)
+        info = node.member_info(conn)
+        for key in groups:
+            node.publish_presence(key, [], [info])
+
+    # --- ops -----------------------------------------------------------------------------
+
+    def op_ping(self, f: frames.Frame) -> Reply:
+        return {"op": "pong", "ref": f.ref}
+
+    def op_join(self, f: frames.Frame) -> Reply:
+        assert isinstance(f, frames.Join) and self.conn and self.grants
+        if not self.grants.may_join(f.scope, f.group):
+            raise Forbidden(f"not allowed to join {f.scope}/{f.group}")
+        key = (f.scope, f.group)
+        if self.node.hub.join(self.conn, key):
+            try:
+                self.node.registry.write("join", REGISTRY_ACK_TIMEOUT_S,
+                                         connection_id=self.conn.id, scope=f.scope, group=f.group)
+            except SQLAlchemyError:
+                self.node.hub.leave(self.conn, key)
+                raise HeraldError("could not record the membership") from None
+            self.node.publish_presence(key, [self.node.member_info(self.conn)], [])
+        return ack(f)
+
+    def op_leave(self, f: frames.Frame) -> Reply:
+        assert isinstance(f, frames.Leave) and self.conn
+        key = (f.scope, f.group)
+        if self.node.hub.leave(self.conn, key):
+            self.node.registry.write("leave", REGISTRY_ACK_TIMEOUT_S,
+                                     connection_id=self.conn.id, scope=f.scope, group=f.group)
+            self.node.publish_presence(key, [], [self.node.member_info(self.conn)])
+        return ack(f)
+
+    def op_publish(self, f: frames.Frame) -> Reply:
+        assert isinstance(f, frames.Publish) and self.conn and self.grants
+        target = publish_target(f)
+        if not self.grants.may_publish(target):
+            raise Forbidden("not allowed to publish to this target")
+        msg_id = self.node.publish(target, f.event, f.data, durable=f.durable,
+                                   exclude=self.conn.id)
+        return ack(f, id=msg_id) if f.durable else ack(f)
+
+    def op_members(self, f: frames.Frame) -> Reply:
+        assert isinstance(f, frames.Members) and self.grants
+        if not self.grants.may_join(f.scope, f.group):
+            raise Forbidden(f"not allowed to see {f.scope}/{f.group}")
+        if f.local:
+            members = [self.node.member_info(c)
+                       for c in self.node.hub.local_members((f.scope, f.group))]
+        else:
+            members = registry.get_members(self.node.engine, f.scope, f.group)
+        return {"op": "members", "ref": f.ref, "group": f.group, "scope": f.scope,
+                "members": members}
+
+    def op_monitor(self, f: frames.Frame) -> Reply:
+        assert isinstance(f, (frames.Monitor, frames.Demonitor)) and self.conn and self.grants
+        if not self.grants.may_join(f.scope, f.group):
+            raise Forbidden(f"not allowed to monitor {f.scope}/{f.group}")
+        on = isinstance(f, frames.Monitor)
+        self.node.hub.monitor(self.conn, (f.scope, f.group), on)
+        self.conn.send(ack(f))
+        if on:
+            snapshot = registry.get_members(self.node.engine, f.scope, f.group)
+            self.conn.send({"op": "presence", "group": f.group, "scope": f.scope,
+                            "joins": snapshot, "leaves": []})
+        return None
+
+    def op_task(self, f: frames.Frame) -> Reply:
+        assert isinstance(f, frames.StartTask) and self.conn and self.grants
+        from workers.client import start_task
+
+        if not self.grants.may_start(f.name):
+            raise Forbidden(f"not allowed to start {f.name!r}")
+        notify = (Target.connection(self.conn.id) if f.notify == "connection"
+                  else Target.user(self.conn.user_id))
+        return ack(f, task_id=start_task(f.name, f.args, notify))
+
+
+HANDLERS: dict[str, Callable[[Session, frames.Frame], Reply]] = {
+    "ping": Session.op_ping,
+    "join": Session.op_join,
+    "leave": Session.op_leave,
+    "publish": Session.op_publish,
+    "members": Session.op_members,
+    "monitor": Session.op_monitor,
+    "demonitor": Session.op_monitor,
+    "task": Session.op_task,
+}
+
+
+def ack(f: frames.Frame, **fields: Any) -> dict[str, Any]:
+    return {"op": "ack", "ref": f.ref, **fields}
+
+
+def error_frame(exc: HeraldError, ref: Any) -> dict[str, Any]:
+    frame: dict[str, Any] = {"op": "error", "code": exc.code, "message": exc.message}
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
+def publish_target(f: frames.Publish) -> Target:
+    """Exactly one of group (+scope), user, connection, all."""
+    chosen = [t for t in (f.group is not None and Target.group(f.group, f.scope),
+                          f.user is not None and Target.user(f.user),
+                          f.connection is not None and Target.connection(f.connection),
+                          f.all and Target.all()) if t]
+    if len(chosen) != 1:
+        raise BadRequest("publish needs exactly one target: group, user, connection or all")
+    return chosen[0]
+
+
+def init_app(app: Flask, sock: Sock) -> None:
+    """Register the `/ws` route."""
+
+    @sock.route("/ws")
+    def ws_endpoint(ws: Any) -> None:
+        node: Frontend = app.extensions["herald"]
+        Session(node, ws).run()

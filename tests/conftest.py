@@ -1,0 +1,128 @@
+"""Fixtures: a namespace per test run (own database, exchange, queues), real processes.
+
+The run's environment is set before anything imports Herald, so in-process code and the
+processes tests start share one database and exchange, and nothing collides with
+another run. Everything is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support import PYTHON, ROOT, Proc, free_port, namespace_env
+
+ENV = namespace_env()
+os.environ.update(ENV)
+
+
+def _cleanup_broker() -> None:
+    from kombu import Connection, Exchange, Queue
+
+    with Connection(ENV["HERALD_BROKER_URL"]) as conn:
+        channel = conn.channel()
+        for name in (ENV["HERALD_TASK_QUEUE"],):
+            Queue(name, channel=channel).delete()
+        for name in (ENV["HERALD_EXCHANGE"], ENV["HERALD_TASK_QUEUE"],
+                     ENV["HERALD_TASK_QUEUE"] + ".events"):
+            Exchange(name, channel=channel).delete()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database() -> Iterator[str]:
+    """Create and migrate this run's database; drop it and the broker objects afterwards."""
+    subprocess.run([PYTHON, str(ROOT / "manage.py"), "db", "upgrade"], cwd=ROOT, check=True,
+                   env=os.environ.copy(), capture_output=True)
+    yield ENV["HERALD_DATABASE_URL"]
+    from service.db import drop_database
+
+    drop_database(ENV["HERALD_DATABASE_URL"])
+    _cleanup_broker()
+
+
+@pytest.fixture
+def engine(database: str) -> Any:
+    from service.db import get_engine
+
+    return get_engine(database)
+
+
+class Cluster:
+    """Processes one test starts; every one is stopped by its PID at the end."""
+
+    def __init__(self) -> None:
+        self.procs: list[Proc] = []
+
+    def frontend(self, name: str = "fe", env: dict[str, str] | None = None) -> Proc:
+        port = free_port()
+        proc = Proc(f"{name}-{port}", ["run", "frontend", "--port", str(port)],
+                    {**ENV, **(env or {})}, port=port)
+        self.procs.append(proc)
+        proc.wait_ready()
+        return proc
+
+    def worker(self, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(f"worker-{len(self.procs)}", ["run", "worker"], {**ENV, **(env or {})})
+        self.procs.append(proc)
+        return proc
+
+    def beat(self) -> Proc:
+        proc = Proc(f"beat-{len(self.procs)}", ["run", "beat"], ENV)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    c = Cluster()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def token() -> Any:
+    """Issue client tokens signed with this run's secret."""
+    from service.auth import issue_token
+
+    def make(user: str, join: tuple[str, ...] = ("*/*",),
+             publish: tuple[str, ...] = ("*/*", "@all", "@user:*", "@connection:*"),
+             tasks: tuple[str, ...] = ("demo.*",), ttl_s: int = 600) -> str:
+        return issue_token(ENV["HERALD_SECRET_KEY"], user, join=join, publish=publish,
+                           tasks=tasks, ttl_s=ttl_s)
+
+    return make
+
+
+@pytest.fixture
+def app(database: str) -> Any:
+    """The Flask app with no background work (Flask tutorial style)."""
+    from service.app import create_app
+
+    return create_app({"heartbeat_s": 1.0}, start=False)
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner() -> Any:
+    """Run manage.py as a subprocess with this run's environment."""
+
+    def run(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PYTHON, str(ROOT / "manage.py"), *args], cwd=ROOT, text=True,
+                              capture_output=True, check=check, env={**os.environ, **(env or {})},
+                              timeout=120)
+
+    return run

@@ -1,0 +1,1 @@
+"""Herald's Celery side: the app, the base task class, demo and maintenance tasks."""

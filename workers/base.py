@@ -1,0 +1,84 @@
+"""``HeraldTask``: a Celery task that reports its life to the target that asked.
+
+queued (at enqueue, see ``notify``), started, progress, succeeded, failed. The final
+outcome is durable: written to the log under a key derived from the task id, so a task
+that runs again after its worker died publishes its outcome under the same id.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from sqlalchemy import func, update
+from sqlalchemy.dialects.postgresql import insert
+
+from service.db import get_engine
+from service.envelope import Target
+from service.models import TaskRecord
+from workers import notify
+
+log = logging.getLogger(__name__)
+
+#: Longest error text kept in the task record and the task.failed event.
+ERROR_MAX_CHARS = 2000
+
+
+class HeraldTask(Task):  # type: ignore[misc]  # Celery ships no type hints
+    """Base class for tasks whose state goes to a Herald notify target."""
+
+    abstract = True
+
+    def _target(self) -> Target | None:
+        value = self.request.get(notify.NOTIFY_HEADER)
+        if value is None and isinstance(getattr(self.request, "headers", None), dict):
+            value = self.request.headers.get(notify.NOTIFY_HEADER)
+        return notify.notify_target(value)
+
+    def _record(self, task_id: str, **values: Any) -> None:
+        from workers.celery_app import settings
+
+        engine = get_engine(settings.database_url, pool_size=2)
+        target = self._target()
+        with engine.begin() as db:
+            result = db.execute(update(TaskRecord).where(TaskRecord.id == task_id)
+                                .values(updated_at=func.now(), **values))
+            if not result.rowcount:
+                # enqueued by a process without Herald's signal handler: record it now
+                db.execute(insert(TaskRecord).values(
+                    id=task_id, name=self.name, notify=target.as_json() if target else None,
+                    **values).on_conflict_do_nothing())
+
+    def _notify(self, event: str, data: dict[str, Any], durable: bool = False,
+                dedupe_key: str | None = None) -> int | None:
+        target = self._target()
+        if target is None:
+            return None
+        payload = {"task_id": self.request.id, "name": self.name, **data}
+        return notify.publish(target, event, payload, durable=durable, dedupe_key=dedupe_key)
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        self._record(task_id, state="started")
+        self._notify("task.started", {})
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report progress (0..1) to the notify target and the task record."""
+        fraction = min(1.0, max(0.0, float(fraction)))
+        self._record(self.request.id, progress=fraction)
+        data: dict[str, Any] = {"progress": fraction}
+        if message is not None:
+            data["message"] = message
+        self._notify("task.progress", data)
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        self._record(task_id, state="succeeded", progress=1.0, result=retval)
+        self._notify("task.succeeded", {"result": retval}, durable=True,
+                     dedupe_key=f"task:{task_id}:outcome")
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        error = f"{exc.__class__.__name__}: {exc}"[:ERROR_MAX_CHARS]
+        self._record(task_id, state="failed", error=error)
+        self._notify("task.failed", {"error": error}, durable=True,
+                     dedupe_key=f"task:{task_id}:outcome")

@@ -1,0 +1,61 @@
+"""Periodic maintenance run by celery beat: sweep dead frontends, prune the log."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select
+
+from service.db import get_engine
+from service.models import Connection, Frontend, Membership, Message
+from workers.celery_app import app, settings
+
+log = logging.getLogger(__name__)
+
+#: A frontend silent for this many heartbeats is dead.
+MISSED_HEARTBEATS = 3
+
+
+def sweep_dead_frontends(engine: Engine, heartbeat_s: float) -> list[dict[str, Any]]:
+    """Delete frontends silent for three heartbeats, in one transaction.
+
+    Returns the memberships removed with them, so presence leaves can be published.
+    """
+    cutoff = func.now() - timedelta(seconds=MISSED_HEARTBEATS * heartbeat_s)
+    with engine.begin() as db:
+        dead = db.execute(select(Frontend.id).where(Frontend.heartbeat_at < cutoff)
+                          .with_for_update(skip_locked=True)).scalars().all()
+        if not dead:
+            return []
+        removed = db.execute(
+            select(Membership.scope, Membership.group, Membership.connection_id,
+                   Connection.user_id, Connection.frontend_id)
+            .join(Connection, Connection.id == Membership.connection_id)
+            .where(Connection.frontend_id.in_(dead))).all()
+        db.execute(delete(Frontend).where(Frontend.id.in_(dead)))
+    log.warning("swept dead frontends %s (%d memberships)", dead, len(removed))
+    return [{"scope": s, "group": g, "connection_id": c, "user_id": u, "frontend": f}
+            for s, g, c, u, f in removed]
+
+
+@app.task(name="herald.sweep_frontends", ignore_result=True)
+def sweep_frontends() -> int:
+    """Beat task: sweep dead frontends and publish a presence leave per membership."""
+    from workers.presence import publish_leaves
+
+    removed = sweep_dead_frontends(get_engine(settings.database_url, pool_size=2),
+                                   settings.heartbeat_s)
+    publish_leaves(removed)
+    return len(removed)
+
+
+@app.task(name="herald.prune_log", ignore_result=True)
+def prune_log() -> int:
+    """Beat task: delete durable messages older than HERALD_HISTORY_TTL."""
+    cutoff = func.now() - timedelta(seconds=settings.history_ttl_s)
+    engine = get_engine(settings.database_url, pool_size=2)
+    with engine.begin() as db:
+        result = db.execute(delete(Message).where(Message.created_at < cutoff))
+    return int(result.rowcount or 0)
