@@ -87,7 +87,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from service.envelope import Target
+    from service.envelope import Target, raw_json
     from workers.notify import publisher
 
     if args.all:
@@ -96,9 +96,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         target = Target.group(args.group, args.scope)
     else:
         target = Target.user(args.user)
-    data = json.loads(args.data)
-    msg_id = publisher().publish(target, args.event, __import__("msgspec").Raw(
-        json.dumps(data).encode()), durable=not args.transient)
+    msg_id = publisher().publish(target, args.event, raw_json(json.loads(args.data)),
+                                 durable=not args.transient)
     print(json.dumps({"id": msg_id}))
     return 0
 
@@ -112,7 +111,8 @@ def cmd_members(args: argparse.Namespace) -> int:
     from service import registry
     from service.db import get_engine
 
-    return _print(registry.get_members(get_engine(_settings().database_url), args.scope, args.group))
+    engine = get_engine(_settings().database_url)
+    return _print(registry.get_members(engine, args.scope, args.group))
 
 
 def cmd_frontends(args: argparse.Namespace) -> int:

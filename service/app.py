@@ -27,7 +27,8 @@ class NoDeflate:
     def __init__(self, wsgi_app: Callable[..., Iterable[bytes]]) -> None:
         self.wsgi_app = wsgi_app
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any],
+                 start_response: Callable[..., Any]) -> Iterable[bytes]:
         environ.pop(_EXTENSIONS_HEADER, None)
         return self.wsgi_app(environ, start_response)
 

@@ -10,8 +10,8 @@ publisher (write-only mode), with publisher confirms.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +22,10 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/x-herald"
+#: What a publish raises when the broker is away and its retries are spent.
+_AMQP = Connection("amqp://")  # never connected: only asked which errors its transport raises
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    *_AMQP.connection_errors, *_AMQP.channel_errors, OSError)
 #: Seconds between AMQP heartbeats (each side closes after two missed).
 BROKER_HEARTBEAT_S = 10
 #: Reconnect backoff bounds, seconds.
@@ -34,6 +38,12 @@ PUBLISH_RETRY_BUDGET = {"max_retries": 6, "interval_start": 0.1, "interval_step"
 
 def fanout_exchange(name: str) -> Exchange:
     return Exchange(name, type="fanout", durable=True)
+
+
+def close_quietly(conn: Connection) -> None:
+    """Close a broker connection that may already be dead."""
+    with contextlib.suppress(*conn.connection_errors, *conn.channel_errors, OSError):
+        conn.close()
 
 
 class BusPublisher:
@@ -77,10 +87,7 @@ class BusPublisher:
 
     def _reset(self) -> None:
         self._producer = None
-        try:
-            self.connection.close()
-        except Exception:  # noqa: BLE001 - closing a dead connection may raise anything
-            pass
+        close_quietly(self.connection)
 
     def close(self) -> None:
         with self._lock:
@@ -113,12 +120,8 @@ class BusConsumer:
 
     def stop(self) -> None:
         self.should_stop = True
-        conn = self._connection
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001
-                pass
+        if self._connection is not None:
+            close_quietly(self._connection)
 
     def run(self) -> None:
         """The consumer loop: connect, declare, drain; on loss back off and do it again."""
@@ -152,10 +155,7 @@ class BusConsumer:
             finally:
                 was_connected = self.connected
                 self.connected = False
-                try:
-                    conn.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                close_quietly(conn)
             if was_connected:
                 self.reconnects += 1
                 if self.on_lost is not None and not self.should_stop:
@@ -166,10 +166,8 @@ class BusConsumer:
 
     def _drain(self, conn: Connection) -> None:
         while not self.should_stop:
-            try:
+            with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=BROKER_HEARTBEAT_S / 4)
-            except socket.timeout:
-                pass
             # after every drain, busy or idle: with no_ack we send nothing else, and the
             # broker closes a connection that stays silent for two heartbeats
             conn.heartbeat_check()
@@ -177,5 +175,5 @@ class BusConsumer:
     def _on_message(self, message: Any) -> None:
         try:
             self.on_body(message.body)
-        except Exception:  # noqa: BLE001 - one bad message must not stop the consumer
+        except Exception:  # one bad message must not stop the consumer
             log.exception("bus: failed to handle a message; skipped")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DEV_SECRET_DIR = Path(os.environ.get("HERALD_VAR_DIR", Path(__file__).resolve().parent.parent / "var"))
+DEV_SECRET_DIR = Path(os.environ.get("HERALD_VAR_DIR")
+                      or Path(__file__).resolve().parent.parent / "var")
 
 
 _warned: set[str] = set()
@@ -169,12 +170,11 @@ class Settings:
             if len(self.secret_key) < 32:
                 raise ConfigError("HERALD_SECRET_KEY must be at least 32 characters in production")
             return self
-        changes: dict[str, object] = {}
-        if not self.secret_key:
-            changes["secret_key"] = _dev_value("dev-secret-key", "HERALD_SECRET_KEY")
-        if not self.api_keys:
-            changes["api_keys"] = (_dev_value("dev-api-key", "HERALD_API_KEYS"),)
-        return dataclasses.replace(self, **changes) if changes else self
+        return dataclasses.replace(
+            self,
+            secret_key=self.secret_key or _dev_value("dev-secret-key", "HERALD_SECRET_KEY"),
+            api_keys=self.api_keys or (_dev_value("dev-api-key", "HERALD_API_KEYS"),),
+        )
 
     def frontend_id_for(self, port: int | None) -> str:
         """The frontend id: configured, else ``<hostname>-<port>`` (stable across restarts)."""

@@ -7,6 +7,7 @@ our own envelopes, build one frame, hand it to the matching local sockets).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
@@ -20,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import messagelog, registry
-from .bus import BusConsumer, BusPublisher
+from .bus import BROKER_ERRORS, BusConsumer, BusPublisher
 from .config import Settings
 from .db import get_engine
 from .envelope import (
@@ -147,10 +148,8 @@ class Frontend:
         log.warning("frontend %s lost its bus queue", self.id)
 
     def _safe_heartbeat(self) -> None:
-        try:
+        with contextlib.suppress(SQLAlchemyError):
             registry.heartbeat(self.engine, self.id, self.consumer.queue_name, self.draining)
-        except SQLAlchemyError:
-            pass
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason) for /readyz."""
@@ -179,7 +178,7 @@ class Frontend:
         self.hub.deliver(target, ws_text_frame(event_frame(env)), exclude)
         try:
             self.publisher.publish(encode(env))
-        except Exception as exc:  # noqa: BLE001 - kombu raises many kinds when the broker is away
+        except BROKER_ERRORS as exc:
             if not durable:
                 raise
             log.warning("broker unavailable; durable message %s stays in the log: %s", msg_id, exc)
@@ -215,7 +214,7 @@ class Frontend:
         self._deliver(env)
         try:
             self.publisher.publish(encode(env))
-        except Exception as exc:  # noqa: BLE001
+        except BROKER_ERRORS as exc:
             log.warning("presence not published (broker away): %s", exc)
 
     def member_info(self, conn: Conn) -> dict[str, str]:

@@ -8,6 +8,7 @@ up while a write is in flight leave in one ``sendall``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -35,8 +36,21 @@ GroupKey = tuple[str, str]  # (scope, group)
 class Conn:
     """One local WebSocket: identity, memberships and the outbox its writer drains."""
 
-    __slots__ = ("id", "user_id", "ws", "groups", "monitors", "_outbox", "_wake", "_limit",
-                 "_close", "closed", "_writer", "on_overflow", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_close",
+        "_limit",
+        "_outbox",
+        "_wake",
+        "_writer",
+        "closed",
+        "groups",
+        "id",
+        "monitors",
+        "on_overflow",
+        "user_id",
+        "ws",
+    )
 
     def __init__(self, conn_id: str, user_id: str, ws: Any, outbox_limit: int,
                  on_overflow: Callable[[Conn], None] | None = None) -> None:
@@ -91,14 +105,12 @@ class Conn:
                         continue
                 if self._close is not None:
                     code, reason = self._close
-                    try:
+                    with contextlib.suppress(ConnectionClosed):  # the peer closed first
                         self.ws.close(reason=code, message=reason)
-                    except ConnectionClosed:
-                        pass  # the peer closed first
                     return
         except OSError:
             pass  # the peer went away; the reader side notices and cleans up
-        except Exception:  # noqa: BLE001 - a writer must never take the process down
+        except Exception:  # a writer must never take the process down
             log.exception("writer for %s failed", self.id)
         finally:
             self.closed = True

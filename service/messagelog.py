@@ -34,5 +34,6 @@ def append(engine: Engine, origin: str, target: Target, event: str, data: msgspe
             stmt = stmt.on_conflict_do_nothing(index_elements=[Message.dedupe_key])
         msg_id = db.execute(stmt.returning(Message.id)).scalar()
         if msg_id is None:
-            msg_id = db.execute(select(Message.id).where(Message.dedupe_key == dedupe_key)).scalar_one()
+            msg_id = db.execute(
+                select(Message.id).where(Message.dedupe_key == dedupe_key)).scalar_one()
     return int(msg_id)

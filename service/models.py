@@ -50,8 +50,10 @@ class Frontend(Base):
     id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
     host: Mapped[str] = mapped_column(String(255))
     queue: Mapped[str | None] = mapped_column(String(255))
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    started_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now())
     draining: Mapped[bool] = mapped_column(Boolean, server_default="false")
 
 
@@ -64,7 +66,8 @@ class Connection(Base):
     frontend_id: Mapped[str] = mapped_column(
         ForeignKey("frontends.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[str] = mapped_column(String(NAME_LEN), index=True)
-    connected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    connected_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now())
 
 
 class Membership(Base):
@@ -76,7 +79,8 @@ class Membership(Base):
         ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True)
     scope: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
     group: Mapped[str] = mapped_column("group_name", String(NAME_LEN), primary_key=True)
-    joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    joined_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (Index("ix_memberships_scope_group", "scope", "group_name"),)
 
@@ -117,6 +121,7 @@ class TaskRecord(Base):
     progress: Mapped[float] = mapped_column(Float, server_default="0")
     result: Mapped[Any] = mapped_column(JSONB, nullable=True)
     error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now())

@@ -21,8 +21,8 @@ from gevent.queue import Empty, Queue
 from sqlalchemy import Connection as DBConn
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from .models import Connection, Frontend, Membership
 
@@ -104,7 +104,7 @@ class RegistryWriter:
         return op.done
 
     def pending(self) -> int:
-        return self.queue.qsize()
+        return int(self.queue.qsize())
 
     def write(self, kind: str, timeout_s: float, **params: Any) -> bool:
         """Queue a write and wait for it (bounded). True once committed; False while the
@@ -113,7 +113,7 @@ class RegistryWriter:
         if not done.wait(timeout_s) and not done.ready():
             return False
         if not done.successful():
-            raise done.exception  # type: ignore[misc]
+            raise done.exception
         return True
 
     def flush(self, timeout_s: float) -> None:
@@ -149,7 +149,8 @@ class RegistryWriter:
                     self._apply_one_by_one(batch)
                     return
                 self.healthy = False
-                log.warning("registry write failed (%s); retrying in %.1fs", exc.__class__.__name__, delay)
+                log.warning("registry write failed (%s); retrying in %.1fs",
+                            exc.__class__.__name__, delay)
                 gevent.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
 

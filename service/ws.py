@@ -143,7 +143,7 @@ class Session:
             reply = handler(self, frame)
         except HeraldError as exc:
             reply = error_frame(exc, ref if ref is not None else frames.peek_ref(raw))
-        except Exception:  # noqa: BLE001 - one frame must never kill the socket or process
+        except Exception:  # one frame must never kill the socket or process
             log.exception("op failed")
             reply = error_frame(HeraldError("internal error"), ref)
         if reply is not None:

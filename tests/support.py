@@ -188,9 +188,12 @@ class Client:
         self.closed.wait(5)
 
 
-def api(proc: Proc, method: str, path: str, key: str = "test-key-1", **kw: Any) -> requests.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return requests.request(method, proc.url + path, headers=headers, timeout=10, **kw)
+def api(proc: Proc, method: str, path: str, key: str = "test-key-1",
+        headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
+    """Call the HTTP API of a frontend with a bearer key (none when ``key`` is empty)."""
+    merged = {"Authorization": f"Bearer {key}"} if key else {}
+    merged.update(headers or {})
+    return requests.request(method, proc.url + path, headers=merged, timeout=10, **kw)
 
 
 def wait_until(pred: Callable[[], Any], timeout: float = WAIT_S, interval: float = 0.1) -> Any:

@@ -22,9 +22,10 @@ from celery.signals import before_task_publish
 from sqlalchemy.dialects.postgresql import insert
 
 from service import messagelog
-from service.bus import BusPublisher
+from service.bus import BROKER_ERRORS, BusPublisher
 from service.db import get_engine
 from service.envelope import Target, encode, make_envelope, raw_json
+from service.errors import BadRequest
 from service.models import TaskRecord
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class WorkerPublisher:
         body = encode(make_envelope(self.origin, target, event, data, msg_id))
         try:
             self.bus.publish(body)
-        except Exception as exc:  # noqa: BLE001 - a durable message is safe in the log
+        except BROKER_ERRORS as exc:  # a durable message is safe in the log
             if not durable:
                 raise
             log.warning("broker unavailable, message %s stays in the log for replay: %s",
@@ -97,7 +98,7 @@ def notify_target(value: Any) -> Target | None:
         return None
     try:
         return Target.from_json(value)
-    except Exception:  # noqa: BLE001 - a bad header means nobody to notify, not a crash
+    except BadRequest:  # a bad header means nobody to notify, not a crash
         log.warning("ignoring unusable %s header: %r", NOTIFY_HEADER, value)
         return None
 

@@ -1,7 +1,7 @@
 """initial registry and log
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-23 20:15:06.832329
 """
 from alembic import op
