@@ -98,6 +98,47 @@ def task_status(task_id: str) -> Response:
                     "progress": rec.progress, "result": rec.result, "error": rec.error})
 
 
+def _names(*names: str) -> None:
+    for name in names:
+        if not valid_name(name):
+            raise BadRequest(f"invalid name {name[:130]!r}")
+
+
+@api.get("/groups")
+@require_key
+def groups() -> Response:
+    scope = request.args.get("scope")
+    if scope is not None:
+        _names(scope)
+    return jsonify(registry.which_groups(node().engine, scope))
+
+
+@api.get("/groups/<scope>/<group>/members")
+@require_key
+def group_members(scope: str, group: str) -> Response:
+    _names(scope, group)
+    if request.args.get("local") in {"1", "true"}:
+        fe = node()
+        return jsonify([fe.member_info(c) for c in fe.hub.local_members((scope, group))])
+    return jsonify(registry.get_members(node().engine, scope, group))
+
+
+@api.route("/groups/<scope>/<group>/members/<connection_id>", methods=["PUT", "DELETE"])
+@require_key
+def server_membership(scope: str, group: str, connection_id: str) -> tuple[str, int]:
+    _names(scope, group, connection_id)
+    action = "join" if request.method == "PUT" else "leave"
+    node().server_membership(action, (scope, group), connection_id)
+    return "", 204
+
+
+@api.get("/users/<user_id>/connections")
+@require_key
+def user_connections(user_id: str) -> Response:
+    _names(user_id)
+    return jsonify(registry.user_connections(node().engine, user_id))
+
+
 @api.get("/frontends")
 @require_key
 def frontends() -> Response:

@@ -112,15 +112,6 @@ class EventFrame(msgspec.Struct, tag="event", tag_field="op", omit_defaults=True
     id: int | None = None
 
 
-class PresenceFrame(msgspec.Struct, tag="presence", tag_field="op"):
-    """A `presence` frame: joins and leaves in one group."""
-
-    group: str
-    scope: str
-    joins: list[dict[str, str]]
-    leaves: list[dict[str, str]]
-
-
 _encoder = msgspec.json.Encoder()
 _env_decoder = msgspec.json.Decoder(Envelope)
 NULL = msgspec.Raw(b"null")
@@ -190,16 +181,10 @@ def presence_envelope(origin: str, scope: str, group: str, joins: list[dict[str,
                     ts=time.time())
 
 
-class _PresenceData(msgspec.Struct):
-    joins: list[dict[str, str]] = []
-    leaves: list[dict[str, str]] = []
 
-
-_presence_decoder = msgspec.json.Decoder(_PresenceData)
-
-
-def presence_frame(env: Envelope) -> bytes:
-    """The JSON text of the client `presence` frame for a presence envelope."""
-    body = _presence_decoder.decode(env.data)
-    return _encoder.encode(PresenceFrame(group=env.target["group"], scope=env.target["scope"],
-                                         joins=body.joins, leaves=body.leaves))
+def control_envelope(origin: str, connection_id: str, action: str, scope: str,
+                     group: str) -> Envelope:
+    """Ask the frontend holding ``connection_id`` to join or leave a group (server-side pg)."""
+    return Envelope(origin=origin, kind="control", target={"connection": connection_id},
+                    event=action, data=raw_json({"scope": scope, "group": group}),
+                    ts=time.time())

@@ -20,26 +20,29 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import messagelog, registry
+from . import messagelog, presence, registry
 from .bus import BROKER_ERRORS, BusConsumer, BusPublisher
 from .config import Settings
 from .db import get_engine
 from .envelope import (
     Envelope,
     Target,
+    control_envelope,
     decode_envelope,
     encode,
     event_frame,
     make_envelope,
     presence_envelope,
-    presence_frame,
     target_of,
     ws_text_frame,
 )
+from .errors import NotFound
 from .hub import CLOSE_DRAINING, Conn, GroupKey, Hub
 
 log = logging.getLogger(__name__)
 
+#: How long an op waits for its registry write before answering anyway (DB outage).
+REGISTRY_ACK_TIMEOUT_S = 5.0
 #: Sockets closed per drain batch, and the pause between batches.
 DRAIN_BATCH = 100
 DRAIN_PAUSE_S = 0.05
@@ -111,10 +114,16 @@ class Frontend:
 
     def _try_register(self) -> None:
         try:
-            registry.register_frontend(self.engine, self.id, self.host, self.consumer.queue_name)
+            stale = registry.register_frontend(self.engine, self.id, self.host,
+                                               self.consumer.queue_name)
             self.registered = True
         except SQLAlchemyError as exc:
             log.warning("frontend %s could not register yet: %s", self.id, exc.__class__.__name__)
+            return
+        if stale:  # an earlier run with our id left members behind: tell their monitors
+            from workers.presence import publish_leaves
+
+            publish_leaves(stale, publish=self.publisher.publish, origin=self.id)
 
     def _heartbeat_loop(self) -> None:
         while True:
@@ -197,25 +206,99 @@ class Frontend:
         self._deliver(env)
 
     def _deliver(self, env: Envelope) -> None:
-        if env.kind == "presence":
-            key = (env.target["scope"], env.target["group"])
-            watchers = self.hub.monitors.get(key)
-            if watchers:
-                frame = ws_text_frame(presence_frame(env))
-                for conn in list(watchers):
-                    conn.push(frame)
+        if env.kind == "event":
+            self.hub.deliver(target_of(env), ws_text_frame(event_frame(env)), env.exclude)
+        elif env.kind == "presence":
+            self._deliver_presence((env.target["scope"], env.target["group"]),
+                                   presence.decode(env.data))
+        elif env.kind == "control":
+            self._apply_control(env)
+
+    def _deliver_presence(self, key: GroupKey, change: presence.PresenceData) -> None:
+        watchers = self.hub.monitors.get(key)
+        if not watchers:
             return
-        self.hub.deliver(target_of(env), ws_text_frame(event_frame(env)), env.exclude)
+        shared: bytes | None = None
+        for conn in list(watchers):
+            state = conn.monitors.get(key)
+            if state is None:
+                continue
+            if state.pending is not None:  # its snapshot is still being read
+                state.pending.append(change)
+                continue
+            news = state.filter(change)
+            if news is change:  # the common case: one frame for every watcher
+                if shared is None:
+                    shared = ws_text_frame(encode(presence.frame(key[0], key[1], change)))
+                conn.push(shared)
+            elif news.joins or news.leaves:
+                conn.send(presence.frame(key[0], key[1], news))
 
     def publish_presence(self, key: GroupKey, joins: list[dict[str, str]],
                          leaves: list[dict[str, str]]) -> None:
         """Tell monitors of a group, here and on every other frontend, who joined or left."""
+        self._deliver_presence(key, presence.PresenceData(joins=joins, leaves=leaves))
         env = presence_envelope(self.id, key[0], key[1], joins, leaves)
-        self._deliver(env)
         try:
             self.publisher.publish(encode(env))
         except BROKER_ERRORS as exc:
             log.warning("presence not published (broker away): %s", exc)
+
+    # --- groups (pg join/leave) ----------------------------------------------------------
+
+    def join(self, conn: Conn, key: GroupKey, record: bool = True) -> bool:
+        """Join a local socket to a group: index, registry (awaited), presence."""
+        if not self.hub.join(conn, key):
+            return False
+        if record:
+            try:
+                self.registry.write("join", REGISTRY_ACK_TIMEOUT_S, connection_id=conn.id,
+                                    scope=key[0], group=key[1])
+            except SQLAlchemyError:
+                self.hub.leave(conn, key)
+                raise
+        self.publish_presence(key, [self.member_info(conn)], [])
+        return True
+
+    def leave(self, conn: Conn, key: GroupKey, record: bool = True) -> bool:
+        """Remove a local socket from a group: index, registry (awaited), presence."""
+        if not self.hub.leave(conn, key):
+            return False
+        if record:
+            self.registry.write("leave", REGISTRY_ACK_TIMEOUT_S, connection_id=conn.id,
+                                scope=key[0], group=key[1])
+        self.publish_presence(key, [], [self.member_info(conn)])
+        return True
+
+    def server_membership(self, action: str, key: GroupKey, connection_id: str) -> None:
+        """Server-side join or leave of any connection, wherever it is (pg:join/leave).
+
+        The registry row is written here, so `members` agrees at once; the frontend that
+        holds the socket updates its index and publishes presence (directly when that is us,
+        else through a control envelope on the fanout).
+        """
+        if action == "join":
+            if not registry.add_membership(self.engine, connection_id, key[0], key[1]):
+                raise NotFound(f"no connection {connection_id!r}")
+        else:
+            registry.remove_membership(self.engine, connection_id, key[0], key[1])
+        conn = self.hub.conns.get(connection_id)
+        if conn is not None:
+            (self.join if action == "join" else self.leave)(conn, key, record=False)
+            return
+        self.publisher.publish(encode(control_envelope(self.id, connection_id, action,
+                                                       key[0], key[1])))
+
+    def _apply_control(self, env: Envelope) -> None:
+        conn = self.hub.conns.get(env.target.get("connection", ""))
+        if conn is None:
+            return
+        body = msgspec.json.decode(env.data, type=dict[str, str])
+        key = (body["scope"], body["group"])
+        if env.event == "join":
+            self.join(conn, key, record=False)
+        elif env.event == "leave":
+            self.leave(conn, key, record=False)
 
     def member_info(self, conn: Conn) -> dict[str, str]:
         return {"connection_id": conn.id, "user_id": conn.user_id, "frontend": self.id}

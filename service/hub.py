@@ -19,6 +19,7 @@ from gevent.event import Event
 from simple_websocket import ConnectionClosed
 
 from .envelope import Target, encode, ws_text_frame
+from .presence import MonitorState
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Conn:
         self.user_id = user_id
         self.ws = ws
         self.groups: set[GroupKey] = set()
-        self.monitors: set[GroupKey] = set()
+        self.monitors: dict[GroupKey, MonitorState] = {}
         self._outbox: deque[bytes] = deque()
         self._wake = Event()
         self._limit = outbox_limit
@@ -166,13 +167,15 @@ class Hub:
         _discard(self.by_group, key, conn)
         return True
 
-    def monitor(self, conn: Conn, key: GroupKey, on: bool) -> None:
+    def monitor(self, conn: Conn, key: GroupKey, on: bool) -> MonitorState | None:
+        """Start (fresh state, buffering until its snapshot) or stop monitoring a group."""
         if on:
-            conn.monitors.add(key)
+            state = conn.monitors[key] = MonitorState()
             self.monitors.setdefault(key, set()).add(conn)
-        else:
-            conn.monitors.discard(key)
-            _discard(self.monitors, key, conn)
+            return state
+        conn.monitors.pop(key, None)
+        _discard(self.monitors, key, conn)
+        return None
 
     def matching(self, target: Target) -> Iterable[Conn]:
         """The local sockets a target addresses."""

@@ -181,11 +181,48 @@ def _is_data_error(exc: SQLAlchemyError) -> bool:
 
 # --- frontends ---------------------------------------------------------------------------
 
-def register_frontend(engine: Engine, frontend_id: str, host: str, queue: str | None) -> None:
-    """(Re)register a frontend, first deleting rows an earlier run with this id left behind."""
+def register_frontend(engine: Engine, frontend_id: str, host: str,
+                      queue: str | None) -> list[dict[str, str]]:
+    """(Re)register a frontend, first deleting rows an earlier run with this id left behind.
+
+    Returns the memberships that were removed with them, for presence leaves.
+    """
     with engine.begin() as db:
+        stale = memberships_of_frontends(db, [frontend_id])
         db.execute(delete(Frontend).where(Frontend.id == frontend_id))
         db.execute(insert(Frontend).values(id=frontend_id, host=host, queue=queue))
+    return stale
+
+
+def memberships_of_frontends(db: DBConn, frontend_ids: list[str]) -> list[dict[str, str]]:
+    """Every membership held by connections of these frontends."""
+    rows = db.execute(
+        select(Membership.scope, Membership.group, Membership.connection_id,
+               Connection.user_id, Connection.frontend_id)
+        .join(Connection, Connection.id == Membership.connection_id)
+        .where(Connection.frontend_id.in_(frontend_ids))
+        .order_by(Membership.connection_id, Membership.joined_at)).all()
+    return [{"scope": s, "group": g, "connection_id": c, "user_id": u, "frontend": f}
+            for s, g, c, u, f in rows]
+
+
+def add_membership(engine: Engine, connection_id: str, scope: str, group: str) -> bool:
+    """Server-side join: add the row if the connection exists; False when it does not."""
+    exists = select(Connection.id).where(Connection.id == connection_id)
+    with engine.begin() as db:
+        if db.execute(exists).first() is None:
+            return False
+        db.execute(insert(Membership).values(connection_id=connection_id, scope=scope,
+                                             group_name=group).on_conflict_do_nothing())
+    return True
+
+
+def remove_membership(engine: Engine, connection_id: str, scope: str, group: str) -> None:
+    """Server-side leave (idempotent)."""
+    with engine.begin() as db:
+        db.execute(delete(Membership).where(Membership.connection_id == connection_id,
+                                            Membership.scope == scope,
+                                            Membership.group == group))
 
 
 def heartbeat(engine: Engine, frontend_id: str, queue: str | None, draining: bool) -> bool:

@@ -19,17 +19,15 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import frames, registry
+from . import frames, presence, registry
 from .auth import Grants, verify_token
 from .envelope import Target, encode
 from .errors import BadRequest, Forbidden, HeraldError, Unauthorized
-from .frontend import Frontend
+from .frontend import REGISTRY_ACK_TIMEOUT_S, Frontend
 from .hub import CLOSE_DRAINING, CLOSE_POLICY, CLOSE_UNAUTHORIZED, Conn
 
 log = logging.getLogger(__name__)
 
-#: How long a handler waits for its registry write before answering anyway.
-REGISTRY_ACK_TIMEOUT_S = 5.0
 RESUME_TOKEN_TTL_S = 24 * 3600
 
 Reply = dict[str, Any] | None
@@ -169,24 +167,15 @@ class Session:
         assert isinstance(f, frames.Join) and self.conn and self.grants
         if not self.grants.may_join(f.scope, f.group):
             raise Forbidden(f"not allowed to join {f.scope}/{f.group}")
-        key = (f.scope, f.group)
-        if self.node.hub.join(self.conn, key):
-            try:
-                self.node.registry.write("join", REGISTRY_ACK_TIMEOUT_S,
-                                         connection_id=self.conn.id, scope=f.scope, group=f.group)
-            except SQLAlchemyError:
-                self.node.hub.leave(self.conn, key)
-                raise HeraldError("could not record the membership") from None
-            self.node.publish_presence(key, [self.node.member_info(self.conn)], [])
+        try:
+            self.node.join(self.conn, (f.scope, f.group))
+        except SQLAlchemyError:
+            raise HeraldError("could not record the membership") from None
         return ack(f)
 
     def op_leave(self, f: frames.Frame) -> Reply:
         assert isinstance(f, frames.Leave) and self.conn
-        key = (f.scope, f.group)
-        if self.node.hub.leave(self.conn, key):
-            self.node.registry.write("leave", REGISTRY_ACK_TIMEOUT_S,
-                                     connection_id=self.conn.id, scope=f.scope, group=f.group)
-            self.node.publish_presence(key, [], [self.node.member_info(self.conn)])
+        self.node.leave(self.conn, (f.scope, f.group))
         return ack(f)
 
     def op_publish(self, f: frames.Frame) -> Reply:
@@ -214,13 +203,15 @@ class Session:
         assert isinstance(f, (frames.Monitor, frames.Demonitor)) and self.conn and self.grants
         if not self.grants.may_join(f.scope, f.group):
             raise Forbidden(f"not allowed to monitor {f.scope}/{f.group}")
-        on = isinstance(f, frames.Monitor)
-        self.node.hub.monitor(self.conn, (f.scope, f.group), on)
+        state = self.node.hub.monitor(self.conn, (f.scope, f.group), isinstance(f, frames.Monitor))
         self.conn.send(ack(f))
-        if on:
-            snapshot = registry.get_members(self.node.engine, f.scope, f.group)
-            self.conn.send({"op": "presence", "group": f.group, "scope": f.scope,
-                            "joins": snapshot, "leaves": []})
+        if state is not None:
+            # changes arriving while the snapshot is read are buffered in `state`
+            members = registry.get_members(self.node.engine, f.scope, f.group)
+            self.conn.send(presence.frame(f.scope, f.group,
+                                          presence.PresenceData(joins=members)))
+            for change in state.snapshot(members):
+                self.conn.send(presence.frame(f.scope, f.group, change))
         return None
 
     def op_task(self, f: frames.Frame) -> Reply:

@@ -89,6 +89,16 @@ def cluster() -> Iterator[Cluster]:
         c.stop()
 
 
+@pytest.fixture(scope="module")
+def pair() -> Iterator[tuple[Proc, Proc]]:
+    """Two frontends shared by one module's tests (each test uses its own names)."""
+    c = Cluster()
+    try:
+        yield c.frontend("pa"), c.frontend("pb")
+    finally:
+        c.stop()
+
+
 @pytest.fixture
 def token() -> Any:
     """Issue client tokens signed with this run's secret."""

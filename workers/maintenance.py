@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import Engine, delete, func, select
 
 from service.db import get_engine
-from service.models import Connection, Frontend, Membership, Message
+from service.models import Frontend, Message
+from service.registry import memberships_of_frontends
 from workers.celery_app import app, settings
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 MISSED_HEARTBEATS = 3
 
 
-def sweep_dead_frontends(engine: Engine, heartbeat_s: float) -> list[dict[str, Any]]:
+def sweep_dead_frontends(engine: Engine, heartbeat_s: float) -> list[dict[str, str]]:
     """Delete frontends silent for three heartbeats, in one transaction.
 
     Returns the memberships removed with them, so presence leaves can be published.
@@ -29,15 +29,10 @@ def sweep_dead_frontends(engine: Engine, heartbeat_s: float) -> list[dict[str, A
                           .with_for_update(skip_locked=True)).scalars().all()
         if not dead:
             return []
-        removed = db.execute(
-            select(Membership.scope, Membership.group, Membership.connection_id,
-                   Connection.user_id, Connection.frontend_id)
-            .join(Connection, Connection.id == Membership.connection_id)
-            .where(Connection.frontend_id.in_(dead))).all()
+        removed = memberships_of_frontends(db, list(dead))
         db.execute(delete(Frontend).where(Frontend.id.in_(dead)))
     log.warning("swept dead frontends %s (%d memberships)", dead, len(removed))
-    return [{"scope": s, "group": g, "connection_id": c, "user_id": u, "frontend": f}
-            for s, g, c, u, f in removed]
+    return removed
 
 
 @app.task(name="herald.sweep_frontends", ignore_result=True)
