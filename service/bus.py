@@ -118,9 +118,13 @@ class BusConsumer:
         self._sleep = sleep or time.sleep
         self._connection: Connection | None = None
 
-    def stop(self) -> None:
+    def stop(self, close: bool = True) -> None:
+        """End the loop. ``close=True`` also closes the connection from outside, which
+        unblocks a loop running in another thread; a greenlet owner instead kills the
+        loop's greenlet (whose ``finally`` closes it), since gevent forbids closing a
+        socket another greenlet is reading."""
         self.should_stop = True
-        if self._connection is not None:
+        if close and self._connection is not None:
             close_quietly(self._connection)
 
     def run(self) -> None:

@@ -36,7 +36,6 @@ from .envelope import (
     target_of,
     ws_text_frame,
 )
-from .errors import NotFound
 from .hub import CLOSE_DRAINING, Conn, GroupKey, Hub
 
 log = logging.getLogger(__name__)
@@ -82,14 +81,14 @@ class Frontend:
     def stop(self) -> None:
         """Deregister and stop background work (graceful exit)."""
         self.draining = True
-        self.consumer.stop()
+        self.consumer.stop(close=False)
+        for g in self._greenlets:
+            g.kill(block=True, timeout=2)  # the consumer's finally closes its connection
         self.registry.flush(timeout_s=5.0)
         try:
             registry.deregister_frontend(self.engine, self.id)
         except SQLAlchemyError as exc:
             log.warning("could not deregister %s: %s", self.id, exc)
-        for g in self._greenlets:
-            g.kill(block=False)
         self.publisher.close()
 
     def drain(self) -> None:
@@ -277,11 +276,7 @@ class Frontend:
         holds the socket updates its index and publishes presence (directly when that is us,
         else through a control envelope on the fanout).
         """
-        if action == "join":
-            if not registry.add_membership(self.engine, connection_id, key[0], key[1]):
-                raise NotFound(f"no connection {connection_id!r}")
-        else:
-            registry.remove_membership(self.engine, connection_id, key[0], key[1])
+        registry.record_server_membership(self.engine, action, connection_id, key[0], key[1])
         conn = self.hub.conns.get(connection_id)
         if conn is not None:
             (self.join if action == "join" else self.leave)(conn, key, record=False)

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from .errors import NotFound
 from .models import Connection, Frontend, Membership
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,18 @@ def add_membership(engine: Engine, connection_id: str, scope: str, group: str) -
         db.execute(insert(Membership).values(connection_id=connection_id, scope=scope,
                                              group_name=group).on_conflict_do_nothing())
     return True
+
+
+def record_server_membership(engine: Engine, action: str, connection_id: str, scope: str,
+                             group: str) -> None:
+    """The registry half of a server-side join or leave; NotFound for an unknown connection."""
+    if action == "join":
+        if not add_membership(engine, connection_id, scope, group):
+            raise NotFound(f"no connection {connection_id!r}")
+    elif action == "leave":
+        remove_membership(engine, connection_id, scope, group)
+    else:
+        raise ValueError(action)
 
 
 def remove_membership(engine: Engine, connection_id: str, scope: str, group: str) -> None:

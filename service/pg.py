@@ -1,0 +1,115 @@
+"""Erlang ``pg`` for backend code: join, leave, get_members, which_groups, publish, monitor.
+
+Works from any Python process with Herald's settings (a web backend, a script, a Celery
+task): it talks to Postgres and the fanout directly, no frontend in between.
+
+=======================================  =============================================
+pg                                       Herald
+=======================================  =============================================
+``pg:join(Scope, Group, Pid)``           ``Herald().join(scope, group, connection_id)``
+``pg:leave(Scope, Group, Pid)``          ``Herald().leave(scope, group, connection_id)``
+``pg:get_members(Scope, Group)``         ``Herald().get_members(scope, group)``
+``pg:get_local_members(Scope, Group)``   ``get_local_members(scope, group)`` in a frontend
+``pg:which_groups(Scope)``               ``Herald().which_groups(scope)``
+``Pid ! Msg`` to every member            ``Herald().publish(Target.group(g, s), event, data)``
+``pg:monitor(Scope, Group)``             ``for change in Herald().monitor(scope, group)``
+=======================================  =============================================
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from . import registry
+from .bus import BusConsumer, BusPublisher
+from .config import Settings
+from .db import get_engine
+from .envelope import Target, control_envelope, decode_envelope, encode, raw_json
+from .presence import MonitorState, PresenceData
+from .presence import decode as decode_presence
+
+#: How long monitor() waits for its queue to be bound before giving up.
+MONITOR_READY_TIMEOUT_S = 15.0
+
+
+class Herald:
+    """A backend's handle on the cluster (thread-safe; one per process is enough)."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.origin = f"backend:{socket.gethostname()}:{os.getpid()}"
+        self.engine = get_engine(self.settings.database_url, pool_size=2)
+        self.bus = BusPublisher(self.settings.broker_url, self.settings.exchange, confirm=True)
+
+    def join(self, scope: str, group: str, connection_id: str) -> None:
+        """Server-side join of any connection (raises NotFound for an unknown one)."""
+        self._membership("join", scope, group, connection_id)
+
+    def leave(self, scope: str, group: str, connection_id: str) -> None:
+        """Server-side leave (idempotent)."""
+        self._membership("leave", scope, group, connection_id)
+
+    def _membership(self, action: str, scope: str, group: str, connection_id: str) -> None:
+        registry.record_server_membership(self.engine, action, connection_id, scope, group)
+        # the frontend holding the socket updates its index and tells monitors
+        self.bus.publish(encode(control_envelope(self.origin, connection_id, action,
+                                                 scope, group)))
+
+    def get_members(self, scope: str, group: str) -> list[dict[str, str]]:
+        return registry.get_members(self.engine, scope, group)
+
+    def which_groups(self, scope: str | None = None) -> list[dict[str, Any]]:
+        return registry.which_groups(self.engine, scope)
+
+    def publish(self, target: Target, event: str, data: Any = None, *,
+                durable: bool = True) -> int | None:
+        """Publish to every matching socket on every frontend; durable ones are logged first."""
+        from workers.notify import publisher
+
+        return publisher().publish(target, event, raw_json(data), durable)
+
+    def monitor(self, scope: str, group: str) -> Iterator[PresenceData]:
+        """Yield the current members (as joins), then every join and leave, each once.
+
+        Consumes through its own exclusive queue; closing the generator stops it.
+        """
+        inbox: queue.Queue[bytes] = queue.Queue()
+        ready = threading.Event()
+        consumer = BusConsumer(self.settings.broker_url, self.settings.exchange, inbox.put,
+                               on_ready=lambda _name, _first: ready.set())
+        thread = threading.Thread(target=consumer.run, name="herald-monitor", daemon=True)
+        thread.start()
+        try:
+            if not ready.wait(MONITOR_READY_TIMEOUT_S):
+                raise TimeoutError("monitor: could not bind a queue to the exchange")
+            # the queue is bound before the snapshot is read: nothing falls in between
+            members = self.get_members(scope, group)
+            state = MonitorState()
+            state.snapshot(members)
+            yield PresenceData(joins=members)
+            while True:
+                env = decode_envelope(inbox.get())
+                if env.kind != "presence" or env.target != {"group": group, "scope": scope}:
+                    continue
+                news = state.filter(decode_presence(env.data))
+                if news.joins or news.leaves:
+                    yield news
+        finally:
+            consumer.stop()
+            thread.join(timeout=5)
+
+    def close(self) -> None:
+        self.bus.close()
+
+
+def get_local_members(scope: str, group: str) -> list[dict[str, str]]:
+    """Members of a group held by this frontend (call inside a frontend's request)."""
+    from flask import current_app
+
+    node = current_app.extensions["herald"]
+    return [node.member_info(c) for c in node.hub.local_members((scope, group))]

@@ -1,0 +1,85 @@
+"""Issue 3: the Python pg API for backend code, against two live frontends."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import pytest
+
+from service.envelope import Target
+from service.errors import NotFound
+from service.pg import Herald
+from service.presence import PresenceData
+from tests.support import Client, wait_until
+
+
+@pytest.fixture
+def herald() -> Any:
+    h = Herald()
+    yield h
+    h.close()
+
+
+def test_join_publish_members_which_groups_leave(pair: Any, token: Any, herald: Herald) -> None:
+    pa, pb = pair
+    room = f"room-{uuid.uuid4().hex[:6]}"
+    on_a, on_b = Client(pa.ws_url), Client(pb.ws_url)
+    ida = on_a.hello(token("pa-user"))["connection_id"]
+    idb = on_b.hello(token("pb-user"))["connection_id"]
+
+    herald.join("lobby", room, ida)
+    herald.join("lobby", room, idb)
+    assert {m["connection_id"] for m in herald.get_members("lobby", room)} == {ida, idb}
+    assert {"scope": "lobby", "group": room, "members": 2} in herald.which_groups("lobby")
+    # the frontends index the server-side joins: a group publish reaches both sockets
+    wait_until(lambda: len(on_a.request("members", group=room, scope="lobby",
+                                        local=True)["members"]) == 1)
+    wait_until(lambda: len(on_b.request("members", group=room, scope="lobby",
+                                        local=True)["members"]) == 1)
+    msg_id = herald.publish(Target.group(room, "lobby"), "backend-news", {"v": 1})
+    assert isinstance(msg_id, int)
+    for c in (on_a, on_b):
+        got = c.wait_for(lambda f: f.get("event") == "backend-news")[0]
+        assert got["id"] == msg_id and got["data"] == {"v": 1}
+
+    herald.leave("lobby", room, idb)
+    assert [m["connection_id"] for m in herald.get_members("lobby", room)] == [ida]
+    with pytest.raises(NotFound):
+        herald.join("lobby", room, "no-such-connection")
+
+
+def test_monitor_yields_snapshot_then_changes(pair: Any, token: Any, herald: Herald) -> None:
+    pa, pb = pair
+    room = f"room-{uuid.uuid4().hex[:6]}"
+    first = Client(pa.ws_url)
+    first_id = first.hello(token("m1"))["connection_id"]
+    first.request("join", group=room)
+
+    changes: list[PresenceData] = []
+    got_three = threading.Event()
+
+    def watch() -> None:
+        gen = herald.monitor("default", room)
+        try:
+            for change in gen:
+                changes.append(change)
+                if len(changes) == 3:
+                    got_three.set()
+                    return
+        finally:
+            gen.close()
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    wait_until(lambda: changes)  # the snapshot
+    second = Client(pb.ws_url)
+    second_id = second.hello(token("m2"))["connection_id"]
+    second.request("join", group=room)
+    first.request("leave", group=room)
+    assert got_three.wait(30)
+    t.join(10)
+    assert [m["connection_id"] for m in changes[0].joins] == [first_id]
+    assert [m["connection_id"] for m in changes[1].joins] == [second_id]
+    assert [m["connection_id"] for m in changes[2].leaves] == [first_id]
