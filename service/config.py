@@ -110,6 +110,10 @@ class Settings:
     ws_deflate: bool = False  # HERALD_WS_DEFLATE: permessage-deflate (~100 KiB per socket)
     db_pool_size: int = 4  # HERALD_DB_POOL_SIZE: connections per frontend process
     log_json: bool = False  # HERALD_LOG_JSON: one JSON object per log line
+    rate_limit: float = 50.0  # HERALD_RATE_LIMIT: client frames per second per socket
+    rate_burst: int = 100  # HERALD_RATE_BURST: frames a socket may send at once
+    max_groups: int = 100  # HERALD_MAX_GROUPS: memberships per connection
+    max_user_connections: int = 20  # HERALD_MAX_USER_CONNECTIONS: sockets per user, cluster-wide
     worker_concurrency: int = 2  # HERALD_WORKER_CONCURRENCY
     flower_port: int = 5555  # HERALD_FLOWER_PORT
     rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672/api/"  # HERALD_RABBITMQ_API
@@ -143,6 +147,10 @@ class Settings:
             ws_deflate=_bool("HERALD_WS_DEFLATE", cls.ws_deflate),
             db_pool_size=_int("HERALD_DB_POOL_SIZE", cls.db_pool_size),
             log_json=_bool("HERALD_LOG_JSON", cls.log_json),
+            rate_limit=_float("HERALD_RATE_LIMIT", cls.rate_limit),
+            rate_burst=_int("HERALD_RATE_BURST", cls.rate_burst),
+            max_groups=_int("HERALD_MAX_GROUPS", cls.max_groups),
+            max_user_connections=_int("HERALD_MAX_USER_CONNECTIONS", cls.max_user_connections),
             worker_concurrency=_int("HERALD_WORKER_CONCURRENCY", cls.worker_concurrency),
             flower_port=_int("HERALD_FLOWER_PORT", cls.flower_port),
             rabbitmq_api_url=os.environ.get("HERALD_RABBITMQ_API") or cls.rabbitmq_api_url,
@@ -155,7 +163,11 @@ class Settings:
                             ("HERALD_MAX_FRAME", self.max_frame_bytes),
                             ("HERALD_OUTBOX_LIMIT", self.outbox_limit),
                             ("HERALD_HEARTBEAT", self.heartbeat_s),
-                            ("HERALD_HISTORY_TTL", self.history_ttl_s)):
+                            ("HERALD_HISTORY_TTL", self.history_ttl_s),
+                            ("HERALD_RATE_LIMIT", self.rate_limit),
+                            ("HERALD_RATE_BURST", self.rate_burst),
+                            ("HERALD_MAX_GROUPS", self.max_groups),
+                            ("HERALD_MAX_USER_CONNECTIONS", self.max_user_connections)):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.production:
@@ -190,5 +202,6 @@ ENV_VARS = (
     "HERALD_OUTBOX_LIMIT", "HERALD_HISTORY_TTL", "HERALD_HEARTBEAT", "HERALD_EXCHANGE",
     "HERALD_TASK_QUEUE", "HERALD_FRONTEND_ID", "HERALD_HOST", "HERALD_WS_DEFLATE",
     "HERALD_DB_POOL_SIZE", "HERALD_LOG_JSON", "HERALD_WORKER_CONCURRENCY",
-    "HERALD_FLOWER_PORT", "HERALD_RABBITMQ_API", "HERALD_VAR_DIR",
+    "HERALD_FLOWER_PORT", "HERALD_RABBITMQ_API", "HERALD_VAR_DIR", "HERALD_RATE_LIMIT",
+    "HERALD_RATE_BURST", "HERALD_MAX_GROUPS", "HERALD_MAX_USER_CONNECTIONS",
 )

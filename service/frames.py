@@ -32,6 +32,10 @@ class Hello(Frame, kw_only=True):
     last_id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
 
 
+class Refresh(Frame, kw_only=True):
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+
+
 class Join(Frame, kw_only=True):
     group: Name
     scope: Scope = "default"
@@ -78,6 +82,7 @@ class Ping(Frame, kw_only=True):
 
 SCHEMAS: dict[str, type[Frame]] = {
     "hello": Hello,
+    "refresh": Refresh,
     "join": Join,
     "leave": Leave,
     "publish": Publish,

@@ -33,6 +33,9 @@ CLOSE_UNAUTHORIZED = 4401
 
 GroupKey = tuple[str, str]  # (scope, group)
 
+#: How long a closing socket's writer may take to flush its queue and close frame.
+CLOSE_FLUSH_TIMEOUT_S = 5.0
+
 
 class Conn:
     """One local WebSocket: identity, memberships and the outbox its writer drains."""
@@ -118,10 +121,14 @@ class Conn:
             self._outbox.clear()
 
     def stop(self) -> None:
-        """End the writer (the socket is gone)."""
+        """End the writer. A requested close is flushed first (bounded), so the client
+        learns why it was closed (4401, 1013, …); otherwise the socket is gone already."""
+        if self._writer is gevent.getcurrent():
+            return
+        if self._close is not None and not self.closed:
+            self._writer.join(timeout=CLOSE_FLUSH_TIMEOUT_S)
         self.closed = True
-        if self._writer is not gevent.getcurrent():
-            self._writer.kill(block=False)
+        self._writer.kill(block=False)
 
 
 class Hub:

@@ -266,6 +266,13 @@ def list_frontends(engine: Engine) -> list[dict[str, Any]]:
 
 # --- look-ups ----------------------------------------------------------------------------
 
+def count_user_connections(engine: Engine, user_id: str) -> int:
+    """How many sockets a user holds across the cluster."""
+    with engine.connect() as db:
+        return int(db.execute(select(func.count()).select_from(Connection)
+                              .where(Connection.user_id == user_id)).scalar_one())
+
+
 def get_members(engine: Engine, scope: str, group: str) -> list[dict[str, str]]:
     """Cluster-wide members of a group (pg:get_members)."""
     stmt = (select(Membership.connection_id, Connection.user_id, Connection.frontend_id)

@@ -22,9 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import frames, presence, registry
 from .auth import Grants, verify_token
 from .envelope import Target, encode
-from .errors import BadRequest, Forbidden, HeraldError, Unauthorized
+from .errors import BadRequest, Forbidden, HeraldError, RateLimited, Unauthorized
 from .frontend import REGISTRY_ACK_TIMEOUT_S, Frontend
 from .hub import CLOSE_DRAINING, CLOSE_POLICY, CLOSE_UNAUTHORIZED, Conn
+from .limits import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Session:
         self.ws = ws
         self.conn: Conn | None = None
         self.grants: Grants | None = None
+        self.bucket: TokenBucket | None = None
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -94,12 +96,20 @@ class Session:
             except HeraldError as exc:
                 self._send_early(error_frame(exc, frames.peek_ref(raw)))
                 continue
-            self._welcome(frame)
-            return True
+            return self._welcome(frame)
 
-    def _welcome(self, frame: frames.Hello) -> None:
+    def _welcome(self, frame: frames.Hello) -> bool:
         assert self.grants is not None
         node = self.node
+        settings = node.settings
+        if registry.count_user_connections(node.engine, self.grants.user_id) >= \
+                settings.max_user_connections:
+            self._send_early(error_frame(RateLimited(
+                f"too many connections for this user (max {settings.max_user_connections})"),
+                frame.ref))
+            self.ws.close(reason=CLOSE_POLICY, message="too many connections")
+            return False
+        self.bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
         conn = Conn(uuid.uuid4().hex, self.grants.user_id, self.ws,
                     node.settings.outbox_limit)
         self.conn = conn
@@ -112,6 +122,7 @@ class Session:
         conn.send({"op": "welcome", "ref": frame.ref, "connection_id": conn.id,
                    "frontend": node.id, "resume": resume,
                    "heartbeat": node.settings.heartbeat_s, "replayed": 0, "groups": []})
+        return True
 
     def _loop(self) -> None:
         assert self.conn is not None and self.grants is not None
@@ -130,8 +141,15 @@ class Session:
             self._handle(raw)
 
     def _handle(self, raw: str | bytes) -> None:
-        assert self.conn is not None
+        assert self.conn is not None and self.bucket is not None
         ref = None
+        if not self.bucket.take():
+            if self.bucket.abused:
+                self.conn.close(CLOSE_POLICY, "rate limit abused")
+                return
+            self.conn.send(error_frame(RateLimited("slow down: too many frames"),
+                                       frames.peek_ref(raw)))
+            return
         try:
             frame = frames.parse(raw)
             ref = frame.ref
@@ -163,10 +181,22 @@ class Session:
     def op_ping(self, f: frames.Frame) -> Reply:
         return {"op": "pong", "ref": f.ref}
 
+    def op_refresh(self, f: frames.Frame) -> Reply:
+        """Swap in a fresh token for the same user before the current one expires."""
+        assert isinstance(f, frames.Refresh) and self.grants
+        grants = verify_token(self.node.settings.secret_key, f.token)
+        if grants.user_id != self.grants.user_id:
+            raise Forbidden("a refreshed token must be for the same user")
+        self.grants = grants
+        return ack(f, expires_at=grants.expires_at)
+
     def op_join(self, f: frames.Frame) -> Reply:
         assert isinstance(f, frames.Join) and self.conn and self.grants
         if not self.grants.may_join(f.scope, f.group):
             raise Forbidden(f"not allowed to join {f.scope}/{f.group}")
+        limit = self.node.settings.max_groups
+        if (f.scope, f.group) not in self.conn.groups and len(self.conn.groups) >= limit:
+            raise Forbidden(f"group limit reached ({limit} per connection)")
         try:
             self.node.join(self.conn, (f.scope, f.group))
         except SQLAlchemyError:
@@ -227,6 +257,7 @@ class Session:
 
 HANDLERS: dict[str, Callable[[Session, frames.Frame], Reply]] = {
     "ping": Session.op_ping,
+    "refresh": Session.op_refresh,
     "join": Session.op_join,
     "leave": Session.op_leave,
     "publish": Session.op_publish,
