@@ -49,21 +49,48 @@ async def hold(url: str, token: str, join: str | None, stats: dict[str, Any],
         await ws.close()
 
 
+async def churn(url: str, token: str, rounds: int, ready: asyncio.Event, go: asyncio.Event,
+                stats: dict[str, Any], sem: asyncio.Semaphore) -> None:
+    """Hold one socket; after `go`, join and leave a group `rounds` times, awaiting acks."""
+    async with sem:
+        ws = await connect(url, max_size=None, open_timeout=30, compression=None)
+        await ws.send(json.dumps({"op": "hello", "token": token}))
+        await ws.recv()
+    stats["connected"] += 1
+    if stats["connected"] == stats["target"]:
+        ready.set()
+    await go.wait()
+    group = f"churn-{stats['connected'] % 50}"
+    for i in range(rounds):
+        for op in ("join", "leave"):
+            await ws.send(json.dumps({"op": op, "group": group, "ref": i}))
+            reply = json.loads(await ws.recv())
+            if reply.get("op") == "ack":
+                stats["ops"] += 1
+    await ws.close()
+
+
 async def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--urls", required=True, help="comma-separated ws URLs, used round robin")
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--token", required=True)
     p.add_argument("--join-half", default="", help="group that every second socket joins")
+    p.add_argument("--join-all", default="", help="group that every socket joins")
     p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--churn", type=int, default=0, help="join+leave rounds per socket")
     args = p.parse_args()
+    if args.churn:
+        await main_churn(args)
+        return
     urls = args.urls.split(",")
     stats: dict[str, Any] = {"connected": 0, "ended": 0, "received": 0, "lat": [],
                              "target": args.count}
     ready, done = asyncio.Event(), asyncio.Event()
     sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
     tasks = [asyncio.create_task(hold(urls[i % len(urls)], args.token,
-                                      args.join_half if args.join_half and i % 2 == 0 else None,
+                                      args.join_all or (args.join_half if args.join_half
+                                                        and i % 2 == 0 else None),
                                       stats, ready, done, sem))
              for i in range(args.count)]
     await asyncio.wait_for(ready.wait(), args.timeout)
@@ -78,6 +105,26 @@ async def main() -> None:
                       "lat": stats["lat"], "cpu_s": usage.ru_utime + usage.ru_stime}), flush=True)
     for t in tasks:
         t.cancel()
+
+
+
+
+async def main_churn(args: argparse.Namespace) -> None:
+    urls = args.urls.split(",")
+    stats: dict[str, Any] = {"connected": 0, "ops": 0, "target": args.count}
+    ready, go = asyncio.Event(), asyncio.Event()
+    sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    tasks = [asyncio.create_task(churn(urls[i % len(urls)], args.token, args.churn, ready, go,
+                                       stats, sem)) for i in range(args.count)]
+    await asyncio.wait_for(ready.wait(), args.timeout)
+    print(json.dumps({"ready": True}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    t0 = time.monotonic()
+    go.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), args.timeout)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"ops": stats["ops"], "elapsed": time.monotonic() - t0,
+                      "cpu_s": usage.ru_utime + usage.ru_stime}), flush=True)
 
 
 if __name__ == "__main__":
