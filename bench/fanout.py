@@ -124,7 +124,8 @@ def main() -> None:
                 rate = None if rate_s == "max" else float(rate_s)
                 for group in (False, True) if rate is None else (False,):
                     r = run_phase(cluster, n, args.messages, rate, group)
-                    print(f"{r['n']:>6} {r['rate']!s:>5} {r['target']:>6} {r['deliveries_s']:>9.0f} "
+                    print(f"{r['n']:>6} {r['rate']!s:>5} {r['target']:>6} "
+                          f"{r['deliveries_s']:>9.0f} "
                           f"{r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f} {r['p99_ms']:>7.1f} "
                           f"{r['max_ms']:>7.1f} {r['lost']:>5} {r['server_us_per_delivery']:>9.1f} "
                           f"{r['client_cpu_s']:>8.2f}", flush=True)

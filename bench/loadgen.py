@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import sys
@@ -96,10 +97,8 @@ async def main() -> None:
     await asyncio.wait_for(ready.wait(), args.timeout)
     print(json.dumps({"ready": True}), flush=True)
     # wait for the parent to say the run is over (it publishes `end`), bounded
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), args.timeout)
-    except TimeoutError:
-        pass
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"received": stats["received"], "ended": stats["ended"],
                       "lat": stats["lat"], "cpu_s": usage.ru_utime + usage.ru_stime}), flush=True)

@@ -130,7 +130,8 @@ def client(app: Any) -> Any:
 def runner() -> Any:
     """Run manage.py as a subprocess with this run's environment."""
 
-    def run(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run([PYTHON, str(ROOT / "manage.py"), *args], cwd=ROOT, text=True,
                               capture_output=True, check=check, env={**os.environ, **(env or {})},
                               timeout=120)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -90,10 +91,8 @@ class Proc:
 
     def signal_group(self, sig: int) -> None:
         # the process group is the one this test created with start_new_session
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def kill(self) -> None:
         """SIGKILL the role and its children (a crash)."""
@@ -181,10 +180,8 @@ class Client:
                     and (name is None or f.get("event") == name)]
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # already closed
             self.ws.close()
-        except Exception:  # noqa: BLE001 - already closed
-            pass
         self.closed.wait(5)
 
 

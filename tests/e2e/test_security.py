@@ -147,7 +147,8 @@ def test_token_expiring_mid_session_closes_4401(pair: Any) -> None:
 ])
 def test_api_keys(pair: Any, header: str | None, status: int) -> None:
     pa, _ = pair
-    r = api(pa, "GET", "/api/frontends", key="", headers={"Authorization": header} if header else {})
+    headers = {"Authorization": header} if header else {}
+    r = api(pa, "GET", "/api/frontends", key="", headers=headers)
     assert r.status_code == status
     if status == 401:
         assert r.json()["error"] == "unauthorized" and set(r.json()) == {"error", "message"}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Run Herald's test suite against local Postgres and RabbitMQ (installed/started if needed).
+#
+#   compose/test.sh [PYTEST ARGS...]     e.g. compose/test.sh -k test_migrations
+#
+# HERALD_LINT=1 (the default when CI=true) runs ruff and mypy first.
+# Fails when pytest fails, collects no test, or skips any test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source compose/bootstrap.sh
+
+herald_venv
+herald_services
+
+if [ "${HERALD_LINT:-$([ "${CI:-}" = true ] && echo 1 || echo 0)}" = 1 ]; then
+    # settings live under .ci/ (ruff.toml, mypy.ini) when present
+    ruff_cfg=(); mypy_cfg=()
+    [ -f .ci/ruff.toml ] && ruff_cfg=(--config .ci/ruff.toml)
+    [ -f .ci/mypy.ini ] && mypy_cfg=(--config-file .ci/mypy.ini)
+    herald_say "lint: ruff"
+    .venv/bin/ruff check "${ruff_cfg[@]}" service workers tests manage.py bench
+    herald_say "lint: mypy"
+    .venv/bin/python -m mypy "${mypy_cfg[@]}" service workers
+fi
+
+mkdir -p test-artifacts
+log="test-artifacts/pytest-$(date +%Y%m%d-%H%M%S)-$$.log"
+set +e
+.venv/bin/python -m pytest tests/ -p no:cacheprovider --timeout 300 -q -rfEs "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+
+if [ "$rc" -eq 5 ]; then
+    herald_die "pytest collected no tests (exit 5); output in $log"
+elif [ "$rc" -ne 0 ]; then
+    herald_say "pytest failed (exit $rc); output in $log"
+    exit "$rc"
+fi
+# the closing summary, e.g. "12 passed, 1 skipped in 3.21s": a skip is a failure here
+summary="$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected).* in [0-9.]+s' "$log" | tail -1 || true)"
+if [[ "$summary" == *skipped* ]]; then
+    herald_die "tests were skipped ($summary); every test must run. Output in $log"
+fi
