@@ -152,9 +152,11 @@ class BusConsumer:
                     self.on_ready(queue.name, first)
                 first = False
                 self._drain(conn)
-            except (*conn.connection_errors, *conn.channel_errors, OSError) as exc:
+            except Exception as exc:
                 if self.should_stop:
-                    break
+                    break  # whatever a connection closed under us raises, we are done
+                if not isinstance(exc, (*conn.connection_errors, *conn.channel_errors, OSError)):
+                    log.exception("bus: unexpected error in the consumer; reconnecting")
                 log.warning("bus: connection lost (%s); reconnecting in %.2fs", exc, delay)
             finally:
                 was_connected = self.connected
@@ -172,6 +174,8 @@ class BusConsumer:
         while not self.should_stop:
             with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=BROKER_HEARTBEAT_S / 4)
+            if self.should_stop:
+                break
             # after every drain, busy or idle: with no_ack we send nothing else, and the
             # broker closes a connection that stays silent for two heartbeats
             conn.heartbeat_check()

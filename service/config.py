@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +76,17 @@ def _dev_value(filename: str, what: str) -> str:
         value = ""
     if not value:
         value = secrets.token_urlsafe(32)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(value)
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        try:  # O_EXCL: of processes starting together exactly one writes, 0600 from birth
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            for _ in range(50):  # another process is writing it: read what it wrote
+                value = path.read_text().strip()
+                if value:
+                    break
+                time.sleep(0.01)
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(value)
     if filename not in _warned:
         _warned.add(filename)
         log.warning(
@@ -168,8 +177,14 @@ class Settings:
                             ("HERALD_RATE_BURST", self.rate_burst),
                             ("HERALD_MAX_GROUPS", self.max_groups),
                             ("HERALD_MAX_USER_CONNECTIONS", self.max_user_connections)):
-            if value <= 0:
-                raise ConfigError(f"{name} must be positive")
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive finite number")
+        for name, count in (("HERALD_DB_POOL_SIZE", self.db_pool_size),
+                            ("HERALD_WORKER_CONCURRENCY", self.worker_concurrency)):
+            if count < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if not 0 < self.flower_port < 65536:
+            raise ConfigError("HERALD_FLOWER_PORT must be a TCP port (1-65535)")
         if self.production:
             missing = [name for name, value in (("HERALD_SECRET_KEY", self.secret_key),
                                                 ("HERALD_API_KEYS", self.api_keys),

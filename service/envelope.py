@@ -7,6 +7,7 @@ frontend builds one WebSocket frame per message that every recipient socket shar
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -82,11 +83,15 @@ class Target:
 
 
 NAME_MAX = 128
+#: Group, scope, user, connection and event names: 1-128 characters, none of them '/',
+#: '@', whitespace or a control character. The one rule, for frames, bodies and paths.
+NAME_PATTERN = r"\A[^/@\s\x00-\x1f\x7f-\x9f]{1,128}\Z"
+_NAME_RE = re.compile(NAME_PATTERN)
 
 
 def valid_name(name: str) -> bool:
-    """Group, scope, user and event names: 1-128 printable characters, no '/' or '@'."""
-    return 0 < len(name) <= NAME_MAX and name.isprintable() and "/" not in name and "@" not in name
+    """True when ``name`` follows NAME_PATTERN (and is printable)."""
+    return bool(_NAME_RE.match(name)) and name.isprintable()
 
 
 class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):

@@ -11,11 +11,11 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from .envelope import NAME_MAX, NULL
+from .envelope import NAME_MAX, NAME_PATTERN, NULL
 from .errors import BadRequest, UnknownOp
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=r"^[^/@\s]+$")]
-Scope = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=r"^[^/@\s]+$")]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)]
+Scope = Name
 Ref = str | int | float | bool | None
 
 
@@ -107,13 +107,18 @@ def peek_ref(raw: bytes | str) -> Ref:
     """Best-effort ``ref`` of a frame, so even a rejected frame's error can echo it."""
     try:
         ref = _head.decode(raw).ref
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return None
     return ref if isinstance(ref, (str, int, float, bool)) else None
 
 
 def parse(raw: bytes | str) -> Frame:
     """Decode and validate one client frame; raise BadRequest or UnknownOp."""
+    if isinstance(raw, bytes):  # a binary frame: its JSON must still be UTF-8 throughout,
+        try:                    # since `data` is copied verbatim into text frames
+            raw.decode()
+        except UnicodeDecodeError:
+            raise BadRequest("frame is not valid UTF-8") from None
     try:
         head = _head.decode(raw)
     except msgspec.ValidationError as exc:

@@ -13,6 +13,7 @@ import random
 import socket
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import gevent
@@ -20,7 +21,7 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import messagelog, presence, registry
+from . import messagelog, presence, registry, replay
 from .bus import BROKER_ERRORS, BusConsumer, BusPublisher
 from .config import Settings
 from .db import get_engine
@@ -36,12 +37,14 @@ from .envelope import (
     target_of,
     ws_text_frame,
 )
-from .hub import CLOSE_DRAINING, Conn, GroupKey, Hub
+from .hub import CLOSE_DRAINING, CLOSE_REPLACED, Conn, GroupKey, Hub
 
 log = logging.getLogger(__name__)
 
 #: How long an op waits for its registry write before answering anyway (DB outage).
 REGISTRY_ACK_TIMEOUT_S = 5.0
+#: First retry delay when the bus-gap replay cannot reach Postgres yet.
+RECONNECT_REPLAY_RETRY_S = 0.5
 #: Sockets closed per drain batch, and the pause between batches.
 DRAIN_BATCH = 100
 DRAIN_PAUSE_S = 0.05
@@ -68,6 +71,8 @@ class Frontend:
                                     sleep=gevent.sleep)
         self.registered = False
         self.draining = False
+        self.stats = {"outbox_overflows": 0, "replayed": 0, "bus_reconnects": 0}
+        self._bus_lost_at: datetime | None = None
         self._greenlets: list[gevent.Greenlet[Any]] = []
 
     # --- life cycle ----------------------------------------------------------------------
@@ -151,9 +156,48 @@ class Frontend:
     def _on_bus_ready(self, queue: str, first: bool) -> None:
         if self.registered:
             gevent.spawn(self._safe_heartbeat)
+        if not first:
+            self.stats["bus_reconnects"] += 1
+            gevent.spawn(self._replay_bus_gap)
 
     def _on_bus_lost(self) -> None:
         log.warning("frontend %s lost its bus queue", self.id)
+        if self._bus_lost_at is None:
+            self._bus_lost_at = datetime.now(UTC)
+
+    def _replay_bus_gap(self) -> None:
+        """Our old queue died with its connection: deliver to our sockets every durable
+        message logged while we were away (clients drop the ones they already have)."""
+        lost_at, self._bus_lost_at = self._bus_lost_at, None
+        if lost_at is None:
+            return
+        delay = RECONNECT_REPLAY_RETRY_S
+        while True:
+            try:
+                envelopes = replay.since(self.engine, lost_at)
+                break
+            except SQLAlchemyError as exc:
+                log.warning("bus gap replay waits for the database: %s", exc.__class__.__name__)
+                gevent.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for env in envelopes:
+            self._deliver(env)
+        self.stats["replayed"] += len(envelopes)
+        log.info("replayed %d durable messages after a bus reconnect", len(envelopes))
+
+    def count_overflow(self, conn: Conn) -> None:
+        self.stats["outbox_overflows"] += 1
+
+    def count_replayed(self, n: int) -> None:
+        self.stats["replayed"] += n
+
+    def kick(self, connection_id: str) -> None:
+        """Ask whichever frontend still holds this connection id to let go of it."""
+        try:
+            self.publisher.publish(encode(control_envelope(self.id, connection_id, "kick",
+                                                           "", "")))
+        except BROKER_ERRORS as exc:
+            log.warning("kick of %s not published: %s", connection_id, exc)
 
     def _safe_heartbeat(self) -> None:
         with contextlib.suppress(SQLAlchemyError):
@@ -229,7 +273,7 @@ class Frontend:
             if news is change:  # the common case: one frame for every watcher
                 if shared is None:
                     shared = ws_text_frame(encode(presence.frame(key[0], key[1], change)))
-                conn.push(shared)
+                conn.deliver(shared)
             elif news.joins or news.leaves:
                 conn.send(presence.frame(key[0], key[1], news))
 
@@ -287,6 +331,11 @@ class Frontend:
     def _apply_control(self, env: Envelope) -> None:
         conn = self.hub.conns.get(env.target.get("connection", ""))
         if conn is None:
+            return
+        if env.event == "kick":  # the session resumed elsewhere
+            conn.moved = True
+            conn.close(CLOSE_REPLACED, "resumed on another socket")
+            self.hub.remove(conn)
             return
         body = msgspec.json.decode(env.data, type=dict[str, str])
         key = (body["scope"], body["group"])

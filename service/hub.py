@@ -30,6 +30,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_DRAINING = 1012
 CLOSE_BEHIND = 1013
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_REPLACED = 4409  # Herald's addition: the session was resumed on another socket
 
 GroupKey = tuple[str, str]  # (scope, group)
 
@@ -43,6 +44,7 @@ class Conn:
     __slots__ = (
         "__weakref__",
         "_close",
+        "_held",
         "_limit",
         "_outbox",
         "_wake",
@@ -51,6 +53,7 @@ class Conn:
         "groups",
         "id",
         "monitors",
+        "moved",
         "on_overflow",
         "user_id",
         "ws",
@@ -69,7 +72,31 @@ class Conn:
         self._close: tuple[int, str] | None = None
         self.closed = False
         self.on_overflow = on_overflow
+        self._held: list[bytes] | None = None
+        self.moved = False  # resumed on another socket: that one owns the registry row
         self._writer = gevent.spawn(self._write_loop)
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code this server asked for, if it is closing the socket."""
+        return self._close[0] if self._close is not None else None
+
+    def hold(self) -> None:
+        """Park deliveries (not direct replies) until release(): a resume sends its
+        welcome and replay first, then what arrived live meanwhile."""
+        self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for frame in held:
+            self.push(frame)
+
+    def deliver(self, frame: bytes) -> None:
+        """A delivery from the hub: parked while held, else queued."""
+        if self._held is not None:
+            self._held.append(frame)
+        else:
+            self.push(frame)
 
     def push(self, frame: bytes) -> None:
         """Queue one ready WebSocket frame; on overflow close with 1013 (the client resumes)."""
@@ -145,8 +172,11 @@ class Hub:
         self.by_user.setdefault(conn.user_id, set()).add(conn)
 
     def remove(self, conn: Conn) -> list[GroupKey]:
-        """Forget a socket; return the groups it was in (for presence leaves)."""
-        self.conns.pop(conn.id, None)
+        """Forget a socket; return the groups it was in (for presence leaves).
+
+        Never blocks: stopping the writer is the socket's own greenlet's job."""
+        if self.conns.get(conn.id) is conn:  # not a resumed successor with the same id
+            del self.conns[conn.id]
         _discard(self.by_user, conn.user_id, conn)
         groups = list(conn.groups)
         for key in groups:
@@ -155,7 +185,6 @@ class Hub:
             _discard(self.monitors, key, conn)
         conn.groups.clear()
         conn.monitors.clear()
-        conn.stop()
         return groups
 
     def join(self, conn: Conn, key: GroupKey) -> bool:
@@ -200,7 +229,7 @@ class Hub:
         n = 0
         for conn in self.matching(target):
             if conn.id != exclude:
-                conn.push(frame)
+                conn.deliver(frame)
                 n += 1
         return n
 

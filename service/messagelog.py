@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from sqlalchemy import Engine, Text, cast, literal, select
 from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.exc import DataError
 
 from .envelope import Target
+from .errors import BadRequest
 from .models import Message
 
 
@@ -18,7 +22,10 @@ def append(engine: Engine, origin: str, target: Target, event: str, data: msgspe
     so a task that runs again after a crash re-publishes under the same id and clients
     drop the copy.
     """
-    raw_text = bytes(data).decode() if len(data) else "null"
+    try:
+        raw_text = bytes(data).decode() if len(data) else "null"
+    except UnicodeDecodeError:
+        raise BadRequest("data is not valid UTF-8") from None
     values = {
         "target_kind": target.kind,
         "target_key": target.log_key(),
@@ -28,6 +35,14 @@ def append(engine: Engine, origin: str, target: Target, event: str, data: msgspe
         "origin": origin,
         "dedupe_key": dedupe_key,
     }
+    try:
+        return _insert(engine, values, dedupe_key)
+    except DataError:
+        # Postgres' jsonb has no \u0000; tell the publisher rather than fail inside
+        raise BadRequest("data cannot be stored (a \\u0000 in a string?)") from None
+
+
+def _insert(engine: Engine, values: dict[str, Any], dedupe_key: str | None) -> int:
     with engine.begin() as db:
         stmt = insert(Message).values(**values)
         if dedupe_key is not None:

@@ -58,16 +58,22 @@ class Frontend(Base):
 
 
 class Connection(Base):
-    """One WebSocket: which user holds it and which frontend serves it."""
+    """One WebSocket: which user holds it and which frontend serves it.
+
+    A connection whose socket dropped (or whose frontend died) is *detached*: no frontend,
+    ``detached_at`` set, memberships kept, so the client can resume it on any frontend
+    within ``HERALD_HISTORY_TTL``. Only attached connections count as members.
+    """
 
     __tablename__ = "connections"
 
     id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
-    frontend_id: Mapped[str] = mapped_column(
-        ForeignKey("frontends.id", ondelete="CASCADE"), index=True)
+    frontend_id: Mapped[str | None] = mapped_column(
+        ForeignKey("frontends.id", ondelete="SET NULL"), index=True)
     user_id: Mapped[str] = mapped_column(String(NAME_LEN), index=True)
     connected_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now())
+    detached_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class Membership(Base):

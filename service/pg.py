@@ -100,7 +100,9 @@ class Herald:
                 if news.joins or news.leaves:
                     yield news
         finally:
-            consumer.stop()
+            # py-amqp is not thread-safe: only raise the flag; the loop sees it within
+            # one drain timeout and closes its own connection
+            consumer.stop(close=False)
             thread.join(timeout=5)
 
     def close(self) -> None:

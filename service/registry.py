@@ -49,7 +49,18 @@ def _connect(db: DBConn, rows: list[dict[str, Any]]) -> None:
 
 
 def _disconnect(db: DBConn, rows: list[dict[str, Any]]) -> None:
-    db.execute(delete(Connection).where(Connection.id.in_([r["id"] for r in rows])))
+    # guarded by frontend: a connection resumed elsewhere meanwhile is not ours to delete
+    for r in rows:
+        db.execute(delete(Connection).where(Connection.id == r["id"],
+                                            Connection.frontend_id == r["frontend_id"]))
+
+
+def _detach(db: DBConn, rows: list[dict[str, Any]]) -> None:
+    # the socket dropped without a goodbye: keep the row and its groups for a resume
+    for r in rows:
+        db.execute(update(Connection).where(Connection.id == r["id"],
+                                            Connection.frontend_id == r["frontend_id"])
+                   .values(frontend_id=None, detached_at=func.now()))
 
 
 def _join(db: DBConn, rows: list[dict[str, Any]]) -> None:
@@ -69,6 +80,7 @@ def _leave(db: DBConn, rows: list[dict[str, Any]]) -> None:
 APPLY: dict[str, Callable[[DBConn, list[dict[str, Any]]], None]] = {
     "connect": _connect,
     "disconnect": _disconnect,
+    "detach": _detach,
     "join": _join,
     "leave": _leave,
 }
@@ -139,16 +151,23 @@ class RegistryWriter:
             self._apply_with_retry(batch)
 
     def _apply_with_retry(self, batch: list[Op]) -> None:
+        """Apply a batch in one transaction, waiting out outages; when it fails on its
+        rows (or on a bug), fall back to one op at a time so only the bad one fails."""
+        try:
+            self._retry_outages(lambda: self._apply(batch))
+        except Exception:  # noqa: BLE001 - a row or a programming error: isolate it
+            self._apply_one_by_one(batch)
+
+    def _retry_outages(self, work: Callable[[], None]) -> None:
         delay = RETRY_MIN_S
         while True:
             try:
-                self._apply(batch)
+                work()
                 self.healthy = True
                 return
             except SQLAlchemyError as exc:
                 if _is_data_error(exc):
-                    self._apply_one_by_one(batch)
-                    return
+                    raise
                 self.healthy = False
                 log.warning("registry write failed (%s); retrying in %.1fs",
                             exc.__class__.__name__, delay)
@@ -169,9 +188,9 @@ class RegistryWriter:
         # apply each op alone so one bad row does not sink the others.
         for op in batch:
             try:
-                self._apply([op])
-            except SQLAlchemyError as exc:
-                log.info("registry %s rejected: %s", op.kind, exc.__class__.__name__)
+                self._retry_outages(lambda op=op: self._apply([op]))  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - only this op fails; the writer lives on
+                log.warning("registry %s rejected: %r", op.kind, exc)
                 op.done.set_exception(exc)
 
 
@@ -190,9 +209,36 @@ def register_frontend(engine: Engine, frontend_id: str, host: str,
     """
     with engine.begin() as db:
         stale = memberships_of_frontends(db, [frontend_id])
+        detach_frontends(db, [frontend_id])
         db.execute(delete(Frontend).where(Frontend.id == frontend_id))
         db.execute(insert(Frontend).values(id=frontend_id, host=host, queue=queue))
     return stale
+
+
+def detach_frontends(db: DBConn, frontend_ids: list[str]) -> None:
+    """Detach every connection of these frontends (their clients may resume elsewhere)."""
+    db.execute(update(Connection).where(Connection.frontend_id.in_(frontend_ids))
+               .values(frontend_id=None, detached_at=func.now()))
+
+
+def reattach(engine: Engine, connection_id: str, user_id: str,
+             frontend_id: str) -> list[tuple[str, str]] | None:
+    """Move a connection of ``user_id`` to ``frontend_id`` (a resume); return its groups.
+
+    None when there is nothing to resume (unknown, another user's, or pruned). The row may
+    still be attached to a frontend that has not noticed the socket is gone: it moves all
+    the same, and that frontend's clean-up is a no-op because it is guarded by frontend.
+    """
+    with engine.begin() as db:
+        moved = db.execute(update(Connection).where(Connection.id == connection_id,
+                                                    Connection.user_id == user_id)
+                           .values(frontend_id=frontend_id, detached_at=None))
+        if not moved.rowcount:
+            return None
+        rows = db.execute(select(Membership.scope, Membership.group)
+                          .where(Membership.connection_id == connection_id)
+                          .order_by(Membership.joined_at)).all()
+    return [(s, g) for s, g in rows]
 
 
 def memberships_of_frontends(db: DBConn, frontend_ids: list[str]) -> list[dict[str, str]]:
@@ -203,13 +249,14 @@ def memberships_of_frontends(db: DBConn, frontend_ids: list[str]) -> list[dict[s
         .join(Connection, Connection.id == Membership.connection_id)
         .where(Connection.frontend_id.in_(frontend_ids))
         .order_by(Membership.connection_id, Membership.joined_at)).all()
-    return [{"scope": s, "group": g, "connection_id": c, "user_id": u, "frontend": f}
+    return [{"scope": s, "group": g, "connection_id": c, "user_id": u, "frontend": f or ""}
             for s, g, c, u, f in rows]
 
 
 def add_membership(engine: Engine, connection_id: str, scope: str, group: str) -> bool:
     """Server-side join: add the row if the connection exists; False when it does not."""
-    exists = select(Connection.id).where(Connection.id == connection_id)
+    exists = select(Connection.id).where(Connection.id == connection_id,
+                                         Connection.frontend_id.is_not(None))
     with engine.begin() as db:
         if db.execute(exists).first() is None:
             return False
@@ -247,8 +294,9 @@ def heartbeat(engine: Engine, frontend_id: str, queue: str | None, draining: boo
 
 
 def deregister_frontend(engine: Engine, frontend_id: str) -> None:
-    """Remove a frontend and, by cascade, its connections and memberships."""
+    """Remove a frontend; its connections stay, detached, for their clients to resume."""
     with engine.begin() as db:
+        detach_frontends(db, [frontend_id])
         db.execute(delete(Frontend).where(Frontend.id == frontend_id))
 
 
@@ -270,22 +318,27 @@ def count_user_connections(engine: Engine, user_id: str) -> int:
     """How many sockets a user holds across the cluster."""
     with engine.connect() as db:
         return int(db.execute(select(func.count()).select_from(Connection)
-                              .where(Connection.user_id == user_id)).scalar_one())
+                              .where(Connection.user_id == user_id,
+                                     Connection.frontend_id.is_not(None))).scalar_one())
 
 
 def get_members(engine: Engine, scope: str, group: str) -> list[dict[str, str]]:
     """Cluster-wide members of a group (pg:get_members)."""
     stmt = (select(Membership.connection_id, Connection.user_id, Connection.frontend_id)
             .join(Connection, Connection.id == Membership.connection_id)
-            .where(Membership.scope == scope, Membership.group == group)
+            .where(Membership.scope == scope, Membership.group == group,
+                   Connection.frontend_id.is_not(None))
             .order_by(Membership.joined_at, Membership.connection_id))
     with engine.connect() as db:
-        return [{"connection_id": c, "user_id": u, "frontend": f} for c, u, f in db.execute(stmt)]
+        return [{"connection_id": c, "user_id": u, "frontend": f or ""}
+                for c, u, f in db.execute(stmt)]
 
 
 def which_groups(engine: Engine, scope: str | None = None) -> list[dict[str, Any]]:
     """Every group with members, with counts (pg:which_groups)."""
     stmt = (select(Membership.scope, Membership.group, func.count())
+            .join(Connection, Connection.id == Membership.connection_id)
+            .where(Connection.frontend_id.is_not(None))
             .group_by(Membership.scope, Membership.group)
             .order_by(Membership.scope, Membership.group))
     if scope is not None:
@@ -297,7 +350,8 @@ def which_groups(engine: Engine, scope: str | None = None) -> list[dict[str, Any
 def user_connections(engine: Engine, user_id: str) -> list[dict[str, Any]]:
     """Which frontends serve a user, and in which groups each connection is."""
     with Session(engine) as db:
-        conns = db.execute(select(Connection).where(Connection.user_id == user_id)
+        conns = db.execute(select(Connection).where(Connection.user_id == user_id,
+                                                    Connection.frontend_id.is_not(None))
                            .order_by(Connection.connected_at)).scalars().all()
         groups: dict[str, list[dict[str, str]]] = {c.id: [] for c in conns}
         if conns:

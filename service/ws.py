@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-import jwt
 from flask import Flask, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
@@ -23,13 +21,15 @@ from . import frames, presence, registry
 from .auth import Grants, verify_token
 from .envelope import Target, encode
 from .errors import BadRequest, Forbidden, HeraldError, RateLimited, Unauthorized
-from .frontend import REGISTRY_ACK_TIMEOUT_S, Frontend
+from .frontend import Frontend
 from .hub import CLOSE_DRAINING, CLOSE_POLICY, CLOSE_UNAUTHORIZED, Conn
 from .limits import TokenBucket
+from .welcome import open_session, send_opened
 
 log = logging.getLogger(__name__)
 
-RESUME_TOKEN_TTL_S = 24 * 3600
+#: Close codes a client sends when it means to go (no resume expected).
+CLIENT_GOODBYES = (1000, 1001)
 
 Reply = dict[str, Any] | None
 
@@ -102,27 +102,32 @@ class Session:
         assert self.grants is not None
         node = self.node
         settings = node.settings
-        if registry.count_user_connections(node.engine, self.grants.user_id) >= \
-                settings.max_user_connections:
+        if self._user_connections() >= settings.max_user_connections:
             self._send_early(error_frame(RateLimited(
                 f"too many connections for this user (max {settings.max_user_connections})"),
                 frame.ref))
             self.ws.close(reason=CLOSE_POLICY, message="too many connections")
             return False
         self.bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
-        conn = Conn(uuid.uuid4().hex, self.grants.user_id, self.ws,
-                    node.settings.outbox_limit)
-        self.conn = conn
-        node.hub.add(conn)
-        node.registry.write("connect", REGISTRY_ACK_TIMEOUT_S, id=conn.id,
-                            frontend_id=node.id, user_id=conn.user_id)
-        resume = jwt.encode({"cid": conn.id, "sub": conn.user_id,
-                             "exp": int(time.time()) + RESUME_TOKEN_TTL_S},
-                            node.settings.secret_key, algorithm="HS256")
-        conn.send({"op": "welcome", "ref": frame.ref, "connection_id": conn.id,
-                   "frontend": node.id, "resume": resume,
-                   "heartbeat": node.settings.heartbeat_s, "replayed": 0, "groups": []})
+        opened = open_session(node, self.grants, frame, self.ws)
+        self.conn = opened.conn
+        send_opened(opened)
         return True
+
+    def _user_connections(self) -> int:
+        assert self.grants is not None
+        try:
+            return registry.count_user_connections(self.node.engine, self.grants.user_id)
+        except SQLAlchemyError:
+            return 0  # Postgres is away: let the client in, its rows catch up later
+
+    def _resumable(self) -> bool:
+        """Keep the registry row for a resume unless the goodbye was deliberate."""
+        assert self.conn is not None
+        server_code = self.conn.close_code
+        if server_code is not None:
+            return server_code != CLOSE_POLICY
+        return int(getattr(self.ws, "close_reason", 0) or 0) not in CLIENT_GOODBYES
 
     def _loop(self) -> None:
         assert self.conn is not None and self.grants is not None
@@ -170,8 +175,14 @@ class Session:
         if conn is None:
             return
         node = self.node
+        if conn.moved:  # resumed on another socket, which owns the row and groups now
+            node.hub.remove(conn)
+            conn.stop()
+            return
         groups = node.hub.remove(conn)
-        node.registry.submit("disconnect", id=conn.id)
+        conn.stop()
+        node.registry.submit("detach" if self._resumable() else "disconnect", id=conn.id,
+                             frontend_id=node.id)
         info = node.member_info(conn)
         for key in groups:
             node.publish_presence(key, [], [info])

@@ -8,8 +8,8 @@ from datetime import timedelta
 from sqlalchemy import Engine, delete, func, select
 
 from service.db import get_engine
-from service.models import Frontend, Message
-from service.registry import memberships_of_frontends
+from service.models import Connection, Frontend, Message
+from service.registry import detach_frontends, memberships_of_frontends
 from workers.celery_app import app, settings
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ def sweep_dead_frontends(engine: Engine, heartbeat_s: float) -> list[dict[str, s
         if not dead:
             return []
         removed = memberships_of_frontends(db, list(dead))
+        detach_frontends(db, list(dead))  # their clients may resume elsewhere
         db.execute(delete(Frontend).where(Frontend.id.in_(dead)))
     log.warning("swept dead frontends %s (%d memberships)", dead, len(removed))
     return removed
@@ -48,9 +49,11 @@ def sweep_frontends() -> int:
 
 @app.task(name="herald.prune_log", ignore_result=True)
 def prune_log() -> int:
-    """Beat task: delete durable messages older than HERALD_HISTORY_TTL."""
+    """Beat task: delete durable messages, and detached connections nobody resumed,
+    older than HERALD_HISTORY_TTL."""
     cutoff = func.now() - timedelta(seconds=settings.history_ttl_s)
     engine = get_engine(settings.database_url, pool_size=2)
     with engine.begin() as db:
         result = db.execute(delete(Message).where(Message.created_at < cutoff))
+        db.execute(delete(Connection).where(Connection.detached_at < cutoff))
     return int(result.rowcount or 0)

@@ -1,0 +1,117 @@
+"""Opening a session after `hello`: a new connection, or the resume of an earlier one.
+
+A resume token names a connection id. Re-attaching that id moves its registry row (and
+so its memberships) to this frontend; an older socket still holding the id, here or on
+another frontend, is closed with 4409 and leaves the registry alone. The welcome frame is
+followed by the replay of what the client missed, then by whatever arrived live
+meanwhile (the connection is held until then), so replayed messages come first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import registry, replay
+from .auth import ALGORITHM, Grants
+from .envelope import encode, event_frame, ws_text_frame
+from .frames import Hello
+from .frontend import REGISTRY_ACK_TIMEOUT_S, Frontend
+from .hub import CLOSE_REPLACED, Conn
+
+log = logging.getLogger(__name__)
+
+#: How long a resume token stays valid (a client must come back within it).
+RESUME_TOKEN_TTL_S = 24 * 3600
+
+
+@dataclass
+class Opened:
+    conn: Conn
+    welcome: dict[str, Any]
+    replay_frames: list[bytes] = field(default_factory=list)
+
+
+def resume_token(secret: str, conn: Conn) -> str:
+    return jwt.encode({"cid": conn.id, "sub": conn.user_id, "typ": "resume",
+                       "exp": int(time.time()) + RESUME_TOKEN_TTL_S}, secret, algorithm=ALGORITHM)
+
+
+def resumable_id(secret: str, token: str | None, user_id: str) -> str | None:
+    """The connection id a resume token names, if it is valid and the same user's."""
+    if not token:
+        return None
+    try:
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp"]})
+    except jwt.InvalidTokenError:
+        return None
+    if claims.get("typ") != "resume" or claims.get("sub") != user_id:
+        return None
+    cid = claims.get("cid")
+    return cid if isinstance(cid, str) else None
+
+
+def _take_over(node: Frontend, cid: str) -> None:
+    """Close any older socket holding this connection id, here or elsewhere."""
+    old = node.hub.conns.get(cid)
+    if old is not None:
+        old.moved = True
+        old.close(CLOSE_REPLACED, "resumed on another socket")
+        node.hub.remove(old)
+    else:
+        node.kick(cid)
+
+
+def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opened:
+    """Register the connection (new or resumed) and build welcome and replay."""
+    secret = node.settings.secret_key
+    restored: list[tuple[str, str]] | None = None
+    cid = resumable_id(secret, frame.resume, grants.user_id)
+    if cid is not None:
+        _take_over(node, cid)
+        try:
+            restored = registry.reattach(node.engine, cid, grants.user_id, node.id)
+        except SQLAlchemyError as exc:
+            log.warning("resume of %s failed (%s); starting fresh", cid, exc.__class__.__name__)
+    resumed = restored is not None
+    conn = Conn(cid if resumed and cid else uuid.uuid4().hex, grants.user_id, ws,
+                node.settings.outbox_limit, on_overflow=node.count_overflow)
+    conn.hold()
+    node.hub.add(conn)
+    if not resumed:
+        node.registry.write("connect", REGISTRY_ACK_TIMEOUT_S, id=conn.id,
+                            frontend_id=node.id, user_id=conn.user_id)
+    groups = []
+    for scope, group in restored or []:
+        if grants.may_join(scope, group):  # the new token decides, not the old one
+            node.join(conn, (scope, group), record=False)
+            groups.append({"scope": scope, "group": group})
+        else:
+            node.registry.submit("leave", connection_id=conn.id, scope=scope, group=group)
+    opened = Opened(conn, {"op": "welcome", "ref": frame.ref, "connection_id": conn.id,
+                           "frontend": node.id, "resume": resume_token(secret, conn),
+                           "heartbeat": node.settings.heartbeat_s, "resumed": resumed,
+                           "groups": groups, "replayed": 0, "gap": False})
+    if frame.last_id is not None:
+        missed = replay.missed(node.engine, user_id=conn.user_id, connection_id=conn.id,
+                               groups=[(g["scope"], g["group"]) for g in groups],
+                               last_id=frame.last_id)
+        opened.replay_frames = [ws_text_frame(event_frame(env)) for env in missed.envelopes]
+        opened.welcome.update(replayed=len(missed.envelopes), gap=missed.gap)
+        node.count_replayed(len(missed.envelopes))
+    return opened
+
+
+def send_opened(opened: Opened) -> None:
+    """Welcome first, then the replay, then what arrived live while it was prepared."""
+    conn = opened.conn
+    conn.push(ws_text_frame(encode(opened.welcome)))
+    for frame in opened.replay_frames:
+        conn.push(frame)
+    conn.release()

@@ -1,0 +1,191 @@
+"""service.bus against the real RabbitMQ: one fanout exchange per test, deleted afterwards."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kombu import Connection, Exchange
+
+from service.bus import BusConsumer, BusPublisher
+from tests.conftest import ENV
+
+URL = ENV["HERALD_BROKER_URL"]
+WAIT_S = 30.0
+
+
+class Running:
+    """A consumer whose run() loop is in a thread; received bodies land in a queue."""
+
+    def __init__(self, exchange: str, handler: Callable[[bytes], None] | None = None) -> None:
+        self.bodies: queue.Queue[bytes] = queue.Queue()
+        self.ready: queue.Queue[tuple[str, bool]] = queue.Queue()
+        self.error: BaseException | None = None
+        self.returned = False
+        self.consumer = BusConsumer(URL, exchange, handler or self.bodies.put,
+                                    on_ready=lambda name, first: self.ready.put((name, first)),
+                                    sleep=time.sleep)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.queue_name, self.first = self.ready.get(timeout=WAIT_S)
+
+    def _run(self) -> None:
+        try:
+            self.consumer.run()
+            self.returned = True  # run() came back normally, not by an exception
+        except (AttributeError, OSError) as exc:  # what a closed py-amqp connection raises
+            self.error = exc
+
+    def get(self) -> bytes:
+        return self.bodies.get(timeout=WAIT_S)
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        self.thread.join(WAIT_S)
+
+
+@pytest.fixture
+def exchange() -> Iterator[str]:
+    name = f"herald_test_{ENV['HERALD_NS']}.bus.{uuid.uuid4().hex[:8]}"
+    yield name
+    with Connection(URL) as conn:
+        Exchange(name, channel=conn.channel()).delete()
+
+
+@pytest.fixture
+def started(exchange: str) -> Iterator[list[Any]]:
+    """Consumers and publishers a test starts. Teardown stops the consumers without
+    closing their connections from this thread (py-amqp is not thread-safe) and wakes
+    their drain with one message, so they leave at once."""
+    things: list[Any] = []
+    yield things
+    consumers = [t for t in things if isinstance(t, Running)]
+    for running in consumers:
+        running.consumer.stop(close=False)
+    waker = BusPublisher(URL, exchange)
+    waker.publish(b"wake")
+    waker.close()
+    for running in consumers:
+        running.thread.join(WAIT_S)
+    for thing in things:
+        if isinstance(thing, BusPublisher):
+            thing.close()
+
+
+def _exchange_exists(name: str) -> bool:
+    with Connection(URL) as conn:
+        try:
+            Exchange(name, type="fanout", channel=conn.channel()).declare(passive=True)
+        except conn.channel_errors:
+            return False
+    return True
+
+
+def test_publish_is_received_exactly(exchange: str, started: list[Any]) -> None:
+    consumer = Running(exchange)
+    started.append(consumer)
+    publisher = BusPublisher(URL, exchange)
+    started.append(publisher)
+    assert consumer.first is True
+    assert consumer.consumer.connected is True
+    bodies = [b'["fe","event",{"all":true},"e",null,1.0]', bytes(range(256)), b"x" * 200_000]
+    for body in bodies:
+        publisher.publish(body)
+    assert [consumer.get() for _ in bodies] == bodies
+    assert consumer.bodies.empty()
+
+
+def test_two_consumers_both_receive(exchange: str, started: list[Any]) -> None:
+    one, two = Running(exchange), Running(exchange)
+    started += [one, two]
+    assert one.queue_name != two.queue_name
+    publisher = BusPublisher(URL, exchange, confirm=True)
+    started.append(publisher)
+    publisher.publish(b"to-everyone")
+    assert (one.get(), two.get()) == (b"to-everyone", b"to-everyone")
+
+
+def test_queue_is_server_named(exchange: str, started: list[Any]) -> None:
+    consumer = Running(exchange)
+    started.append(consumer)
+    assert consumer.queue_name.startswith("amq.gen-")
+    assert consumer.consumer.queue_name == consumer.queue_name
+
+
+def test_consumer_declares_the_exchange(exchange: str, started: list[Any]) -> None:
+    assert _exchange_exists(exchange) is False
+    started.append(Running(exchange))
+    assert _exchange_exists(exchange) is True
+
+
+def test_stop_ends_the_loop(exchange: str) -> None:
+    consumer = Running(exchange)
+    assert consumer.thread.is_alive()
+    # close=False: the loop notices should_stop after its current drain (bounded wait)
+    consumer.consumer.stop(close=False)
+    consumer.thread.join(WAIT_S)
+    assert not consumer.thread.is_alive()
+    assert (consumer.returned, consumer.error) == (True, None)
+    assert consumer.consumer.connected is False
+    assert consumer.ready.empty()  # no reconnect followed
+    # the exclusive auto-delete queue went away with the connection
+    with Connection(URL) as conn, pytest.raises(conn.channel_errors):
+        conn.channel().queue_declare(consumer.queue_name, passive=True)
+
+
+def test_stop_with_close_ends_the_loop(exchange: str) -> None:
+    consumer = Running(exchange)
+    consumer.stop()  # close=True: closes the connection under the loop
+    assert not consumer.thread.is_alive()
+    assert consumer.ready.empty()
+    # how run() ended is not asserted: see test_stop_from_the_handler_ends_cleanly
+
+
+def test_stop_from_the_handler_ends_cleanly(exchange: str, started: list[Any]) -> None:
+    holder: list[BusConsumer] = []
+    consumer = Running(exchange, lambda body: holder[0].stop())
+    holder.append(consumer.consumer)
+    publisher = BusPublisher(URL, exchange)
+    started.append(publisher)
+    publisher.publish(b"stop")
+    consumer.thread.join(WAIT_S)
+    assert not consumer.thread.is_alive()
+    assert (consumer.returned, consumer.error) == (True, None)
+
+
+def test_a_failing_handler_does_not_stop_the_consumer(exchange: str,
+                                                      started: list[Any]) -> None:
+    got: queue.Queue[bytes] = queue.Queue()
+
+    def handler(body: bytes) -> None:
+        if body == b"boom":
+            raise ValueError("bad message")
+        got.put(body)
+
+    consumer = Running(exchange, handler)
+    started.append(consumer)
+    publisher = BusPublisher(URL, exchange)
+    started.append(publisher)
+    publisher.publish(b"boom")
+    publisher.publish(b"after")
+    assert got.get(timeout=WAIT_S) == b"after"
+    assert consumer.consumer.connected is True
+    assert consumer.consumer.reconnects == 0
+    assert consumer.ready.empty()  # no reconnect happened
+    assert got.empty()
+
+
+def test_publisher_reconnects_after_close(exchange: str, started: list[Any]) -> None:
+    consumer = Running(exchange)
+    started.append(consumer)
+    publisher = BusPublisher(URL, exchange)
+    started.append(publisher)
+    publisher.publish(b"1")
+    publisher.close()
+    publisher.publish(b"2")
+    assert (consumer.get(), consumer.get()) == (b"1", b"2")

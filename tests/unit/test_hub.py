@@ -1,0 +1,254 @@
+"""service.hub: the socket index and the per-socket writer greenlet, with a fake socket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+import pytest
+from gevent.event import Event
+
+from service.envelope import Target, ws_text_frame
+from service.hub import CLOSE_BEHIND, Conn, Hub
+
+
+class FakeSock:
+    def __init__(self, log: list[tuple[Any, ...]]) -> None:
+        self.log = log
+        self.chunks: list[bytes] = []
+        self.gate: Event | None = None  # when set, sendall blocks until the gate opens
+        self.entered = Event()
+
+    def sendall(self, data: bytes) -> None:
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait()
+        self.chunks.append(data)
+        self.log.append(("send", data))
+
+
+class FakeWS:
+    def __init__(self) -> None:
+        self.log: list[tuple[Any, ...]] = []
+        self.sock = FakeSock(self.log)
+        self.closes: list[tuple[int, str]] = []
+
+    def close(self, reason: int = 1000, message: str = "") -> None:
+        self.closes.append((reason, message))
+        self.log.append(("close", reason, message))
+
+
+def settle() -> None:
+    for _ in range(5):
+        gevent.sleep(0)
+    gevent.sleep(0.01)
+
+
+_made: list[Conn] = []
+
+
+@pytest.fixture
+def hub() -> Any:
+    yield Hub()
+    while _made:  # every writer greenlet a test spawned ends with it
+        _made.pop()._writer.kill(block=True)
+
+
+def make(hub: Hub, conn_id: str, user: str, limit: int = 100, **kw: Any) -> Conn:
+    conn = Conn(conn_id, user, FakeWS(), limit, **kw)
+    _made.append(conn)
+    hub.add(conn)
+    return conn
+
+
+def sent(conn: Conn) -> list[bytes]:
+    return conn.ws.sock.chunks
+
+
+def test_deliver_to_each_target_kind(hub: Hub) -> None:
+    a, b, c = make(hub, "a", "u1"), make(hub, "b", "u1"), make(hub, "c", "u2")
+    hub.join(a, ("default", "g"))
+    hub.join(c, ("default", "g"))
+    hub.join(b, ("room", "g"))
+    cases = [
+        (Target.all(), b"all", {"a", "b", "c"}),
+        (Target.group("g"), b"grp", {"a", "c"}),
+        (Target.group("g", "room"), b"room", {"b"}),
+        (Target.group("nobody"), b"none", set()),
+        (Target.user("u1"), b"user", {"a", "b"}),
+        (Target.user("ghost"), b"ghost", set()),
+        (Target.connection("c"), b"conn", {"c"}),
+        (Target.connection("zzz"), b"noconn", set()),
+    ]
+    for target, frame, expected in cases:
+        assert hub.deliver(target, frame) == len(expected)
+        settle()
+        for conn in (a, b, c):
+            assert (frame in sent(conn)) is (conn.id in expected), (target, conn.id)
+
+
+def test_exclude(hub: Hub) -> None:
+    a, b = make(hub, "a", "u"), make(hub, "b", "u")
+    assert hub.deliver(Target.user("u"), b"x", exclude="a") == 1
+    assert hub.deliver(Target.all(), b"y", exclude="nobody") == 2
+    settle()
+    assert sent(a) == [b"y"]
+    assert sent(b) == [b"xy"]  # both were queued before the writer ran: one sendall
+
+
+def test_one_shared_frame_written_once_per_socket(hub: Hub) -> None:
+    conns = [make(hub, f"c{i}", f"u{i}") for i in range(3)]
+    frame = ws_text_frame(b'{"op":"event"}')
+    assert hub.deliver(Target.all(), frame) == 3
+    settle()
+    for conn in conns:
+        assert len(sent(conn)) == 1
+        assert sent(conn)[0] is frame  # the very same bytes object, never copied
+        assert conn.ws.closes == []
+
+
+def test_frames_queued_while_writing_coalesce(hub: Hub) -> None:
+    conn = make(hub, "a", "u")
+    sock = conn.ws.sock
+    sock.gate = Event()
+    conn.push(b"1")
+    gevent.sleep(0)
+    assert sock.entered.is_set()  # the writer is inside sendall now
+    for frame in (b"2", b"3", b"4"):
+        conn.push(frame)
+    sock.gate.set()
+    settle()
+    assert sock.chunks == [b"1", b"234"]
+
+
+def test_overflow_closes_with_1013_and_calls_on_overflow(hub: Hub) -> None:
+    overflowed: list[Conn] = []
+    conn = make(hub, "a", "u", limit=2, on_overflow=overflowed.append)
+    conn.push(b"1")
+    conn.push(b"2")  # the writer has not run yet: two frames queued = the limit
+    assert overflowed == []
+    conn.push(b"3")
+    assert overflowed == [conn]
+    conn.push(b"4")  # already closing: dropped, on_overflow not called again
+    settle()
+    assert overflowed == [conn]
+    assert conn.ws.log == [("send", b"12"), ("close", CLOSE_BEHIND, "outbound buffer full, resume")]
+    assert conn.closed is True
+
+
+def test_close_flushes_queued_frames_first(hub: Hub) -> None:
+    conn = make(hub, "a", "u")
+    conn.push(b"a")
+    conn.send({"op": "bye"})
+    conn.close(1000, "done")
+    conn.close(1011, "second close is ignored")
+    conn.push(b"late")
+    settle()
+    assert conn.ws.log == [("send", b"a" + ws_text_frame(b'{"op":"bye"}')),
+                           ("close", 1000, "done")]
+    assert conn.closed is True
+
+
+def test_close_waits_for_an_in_flight_write(hub: Hub) -> None:
+    conn = make(hub, "a", "u")
+    conn.ws.sock.gate = Event()
+    conn.push(b"1")
+    gevent.sleep(0)
+    conn.push(b"2")
+    conn.close(1012, "draining")
+    conn.ws.sock.gate.set()
+    settle()
+    assert conn.ws.log == [("send", b"1"), ("send", b"2"), ("close", 1012, "draining")]
+
+
+def test_stop_after_close_still_sends_the_close(hub: Hub) -> None:
+    conn = make(hub, "a", "u")
+    conn.push(b"last")
+    conn.close(4401, "token expired")
+    assert conn.close_code == 4401
+    hub.remove(conn)  # never blocks, never touches the writer
+    assert conn.ws.log == []
+    conn.stop()  # the writer has not run yet: stop waits for the flush
+    assert conn.ws.log == [("send", b"last"), ("close", 4401, "token expired")]
+    assert conn.closed is True
+
+
+def test_hold_parks_deliveries_until_release(hub: Hub) -> None:
+    conn = make(hub, "a", "u")
+    conn.hold()
+    assert hub.deliver(Target.user("u"), b"live1") == 1
+    conn.push(b"welcome")  # a direct reply is not held
+    hub.deliver(Target.all(), b"live2")
+    settle()
+    assert sent(conn) == [b"welcome"]
+    conn.release()
+    hub.deliver(Target.all(), b"live3")
+    settle()
+    assert b"".join(sent(conn)) == b"welcomelive1live2live3"
+
+
+def test_removing_a_replaced_conn_keeps_its_successor(hub: Hub) -> None:
+    old = make(hub, "same", "u")
+    new = make(hub, "same", "u")  # a resume: the same connection id on a new socket
+    assert hub.conns == {"same": new}
+    hub.join(old, ("s", "g"))
+    assert hub.remove(old) == [("s", "g")]
+    assert hub.conns == {"same": new}
+    assert hub.by_user == {"u": {new}}
+    assert hub.by_group == {}
+    assert hub.deliver(Target.connection("same"), b"x") == 1
+    settle()
+    assert (sent(old), sent(new)) == ([], [b"x"])
+
+
+def test_join_leave_monitor_return_values(hub: Hub) -> None:
+    a = make(hub, "a", "u")
+    assert hub.join(a, ("s", "g")) is True
+    assert hub.join(a, ("s", "g")) is False
+    assert hub.local_members(("s", "g")) == [a]
+    assert hub.leave(a, ("s", "g")) is True
+    assert hub.leave(a, ("s", "g")) is False
+    assert hub.by_group == {}
+    assert hub.local_members(("s", "g")) == []
+    state = hub.monitor(a, ("s", "g"), True)
+    assert state is not None
+    assert hub.monitors == {("s", "g"): {a}}
+    assert a.monitors == {("s", "g"): state}
+    assert hub.monitor(a, ("s", "g"), False) is None
+    assert hub.monitors == {}
+    assert a.monitors == {}
+
+
+def test_remove_cleans_every_index(hub: Hub) -> None:
+    a, b = make(hub, "a", "u"), make(hub, "b", "u")
+    for key in (("s", "g1"), ("s", "g2")):
+        hub.join(a, key)
+    hub.join(b, ("s", "g1"))
+    hub.monitor(a, ("s", "g3"), True)
+    hub.monitor(b, ("s", "g1"), True)
+
+    left = hub.remove(a)
+    assert sorted(left) == [("s", "g1"), ("s", "g2")]
+    assert hub.conns == {"b": b}
+    assert hub.by_user == {"u": {b}}
+    assert hub.by_group == {("s", "g1"): {b}}
+    assert hub.monitors == {("s", "g1"): {b}}
+    assert (a.groups, a.monitors) == (set(), {})
+
+    assert hub.remove(b) == [("s", "g1")]
+    assert (hub.conns, hub.by_user, hub.by_group, hub.monitors) == ({}, {}, {}, {})
+    assert hub.deliver(Target.all(), b"x") == 0
+
+
+def test_stop_ends_the_writer(hub: Hub) -> None:
+    a = make(hub, "a", "u")
+    settle()
+    hub.remove(a)
+    a.stop()
+    settle()
+    assert a._writer.dead
+    assert a.closed is True
+    assert a.ws.closes == []  # no close was requested: the socket is gone already
+    a.push(b"after")
+    settle()
+    assert sent(a) == []
