@@ -8,15 +8,21 @@ from typing import Any
 
 import msgspec
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from sqlalchemy.exc import DataError
+from sqlalchemy.exc import OperationalError as DBOperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import registry
 from .auth import api_key_valid
-from .envelope import NULL, Target, raw_json, valid_name
-from .errors import BadRequest, HeraldError, NotFound, Unauthorized
+from .bus import BROKER_ERRORS
+from .envelope import NULL, TARGET_KINDS, Target, raw_json, valid_name
+from .errors import BadRequest, HeraldError, NotFound, Unauthorized, Unavailable
 from .frontend import Frontend
-from .models import TaskRecord
+from .models import ID_LEN, TaskRecord
+from .openapi import spec
 
 api = Blueprint("api", __name__, url_prefix="/api")
 probes = Blueprint("probes", __name__)
@@ -42,7 +48,7 @@ def require_key(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class _PublishBody(msgspec.Struct, kw_only=True):
+class _PublishBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     target: dict[str, Any]
     event: str
     data: msgspec.Raw = NULL
@@ -50,7 +56,7 @@ class _PublishBody(msgspec.Struct, kw_only=True):
     exclude_connection: str | None = None
 
 
-class _TaskBody(msgspec.Struct, kw_only=True):
+class _TaskBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     args: dict[str, Any] = msgspec.field(default_factory=dict)
     notify: dict[str, Any]
@@ -65,11 +71,28 @@ def _body(schema: type[Any]) -> Any:
         raise BadRequest(str(exc)) from None
 
 
+#: The fields each kind of target may have (the first one names the kind).
+_TARGET_FIELDS = {"all": {"all"}, "group": {"group", "scope"}, "user": {"user"},
+                  "connection": {"connection"}}
+
+
+def _target(obj: dict[str, Any], field: str) -> Target:
+    """A target object exactly as documented: one kind, no other fields, no nulls."""
+    kinds = [k for k in TARGET_KINDS if k in obj]
+    if len(kinds) != 1 or not set(obj) <= _TARGET_FIELDS[kinds[0]]:
+        raise BadRequest(f"{field} must be one of {{all: true}}, {{group, scope?}}, {{user}}, "
+                         "{connection}")
+    try:
+        return Target.from_json(obj)
+    except BadRequest as exc:
+        raise BadRequest(exc.message.replace("target", field, 1)) from None
+
+
 @api.post("/publish")
 @require_key
 def publish() -> tuple[Response, int]:
     body: _PublishBody = _body(_PublishBody)
-    target = Target.from_json(body.target)
+    target = _target(body.target, "target")
     if not valid_name(body.event):
         raise BadRequest("event must be a name of 1-128 characters")
     msg_id = node().publish(target, body.event, body.data, durable=body.durable,
@@ -83,13 +106,15 @@ def start_task() -> tuple[Response, int]:
     from workers.client import start_task as enqueue
 
     body: _TaskBody = _body(_TaskBody)
-    target = Target.from_json(body.notify)
+    target = _target(body.notify, "notify")
     return jsonify({"task_id": enqueue(body.name, body.args, target)}), 202
 
 
 @api.get("/tasks/<task_id>")
 @require_key
 def task_status(task_id: str) -> Response:
+    if len(task_id) > ID_LEN or not task_id.isprintable():  # no such id can exist
+        raise NotFound(f"no task {task_id[:ID_LEN + 2]!r}")
     with Session(node().engine) as db:
         rec = db.get(TaskRecord, task_id)
     if rec is None:
@@ -156,8 +181,33 @@ def readyz() -> tuple[Response, int]:
     return jsonify({"ready": ready, "reason": reason, "frontend": node().id}), 200 if ready else 503
 
 
+@probes.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(spec())
+
+
 def _error_response(exc: HeraldError) -> tuple[Response, int]:
     return jsonify({"error": exc.code, "message": exc.message}), exc.status
+
+
+@api.errorhandler(DataError)
+def _data_error(exc: DataError) -> tuple[Response, int]:
+    """Input Postgres refuses (NUL in text, an out-of-range number): the caller's fault."""
+    return _error_response(BadRequest(f"refused by the database: {_first_line(exc.orig)}"))
+
+
+def _unavailable(exc: Exception) -> tuple[Response, int]:
+    current_app.logger.warning("backend unavailable: %s", _first_line(exc))
+    return _error_response(Unavailable("Postgres or the broker is unavailable; retry"))
+
+
+def _first_line(exc: BaseException | None) -> str:
+    return (str(exc).splitlines() or [""])[0][:200]
+
+
+# outages of Postgres or the broker during an /api call (the probes report them themselves)
+for _exc_type in (DBOperationalError, PoolTimeout, BrokerOperationalError, *BROKER_ERRORS):
+    api.register_error_handler(_exc_type, _unavailable)
 
 
 def init_app(app: Flask) -> None:
@@ -171,7 +221,10 @@ def init_app(app: Flask) -> None:
         code = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 413: "too_large", 429: "rate_limited"}.get(
             exc.code or 500, "internal")
-        return jsonify({"error": code, "message": exc.description}), exc.code or 500
+        response = jsonify({"error": code, "message": exc.description})
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response, exc.code or 500
 
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> tuple[Response, int]:

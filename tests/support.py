@@ -203,3 +203,46 @@ def wait_until(pred: Callable[[], Any], timeout: float = WAIT_S, interval: float
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met")
         time.sleep(interval)
+
+
+class ResumingClient:
+    """What herald.js does, for tests: remember the resume token and the highest durable
+    id, reconnect with both, and count every durable id received across sockets."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.token = token
+        self.sockets: list[Client] = []
+        self.welcomes: list[dict[str, Any]] = []
+        self.connect(url)
+
+    @property
+    def current(self) -> Client:
+        return self.sockets[-1]
+
+    def connect(self, url: str) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if self.welcomes:
+            fields = {"resume": self.welcomes[-1]["resume"], "last_id": self.last_id()}
+        client = Client(url)
+        self.sockets.append(client)
+        welcome = client.hello(self.token, **fields)
+        self.welcomes.append(welcome)
+        return welcome
+
+    def durable_ids(self) -> list[int]:
+        """Every durable id received, in arrival order, duplicates included."""
+        return [f["id"] for c in self.sockets for f in list(c.frames)
+                if f.get("op") == "event" and "id" in f]
+
+    def last_id(self) -> int:
+        return max(self.durable_ids(), default=0)
+
+    def unique_in_order(self) -> list[int]:
+        """The client library's view: first copy of each id, in arrival order."""
+        seen: set[int] = set()
+        out = []
+        for i in self.durable_ids():
+            if i not in seen:
+                seen.add(i)
+                out.append(i)
+        return out

@@ -80,7 +80,7 @@ def test_extra_fields_are_ignored() -> None:
 
 @pytest.mark.parametrize("raw", [b"not json", b'{"op":"ping"', b"\xff\xfe{}", b""])
 def test_not_json(raw: bytes) -> None:
-    with pytest.raises(BadRequest, match="not valid (JSON|UTF-8)"):
+    with pytest.raises(BadRequest, match=r"not valid (JSON|UTF-8)"):
         frames.parse(raw)
 
 

@@ -1,0 +1,209 @@
+"""The OpenAPI 3.0.3 document of Herald's HTTP API, served at ``GET /openapi.json``.
+
+It describes ``service/api.py`` exactly: every route, body, parameter and status code it
+can answer with. ``tests/e2e/test_openapi.py`` checks it against the app's URL map and runs
+schemathesis against a live frontend with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .envelope import DEFAULT_SCOPE, NAME_MAX
+
+Schema = dict[str, Any]
+
+#: The JSON error body's code for each status the HTTP API answers with.
+ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+          405: "method_not_allowed", 413: "too_large", 503: "unavailable"}
+#: Every code the error body may carry (``internal`` is a 500: a bug, never documented).
+ERROR_CODES = [*ERRORS.values(), "internal"]
+TASK_STATES = ["queued", "started", "succeeded", "failed"]
+_WHY = {400: "invalid body, name or parameter", 401: "missing or invalid bearer API key",
+        404: "no such task, task name, connection or route",
+        405: "method not allowed on this path (with an Allow header)",
+        413: "body larger than HERALD_MAX_FRAME", 503: "Postgres or RabbitMQ unavailable"}
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(required: list[str], **props: Schema) -> Schema:
+    """An object schema with exactly these properties (no others allowed)."""
+    schema: Schema = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _array(items: Schema) -> Schema:
+    return {"type": "array", "items": items}
+
+
+def _string(description: str = "", **extra: Any) -> Schema:
+    return {"type": "string", **({"description": description} if description else {}), **extra}
+
+
+def _name(what: str) -> Schema:
+    return _string(f"{what}: 1-{NAME_MAX} printable characters, no '/' or '@'", minLength=1,
+                   maxLength=NAME_MAX, pattern="^[^/@\\x00-\\x1f\\x7f-\\x9f]+$")
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(status: int) -> Schema:
+    """A response carrying the JSON error body with the code this status always has."""
+    code = {"allOf": [_ref("Error"), {"properties": {"error": {"enum": [ERRORS[status]]}}}]}
+    return _json(code, _WHY[status])
+
+
+def _param(name: str, where: str, schema: Schema, required: bool = True,
+           example: str | None = None) -> Schema:
+    param: Schema = {"name": name, "in": where, "required": required, "schema": schema}
+    return param if example is None else {**param, "example": example}
+
+
+def _op(summary: str, ok: dict[int, Schema], errors: tuple[int, ...] = (),
+        params: list[Schema] | None = None, body: str | None = None,
+        secure: bool = True) -> Schema:
+    """One operation: its success responses, error statuses, parameters and body."""
+    if secure:
+        errors = (401, *errors, 503)
+    op: Schema = {"summary": summary, "operationId": summary.split(":")[0],
+                  "security": [{"bearer": []}] if secure else [],
+                  "responses": {**{str(s): r for s, r in ok.items()},
+                                **{str(s): _error(s) for s in sorted(set(errors))}}}
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/json": {"schema": _ref(body)}}}
+    return op
+
+
+def _schemas() -> dict[str, Schema]:
+    target = {"oneOf": [_ref("TargetAll"), _ref("TargetGroup"), _ref("TargetUser"),
+                        _ref("TargetConnection")]}
+    group = {"scope": _name("scope"), "group": _name("group")}
+    return {
+        "Error": _obj(["error", "message"], error=_string(enum=ERROR_CODES), message=_string()),
+        "Name": _name("name"),
+        "TargetAll": _obj(["all"], all={"type": "boolean", "enum": [True]}),
+        "TargetGroup": _obj(["group"], group=_name("group"),
+                            scope={**_name("scope"), "default": DEFAULT_SCOPE}),
+        "TargetUser": _obj(["user"], user=_name("user id")),
+        "TargetConnection": _obj(["connection"], connection=_name("connection id")),
+        "Target": target,
+        "PublishRequest": _obj(
+            ["target", "event"], target=_ref("Target"), event=_name("event"),
+            data={"description": "any JSON value (default null)"},
+            durable={"type": "boolean", "default": True,
+                     "description": "log in Postgres first and carry an id"},
+            exclude_connection={"type": "string", "nullable": True, "default": None,
+                                "description": "a connection id not to deliver to"}),
+        "PublishResponse": _obj(["id"], id={"type": "integer", "nullable": True,
+                                            "description": "log id; null when not durable"}),
+        "TaskRequest": _obj(
+            ["name", "notify"],
+            name=_string("a public task name; unknown names are 404", example="demo.noop"),
+            args={"type": "object", "default": {}, "description": "the task's keyword args"},
+            notify=_ref("Target")),
+        "TaskCreated": _obj(["task_id"], task_id=_string()),
+        "TaskStatus": _obj(
+            ["task_id", "name", "state", "progress", "result", "error"], task_id=_string(),
+            name=_string(), state=_string(enum=TASK_STATES),
+            progress={"type": "number", "description": "0..1 as the task reports it"},
+            result={"description": "the task's return value; null until it succeeds"},
+            error={"type": "string", "nullable": True}),
+        "GroupCount": _obj(["scope", "group", "members"], **group,
+                           members={"type": "integer", "minimum": 1}),
+        "Member": _obj(["connection_id", "user_id", "frontend"], connection_id=_string(),
+                       user_id=_string(), frontend=_string()),
+        "UserConnection": _obj(["connection_id", "frontend", "connected_at", "groups"],
+                               connection_id=_string(), frontend=_string(),
+                               connected_at={"type": "number"},
+                               groups=_array(_obj(["scope", "group"], **group))),
+        "FrontendInfo": _obj(
+            ["id", "host", "started_at", "heartbeat_at", "connections", "draining"],
+            id=_string(), host=_string(), started_at={"type": "number"},
+            heartbeat_at={"type": "number"}, connections={"type": "integer", "minimum": 0},
+            draining={"type": "boolean"}),
+        "Health": _obj(["status", "frontend"], status=_string(enum=["ok"]),
+                       frontend=_string()),
+        "Readiness": _obj(["ready", "reason", "frontend"], ready={"type": "boolean"},
+                          reason=_string(), frontend=_string()),
+    }
+
+
+def _paths() -> dict[str, Schema]:
+    name = _ref("Name")
+    group_params = [_param("scope", "path", name, example=DEFAULT_SCOPE),
+                    _param("group", "path", name, example="lobby")]
+    member_params = [*group_params, _param("connection_id", "path", name)]
+    user_param = [_param("user_id", "path", name, example="alice")]
+    none = {"description": "done (no body)"}
+    return {
+        "/api/publish": {"post": _op(
+            "publish: send an event to a target on every frontend",
+            {202: _json(_ref("PublishResponse"), "accepted")}, (400, 413),
+            body="PublishRequest")},
+        "/api/tasks": {"post": _op(
+            "startTask: enqueue a public task whose state goes to a target",
+            {202: _json(_ref("TaskCreated"), "queued")}, (400, 404, 413), body="TaskRequest")},
+        "/api/tasks/{task_id}": {"get": _op(
+            "taskStatus: a task's state, progress and outcome",
+            {200: _json(_ref("TaskStatus"), "the task record")}, (404,),
+            [_param("task_id", "path", _string())])},
+        "/api/groups": {"get": _op(
+            "groups: every group with members, with counts (pg:which_groups)",
+            {200: _json(_array(_ref("GroupCount")), "groups")}, (400,),
+            [_param("scope", "query", name, required=False)])},
+        "/api/groups/{scope}/{group}/members": {"get": _op(
+            "groupMembers: members of a group, cluster-wide or on this frontend only",
+            {200: _json(_array(_ref("Member")), "members")}, (400, 404),
+            [*group_params, _param("local", "query", _string(
+                "1 or true: only this frontend's sockets"), required=False)])},
+        "/api/groups/{scope}/{group}/members/{connection_id}": {
+            "put": _op("joinGroup: server-side join of any connection (pg:join)",
+                       {204: none}, (400, 404), member_params),
+            "delete": _op("leaveGroup: server-side leave (idempotent; pg:leave)",
+                          {204: none}, (400, 404), member_params)},
+        "/api/users/{user_id}/connections": {"get": _op(
+            "userConnections: a user's sockets, their frontends and groups",
+            {200: _json(_array(_ref("UserConnection")), "connections")}, (400, 404),
+            user_param)},
+        "/api/frontends": {"get": _op(
+            "frontends: registered frontends with connection counts",
+            {200: _json(_array(_ref("FrontendInfo")), "frontends")})},
+        "/healthz": {"get": _op("healthz: liveness", {200: _json(_ref("Health"), "alive")},
+                                secure=False)},
+        "/readyz": {"get": _op(
+            "readyz: readiness (Postgres, broker, registered, not draining)",
+            {200: _json(_ref("Readiness"), "ready"),
+             503: _json(_ref("Readiness"), "not ready; reason says why")}, secure=False)},
+        "/openapi.json": {"get": _op(
+            "openapi: this document", {200: _json({"type": "object"}, "OpenAPI 3.0.3")},
+            secure=False)},
+    }
+
+
+def spec() -> dict[str, Any]:
+    """The OpenAPI document (a fresh dict each call)."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Herald HTTP API", "version": "1",
+                 "description": "Backends publish, start tasks and query the registry with "
+                                "a bearer API key; probes need none. Errors are "
+                                '{"error": code, "message": text}; any other method on a '
+                                "path is 405 with that body."},
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "a key from HERALD_API_KEYS"}},
+            "responses": {"MethodNotAllowed": _error(405)},
+        },
+    }
