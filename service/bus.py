@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ CONTENT_TYPE = "application/x-herald"
 #: What a publish raises when the broker is away and its retries are spent.
 _AMQP = Connection("amqp://")  # never connected: only asked which errors its transport raises
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
-    *_AMQP.connection_errors, *_AMQP.channel_errors, OSError)
+    *_AMQP.connection_errors, *_AMQP.channel_errors, OSError,
+    KombuOperationalError)  # what kombu raises once its retries are spent
 #: Seconds between AMQP heartbeats (each side closes after two missed).
 BROKER_HEARTBEAT_S = 10
 #: Reconnect backoff bounds, seconds.

@@ -1,0 +1,75 @@
+"""Issue 4: a client that stops reading is cut off with 1013; nobody else waits for it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from typing import Any
+
+from service.envelope import Target
+from service.pg import Herald
+from tests.rawws import RawClient
+from tests.support import Client
+
+OTHERS = 200
+MESSAGES = 5000
+PAD = "x" * 600
+
+
+class CountingClient(Client):
+    """Keeps counts, not frames: 200 sockets x 5,000 messages would not fit otherwise."""
+
+    def __init__(self, url: str) -> None:
+        self.ticks = bytearray(MESSAGES)
+        self.dups = 0
+        self.done = threading.Event()
+        super().__init__(url)
+
+    def _read(self) -> None:
+        try:
+            for msg in self.ws:
+                frame = json.loads(msg)
+                if frame.get("op") == "event" and frame.get("event") == "tick":
+                    i = frame["data"]["i"]
+                    self.dups += self.ticks[i]
+                    self.ticks[i] = 1
+                    continue
+                if frame.get("event") == "end":
+                    self.done.set()
+                with self._cond:
+                    self.frames.append(frame)
+                    self._cond.notify_all()
+        except Exception:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            self.closed.set()
+            with self._cond:
+                self._cond.notify_all()
+
+
+def test_a_stalled_reader_is_closed_1013_and_the_rest_get_everything(cluster: Any,
+                                                                      token: Any) -> None:
+    fe = cluster.frontend("slow", env={"HERALD_OUTBOX_LIMIT": "256"})
+    others = []
+    for _ in range(OTHERS):
+        c = CountingClient(fe.ws_url)
+        c.hello(token(f"u-{uuid.uuid4().hex[:6]}"))
+        others.append(c)
+    stalled = RawClient("127.0.0.1", fe.port, rcvbuf=4096)
+    stalled.send_json({"op": "hello", "token": token("stalled")})
+    assert stalled.read_json()["op"] == "welcome"
+    # from here on the stalled client reads nothing
+
+    herald = Herald()
+    for i in range(MESSAGES):
+        herald.publish(Target.all(), "tick", {"i": i, "pad": PAD}, durable=False)
+    herald.publish(Target.all(), "end", None, durable=False)
+
+    for c in others:
+        assert c.done.wait(120), "a healthy client did not get to the end"
+        assert c.ticks.count(1) == MESSAGES and c.dups == 0
+        assert not c.closed.is_set()
+    assert stalled.read_until_close() == 1013
+    herald.close()

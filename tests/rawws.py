@@ -1,0 +1,81 @@
+"""A minimal raw-socket WebSocket client for tests that need to misbehave (stop reading)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import struct
+from typing import Any
+
+
+class RawClient:
+    """Handshake, masked text frames out, unmasked frames in; reading only when asked."""
+
+    def __init__(self, host: str, port: int, path: str = "/ws", rcvbuf: int | None = None):
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect((host, port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed during the handshake")
+            self.buf += chunk
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise ConnectionError(head.decode(errors="replace"))
+
+    def send_json(self, obj: Any) -> None:
+        payload = json.dumps(obj).encode()
+        mask = os.urandom(4)
+        n = len(payload)
+        if n < 126:
+            header = struct.pack("!BB", 0x81, 0x80 | n)
+        elif n < 65536:
+            header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+        else:
+            header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def _need(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read_frame(self) -> tuple[int, bytes]:
+        """(opcode, payload) of the next frame."""
+        b0, b1 = self._need(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", self._need(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", self._need(8))[0]
+        return b0 & 0x0F, self._need(n)
+
+    def read_json(self) -> dict[str, Any]:
+        opcode, payload = self.read_frame()
+        assert opcode == 1, opcode
+        return json.loads(payload)  # type: ignore[no-any-return]
+
+    def read_until_close(self, limit: int = 1_000_000) -> int | None:
+        """Drain frames until the close frame; return its code (None if the TCP closed)."""
+        for _ in range(limit):
+            try:
+                opcode, payload = self.read_frame()
+            except (EOFError, OSError):
+                return None
+            if opcode == 8:
+                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+        return None
