@@ -53,6 +53,8 @@ def create_app(test_config: dict[str, Any] | None = None, *, port: int | None = 
     sock = Sock(app)
     ws.init_app(app, sock)
     api.init_app(app)
+    from . import demo
+    demo.init_app(app)
     if not settings.ws_deflate:
         app.wsgi_app = NoDeflate(app.wsgi_app)  # type: ignore[method-assign]
     if start:

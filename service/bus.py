@@ -100,8 +100,8 @@ class BusConsumer:
     """Consumes the fanout through one exclusive queue; reconnects by itself.
 
     ``on_body`` gets each message's raw bytes; an exception there is logged and the loop
-    goes on. ``on_ready(queue_name, first)`` runs after each (re)declare; ``on_lost()``
-    when the connection drops.
+    goes on. ``on_ready(queue_name, first)`` runs after each (re)declare and bind, before
+    consuming starts; ``on_lost()`` when the connection drops.
     """
 
     def __init__(self, url: str, exchange: str, on_body: Callable[[bytes], None], *,
@@ -145,14 +145,16 @@ class BusConsumer:
                 queue.declare()
                 consumer = Consumer(channel, queues=[queue], no_ack=True, auto_declare=False,
                                     on_message=self._on_message)
-                consumer.consume()
                 self.queue_name = queue.name
-                self.connected = True
-                delay = RECONNECT_MIN_S
-                log.info("bus: consuming %s on exchange %s", queue.name, self.exchange.name)
+                # bound but not yet consuming: what arrives now waits in the queue while
+                # the owner catches up (a replay), so order is kept
                 if self.on_ready is not None:
                     self.on_ready(queue.name, first)
                 first = False
+                consumer.consume()
+                self.connected = True
+                delay = RECONNECT_MIN_S
+                log.info("bus: consuming %s on exchange %s", queue.name, self.exchange.name)
                 self._drain(conn)
             except Exception as exc:
                 if self.should_stop:

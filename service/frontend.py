@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 #: How long an op waits for its registry write before answering anyway (DB outage).
 REGISTRY_ACK_TIMEOUT_S = 5.0
+#: How long a reconnected bus waits for its gap replay before live delivery resumes.
+REPLAY_BEFORE_LIVE_S = 10.0
+#: A message's time is its transaction's start; it reached sockets at most this much later.
+REPLAY_OPEN_MARGIN_S = 1.0
 #: First retry delay when the bus-gap replay cannot reach Postgres yet.
 RECONNECT_REPLAY_RETRY_S = 0.5
 #: Sockets closed per drain batch, and the pause between batches.
@@ -158,7 +162,10 @@ class Frontend:
             gevent.spawn(self._safe_heartbeat)
         if not first:
             self.stats["bus_reconnects"] += 1
-            gevent.spawn(self._replay_bus_gap)
+            # replay before live messages flow again (they wait in the new queue), but
+            # never hold the bus for long: past the bound the replay finishes alongside
+            replaying = gevent.spawn(self._replay_bus_gap)
+            replaying.join(timeout=REPLAY_BEFORE_LIVE_S)
 
     def _on_bus_lost(self) -> None:
         log.warning("frontend %s lost its bus queue", self.id)
@@ -181,7 +188,9 @@ class Frontend:
                 gevent.sleep(delay)
                 delay = min(delay * 2, 5.0)
         for env in envelopes:
-            self._deliver(env)
+            # a socket opened after this message was published did not miss it live
+            self.hub.deliver(target_of(env), ws_text_frame(event_frame(env)), env.exclude,
+                             opened_by=env.ts + REPLAY_OPEN_MARGIN_S)
         self.stats["replayed"] += len(envelopes)
         log.info("replayed %d durable messages after a bus reconnect", len(envelopes))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -55,6 +56,7 @@ class Conn:
         "monitors",
         "moved",
         "on_overflow",
+        "opened_at",
         "user_id",
         "ws",
     )
@@ -74,6 +76,7 @@ class Conn:
         self.on_overflow = on_overflow
         self._held: list[bytes] | None = None
         self.moved = False  # resumed on another socket: that one owns the registry row
+        self.opened_at = time.time()
         self._writer = gevent.spawn(self._write_loop)
 
     @property
@@ -224,10 +227,16 @@ class Hub:
         conn = self.conns.get(target.key)
         return [conn] if conn is not None else []
 
-    def deliver(self, target: Target, frame: bytes, exclude: str | None = None) -> int:
-        """Queue one shared frame on every matching socket; return how many got it."""
+    def deliver(self, target: Target, frame: bytes, exclude: str | None = None,
+                opened_by: float | None = None) -> int:
+        """Queue one shared frame on every matching socket; return how many got it.
+
+        ``opened_by``: only sockets opened by then (a replay must not hand a socket what
+        was published before it existed)."""
         n = 0
         for conn in self.matching(target):
+            if opened_by is not None and conn.opened_at > opened_by:
+                continue
             if conn.id != exclude:
                 conn.deliver(frame)
                 n += 1
