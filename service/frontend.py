@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 REGISTRY_ACK_TIMEOUT_S = 5.0
 #: How long a reconnected bus waits for its gap replay before live delivery resumes.
 REPLAY_BEFORE_LIVE_S = 10.0
-#: A message's time is its transaction's start; it reached sockets at most this much later.
-REPLAY_OPEN_MARGIN_S = 1.0
 #: First retry delay when the bus-gap replay cannot reach Postgres yet.
 RECONNECT_REPLAY_RETRY_S = 0.5
 #: Sockets closed per drain batch, and the pause between batches.
@@ -190,7 +188,7 @@ class Frontend:
         for env in envelopes:
             # a socket opened after this message was published did not miss it live
             self.hub.deliver(target_of(env), ws_text_frame(event_frame(env)), env.exclude,
-                             opened_by=env.ts + REPLAY_OPEN_MARGIN_S)
+                             opened_by=env.ts + replay.OPEN_MARGIN_S)
         self.stats["replayed"] += len(envelopes)
         log.info("replayed %d durable messages after a bus reconnect", len(envelopes))
 

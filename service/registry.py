@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import gevent
@@ -222,23 +223,26 @@ def detach_frontends(db: DBConn, frontend_ids: list[str]) -> None:
 
 
 def reattach(engine: Engine, connection_id: str, user_id: str,
-             frontend_id: str) -> list[tuple[str, str]] | None:
-    """Move a connection of ``user_id`` to ``frontend_id`` (a resume); return its groups.
+             frontend_id: str) -> tuple[list[tuple[str, str]], datetime] | None:
+    """Move a connection of ``user_id`` to ``frontend_id`` (a resume); return its groups
+    and when it first connected.
 
     None when there is nothing to resume (unknown, another user's, or pruned). The row may
     still be attached to a frontend that has not noticed the socket is gone: it moves all
     the same, and that frontend's clean-up is a no-op because it is guarded by frontend.
     """
     with engine.begin() as db:
-        moved = db.execute(update(Connection).where(Connection.id == connection_id,
-                                                    Connection.user_id == user_id)
-                           .values(frontend_id=frontend_id, detached_at=None))
-        if not moved.rowcount:
+        connected_at = db.execute(
+            update(Connection).where(Connection.id == connection_id,
+                                     Connection.user_id == user_id)
+            .values(frontend_id=frontend_id, detached_at=None)
+            .returning(Connection.connected_at)).scalar()
+        if connected_at is None:
             return None
         rows = db.execute(select(Membership.scope, Membership.group)
                           .where(Membership.connection_id == connection_id)
                           .order_by(Membership.joined_at)).all()
-    return [(s, g) for s, g in rows]
+    return [(s, g) for s, g in rows], connected_at
 
 
 def memberships_of_frontends(db: DBConn, frontend_ids: list[str]) -> list[dict[str, str]]:

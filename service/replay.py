@@ -49,9 +49,17 @@ _COLUMNS = (Message.id, Message.target_kind, Message.target_key, Message.event,
             Message.data.cast(Text), Message.created_at, Message.origin)
 
 
+#: A message's time is its transaction's start; it reached sockets at most this much later.
+OPEN_MARGIN_S = 1.0
+
+
 def missed(engine: Engine, *, user_id: str, connection_id: str | None,
-           groups: Iterable[tuple[str, str]], last_id: int) -> Replay:
-    """Durable messages for this client's targets that it has not seen, in log order."""
+           groups: Iterable[tuple[str, str]], last_id: int,
+           session_start: datetime | None = None) -> Replay:
+    """Durable messages for this client's targets that it has not seen, in log order.
+
+    ``session_start``: when the resumed connection first connected; nothing older is
+    replayed, however far the late-commit grace reaches back."""
     addressed = [Message.target_kind == "all",
                  and_(Message.target_kind == "user", Message.target_key == user_id)]
     if connection_id:
@@ -67,6 +75,9 @@ def missed(engine: Engine, *, user_id: str, connection_id: str | None,
         if anchor is not None:
             newer = or_(newer, Message.created_at >= anchor - timedelta(
                 seconds=LATE_COMMIT_GRACE_S))
+        if session_start is not None:
+            newer = and_(newer, Message.created_at >= session_start - timedelta(
+                seconds=OPEN_MARGIN_S))
         rows = db.execute(select(*_COLUMNS).where(or_(*addressed), newer)
                           .order_by(Message.id).limit(MAX_REPLAY + 1)).all()
         oldest = db.execute(select(func.min(Message.id))).scalar()

@@ -71,15 +71,16 @@ def _take_over(node: Frontend, cid: str) -> None:
 def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opened:
     """Register the connection (new or resumed) and build welcome and replay."""
     secret = node.settings.secret_key
-    restored: list[tuple[str, str]] | None = None
+    reattached = None
     cid = resumable_id(secret, frame.resume, grants.user_id)
     if cid is not None:
         _take_over(node, cid)
         try:
-            restored = registry.reattach(node.engine, cid, grants.user_id, node.id)
+            reattached = registry.reattach(node.engine, cid, grants.user_id, node.id)
         except SQLAlchemyError as exc:
             log.warning("resume of %s failed (%s); starting fresh", cid, exc.__class__.__name__)
-    resumed = restored is not None
+    resumed = reattached is not None
+    restored, session_start = reattached if reattached is not None else ([], None)
     conn = Conn(cid if resumed and cid else uuid.uuid4().hex, grants.user_id, ws,
                 node.settings.outbox_limit, on_overflow=node.count_overflow)
     conn.hold()
@@ -88,7 +89,7 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
         node.registry.write("connect", REGISTRY_ACK_TIMEOUT_S, id=conn.id,
                             frontend_id=node.id, user_id=conn.user_id)
     groups = []
-    for scope, group in restored or []:
+    for scope, group in restored:
         if grants.may_join(scope, group):  # the new token decides, not the old one
             node.join(conn, (scope, group), record=False)
             groups.append({"scope": scope, "group": group})
@@ -101,7 +102,7 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
     if frame.last_id is not None:
         missed = replay.missed(node.engine, user_id=conn.user_id, connection_id=conn.id,
                                groups=[(g["scope"], g["group"]) for g in groups],
-                               last_id=frame.last_id)
+                               last_id=frame.last_id, session_start=session_start)
         opened.replay_frames = [ws_text_frame(event_frame(env)) for env in missed.envelopes]
         opened.welcome.update(replayed=len(missed.envelopes), gap=missed.gap)
         node.count_replayed(len(missed.envelopes))

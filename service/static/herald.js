@@ -1,14 +1,12 @@
 /**
  * herald.js: a dependency-free browser client for Herald (README.md has the protocol).
+ * It reconnects with full-jitter backoff, resumes its session (memberships come back
+ * server-side, missed durable events are replayed after `last_id`), drops repeated
+ * durable ids, refreshes the token before it expires, and tracks tasks by id.
  *
- *   import { Herald } from "/static/herald.js";
  *   const herald = await Herald.connect({ getToken: () => fetchTokenFromMyBackend() });
  *   herald.on("chat", (data) => console.log(data.text));
  *   await herald.join("room:lobby");
- *
- * It reconnects with full-jitter backoff, resumes its session (memberships come back
- * server-side and missed durable events are replayed after `last_id`), drops repeated
- * durable ids, refreshes the token before it expires, and tracks tasks by id.
  * @module herald
  */
 
@@ -57,7 +55,7 @@ export class HeraldTask {
 
   _report(progress) {
     this.progress = progress;
-    for (const fn of this._fns) fn(progress, this.message, this);
+    this._fns.forEach((fn) => fn(progress, this.message, this));
   }
 
   _apply(event, data) {
@@ -150,10 +148,7 @@ export class Herald {
   }
 
   /** Start connecting (idempotent); it reconnects until close() or a fatal close code. */
-  connect() {
-    if (this._stopped) { this._stopped = false; this._open(); }
-    return this;
-  }
+  connect() { if (this._stopped) { this._stopped = false; this._open(); } return this; }
 
   /** Say goodbye (close code 1000: the server ends the session) and stop reconnecting. */
   close() {
@@ -165,9 +160,7 @@ export class Herald {
     this._setState("closed");
   }
 
-  _setState(state) {
-    if (this.state !== state) this._emit("state", (this.state = state));
-  }
+  _setState(state) { if (this.state !== state) this._emit("state", (this.state = state)); }
 
   async _open() {
     this._setState(this._everOpen ? "reconnecting" : "connecting");
@@ -344,14 +337,12 @@ export class Herald {
   async monitor(group, { scope = "default" } = {}, onPresence = undefined) {
     const k = key(scope, group);
     let m = this._monitors.get(k);
-    if (!m) {
-      m = { group, scope, members: new Map(), fns: new Set(), awaiting: true };
-      this._monitors.set(k, m);
-      if (this._live) {
-        await this._sendMonitor(m).catch((err) => { this._monitors.delete(k); throw err; });
-      }
+    const fresh = !m;
+    if (fresh) this._monitors.set(k, (m = { group, scope, members: new Map(), fns: new Set() }));
+    if (onPresence) m.fns.add(onPresence);  // before the request: the snapshot follows its ack
+    if (fresh && this._live) {
+      await this._sendMonitor(m).catch((err) => { this._monitors.delete(k); throw err; });
     }
-    if (onPresence) m.fns.add(onPresence);
     const stop = async () => {
       if (onPresence) m.fns.delete(onPresence);
       if (m.fns.size || this._monitors.get(k) !== m) return;

@@ -43,15 +43,18 @@ def _pg_cluster() -> tuple[str, str]:
 def test_rabbitmq_restart_loses_no_durable_message(cluster: Any, token: Any) -> None:
     a, b = cluster.frontend("a"), cluster.frontend("b")
     cluster.worker()
+    group = f"g-{uuid.uuid4().hex[:6]}"  # this test's own traffic only
     clients = [ResumingClient((a if i % 2 else b).ws_url, token(f"u-{uuid.uuid4().hex[:6]}"))
                for i in range(CLIENTS)]
+    for c in clients:
+        assert c.current.request("join", group=group)["op"] == "ack"
     herald = Herald()
     ids: list[int] = []
     third = threading.Event()
 
     def stream() -> None:
         for i in range(MESSAGES):
-            msg_id = herald.publish(Target.all(), "tick", {"i": i})  # logged, then published
+            msg_id = herald.publish(Target.group(group), "tick", {"i": i})  # log, then publish
             assert msg_id is not None
             ids.append(msg_id)
             if i == MESSAGES // 3:

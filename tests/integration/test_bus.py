@@ -14,6 +14,7 @@ from kombu import Connection, Exchange
 
 from service.bus import BusConsumer, BusPublisher
 from tests.conftest import ENV
+from tests.support import wait_until
 
 URL = ENV["HERALD_BROKER_URL"]
 WAIT_S = 30.0
@@ -92,7 +93,7 @@ def test_publish_is_received_exactly(exchange: str, started: list[Any]) -> None:
     publisher = BusPublisher(URL, exchange)
     started.append(publisher)
     assert consumer.first is True
-    assert consumer.consumer.connected is True
+    wait_until(lambda: consumer.consumer.connected)  # on_ready runs just before consuming
     bodies = [b'["fe","event",{"all":true},"e",null,1.0]', bytes(range(256)), b"x" * 200_000]
     for body in bodies:
         publisher.publish(body)

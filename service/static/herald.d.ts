@@ -1,0 +1,160 @@
+// Types for herald.js, the browser client for Herald.
+
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+
+/** An error frame from the server, or a client-side failure. */
+export class HeraldError extends Error {
+  constructor(code: string, message?: string);
+  /**
+   * Server codes: bad_request, unknown_op, unauthorized, forbidden, not_found,
+   * rate_limited, internal, …; client codes: timeout, disconnected, closed, policy (1008),
+   * too_large (1009), replaced (4409), task_failed.
+   */
+  readonly code: string;
+}
+
+export interface HeraldOptions {
+  /** ws(s)://host/ws; defaults to this page's origin + /ws. */
+  url?: string;
+  /** A client JWT. With only this, an expired token (4401) stops the client. */
+  token?: string;
+  /** Returns a fresh token: before the current one expires, and after a 4401 close. */
+  getToken?: () => Promise<string>;
+  /** A WebSocket implementation (defaults to globalThis.WebSocket). */
+  WebSocket?: { new (url: string): WebSocket };
+  /** Milliseconds before a request is rejected with code "timeout" (10 000). */
+  timeout?: number;
+  /** Milliseconds between pings that detect a dead socket (25 000). */
+  pingInterval?: number;
+}
+
+/** Exactly one target: a group (scope defaults to "default"), a user, a connection, or all. */
+export type Target =
+  | { group: string; scope?: string }
+  | { user: string }
+  | { connection: string }
+  | { all: true };
+
+export interface EventFrame<T = unknown> {
+  op: "event";
+  event: string;
+  data: T;
+  target: Record<string, unknown>;
+  ts: number;
+  /** Present on durable events: the log id (used for de-duplication and resume). */
+  id?: number;
+}
+
+export interface Member {
+  connection_id: string;
+  user_id: string;
+  frontend: string;
+}
+
+export interface PresenceFrame {
+  op: "presence";
+  group: string;
+  scope: string;
+  joins: Member[];
+  leaves: Member[];
+}
+
+export interface PresenceChange {
+  joins: Member[];
+  leaves: Member[];
+  /** True for the snapshot that follows `monitor` (and every re-monitor after a reconnect). */
+  snapshot: boolean;
+}
+
+export interface Welcome {
+  op: "welcome";
+  connection_id: string;
+  frontend: string;
+  resume: string;
+  heartbeat: number;
+  resumed: boolean;
+  groups: { scope: string; group: string }[];
+  replayed: number;
+  gap: boolean;
+}
+
+export interface Monitor {
+  /** connection id → member, kept up to date. */
+  readonly members: Map<string, Member>;
+  /** Remove this listener; the last one to stop sends `demonitor`. */
+  stop(): Promise<void>;
+}
+
+export type TaskState = "queued" | "started" | "succeeded" | "failed";
+
+export class HeraldTask<R = unknown> {
+  readonly id: string;
+  readonly name: string | null;
+  readonly state: TaskState;
+  /** 0..1 */
+  readonly progress: number;
+  readonly message: string | null;
+  readonly result: R | undefined;
+  readonly error: string | null;
+  /** Resolves with the result on task.succeeded; rejects (code "task_failed") on task.failed. */
+  readonly done: Promise<R>;
+  /** Called on every progress report, and at once if some came already. */
+  onProgress(fn: (progress: number, message: string | null, task: HeraldTask<R>) => void): this;
+}
+
+export interface HeraldEvents {
+  state: (state: ConnectionState) => void;
+  welcome: (welcome: Welcome) => void;
+  presence: (frame: PresenceFrame) => void;
+  error: (error: Error) => void;
+  /** Some missed durable events could not be replayed: resynchronise from the backend. */
+  gap: (welcome: Welcome) => void;
+  "*": (frame: EventFrame) => void;
+}
+
+export class Herald {
+  constructor(opts: HeraldOptions);
+  /** Create a client and resolve once it is open; rejects if it stops first. */
+  static connect(opts: HeraldOptions): Promise<Herald>;
+
+  readonly url: string;
+  readonly state: ConnectionState;
+  /** The frontend the socket is on (from the last welcome). */
+  readonly frontend: string | null;
+  /** The session's connection id (the same across resumes). */
+  readonly connectionId: string | null;
+  /** The highest durable id seen; sent as `last_id` on reconnect. */
+  readonly lastId: number;
+  /** Why the client stopped by itself (fatal close code, 4401 without getToken). */
+  readonly lastError: HeraldError | null;
+
+  on<K extends keyof HeraldEvents>(name: K, fn: HeraldEvents[K]): this;
+  on<T = unknown>(event: string, fn: (data: T, frame: EventFrame<T>) => void): this;
+  off(name: string, fn: (...args: any[]) => void): this;
+
+  /** Start connecting (idempotent). */
+  connect(): this;
+  /** Close with 1000 (the server ends the session) and stop reconnecting. */
+  close(): void;
+
+  /** Send any frame; resolves with the reply frame, rejects on an error frame or timeout. */
+  request(op: string, fields?: Record<string, unknown>): Promise<Record<string, any>>;
+  join(group: string, opts?: { scope?: string }): Promise<void>;
+  leave(group: string, opts?: { scope?: string }): Promise<void>;
+  members(group: string, opts?: { scope?: string; local?: boolean }): Promise<Member[]>;
+  monitor(group: string, opts?: { scope?: string },
+          onPresence?: (members: Map<string, Member>, change: PresenceChange) => void
+  ): Promise<Monitor>;
+  /** Resolves with the durable id when `durable`, else undefined. */
+  publish(target: Target, event: string, data?: unknown,
+          opts?: { durable?: boolean }): Promise<number | undefined>;
+  startTask<R = unknown>(name: string, args?: Record<string, unknown>,
+                         opts?: { notify?: "user" | "connection" }): Promise<HeraldTask<R>>;
+  /** The tracker for a task id (task.* events for it update it, whoever started it). */
+  task<R = unknown>(id: string): HeraldTask<R>;
+}
+
+/** The `exp` (seconds since the epoch) of a JWT, or null. */
+export function tokenExpiry(token: string): number | null;
+
+export default Herald;
