@@ -1,0 +1,488 @@
+"""The deployment files (compose/Dockerfile, docker-compose.yml, nginx.conf, k8s/) agree with
+the code: every command is a real manage.py invocation, every HERALD_* variable is one the
+configuration reads, and the frontend's shutdown fits in the time it is given."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import manage
+from service.config import ENV_VARS, ConfigError, Settings
+from service.frontend import DRAIN_WAIT_S
+from service.server import GRACEFUL_TIMEOUT_S
+from tests.support import ROOT
+
+COMPOSE_DIR = ROOT / "compose"
+COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
+DOCKERFILE = COMPOSE_DIR / "Dockerfile"
+NGINX_CONF = COMPOSE_DIR / "nginx.conf"
+K8S_FILES = sorted((COMPOSE_DIR / "k8s").glob("*.yaml"))
+
+HERALD_NAME = re.compile(r"HERALD_[A-Z0-9_]+")
+FRONTEND_PORT = 8000
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    doc = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(doc, dict) and isinstance(doc.get("services"), dict), COMPOSE_FILE
+    return doc
+
+
+def k8s_docs() -> list[tuple[Path, dict[str, Any]]]:
+    docs = []
+    for path in K8S_FILES:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                assert isinstance(doc, dict) and "kind" in doc, f"{path}: not a k8s object"
+                docs.append((path, doc))
+    return docs
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per Dockerfile instruction, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def _exec_form(args: str) -> list[str]:
+    """A Dockerfile CMD/ENTRYPOINT in exec form (JSON list); shell form is split by shlex."""
+    if args.startswith("["):
+        value = json.loads(args)
+        assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+        return value
+    return shlex.split(args)
+
+
+def _argv(command: Any) -> list[str]:
+    """A compose/k8s command as an argv list (a string is split like compose does)."""
+    if isinstance(command, str):
+        return shlex.split(command)
+    assert isinstance(command, list), command
+    return [str(part) for part in command]
+
+
+def _unwrap_shell(argv: list[str]) -> list[str]:
+    if len(argv) >= 3 and Path(argv[0]).name in {"sh", "bash"} and argv[-2] == "-c":
+        return shlex.split(argv[-1])
+    return argv
+
+
+def manage_argv(argv: list[str]) -> list[str] | None:
+    """The arguments after ``python manage.py`` in ``argv``, or None when it runs no manage.py.
+
+    A manage.py run any other way (not with python, not from the image's working dir) is an
+    error, so a command cannot slip past the parser check by being written differently.
+    """
+    argv = _unwrap_shell(argv)
+    at = [i for i, part in enumerate(argv) if part.endswith("manage.py")]
+    if not at:
+        return None
+    assert len(at) == 1 and at[0] == 1, f"one manage.py, right after python: {argv}"
+    assert argv[0] in {"python", "python3"}, f"run manage.py with the image's python: {argv}"
+    assert argv[1] == "manage.py", f"manage.py from the working directory /app: {argv}"
+    return argv[2:]
+
+
+def assert_valid_manage(argv: list[str], where: str) -> Any:
+    try:
+        return manage.parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"{where}: `python manage.py {shlex.join(argv)}` is not a valid "
+                    "manage.py invocation (see the argparse error above)")
+
+
+def compose_commands() -> Iterator[tuple[str, list[str]]]:
+    """(where, argv) for every command in the compose file that runs manage.py."""
+    for name, svc in compose()["services"].items():
+        candidates = []
+        if "command" in svc:
+            argv = _argv(svc.get("entrypoint") or []) + _argv(svc["command"])
+            candidates.append(("command", argv))
+        elif "entrypoint" in svc:
+            candidates.append(("entrypoint", _argv(svc["entrypoint"])))
+        test = (svc.get("healthcheck") or {}).get("test")
+        if isinstance(test, list) and test and test[0] in {"CMD", "CMD-SHELL"}:
+            test = test[1:] if test[0] == "CMD" else shlex.split(test[1])
+        if test:
+            candidates.append(("healthcheck", _argv(test)))
+        for what, argv in candidates:
+            args = manage_argv(argv)
+            if args is not None:
+                yield f"compose service {name} {what}", args
+
+
+def pod_specs() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(where, workload object, pod spec) for every k8s object that runs pods."""
+    for path, doc in k8s_docs():
+        spec = doc.get("spec") or {}
+        if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
+            yield (f"{path.name} {doc['kind']}/{doc['metadata']['name']}", doc,
+                   spec["template"]["spec"])
+        elif doc["kind"] == "CronJob":
+            yield (f"{path.name} CronJob/{doc['metadata']['name']}", doc,
+                   spec["jobTemplate"]["spec"]["template"]["spec"])
+        elif doc["kind"] == "Pod":
+            yield f"{path.name} Pod/{doc['metadata']['name']}", doc, spec
+
+
+def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]
+
+
+def _execs(container: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        cmd = ((container.get(probe) or {}).get("exec") or {}).get("command")
+        if cmd:
+            yield probe, _argv(cmd)
+    for hook in ("preStop", "postStart"):
+        handler = (container.get("lifecycle") or {}).get(hook) or {}
+        cmd = (handler.get("exec") or {}).get("command")
+        if cmd:
+            yield hook, _argv(cmd)
+
+
+def k8s_commands() -> Iterator[tuple[str, list[str]]]:
+    """(where, argv) for every k8s container command (command + args) that runs manage.py."""
+    for where, _, pod in pod_specs():
+        for c in containers(pod):
+            # the image has no ENTRYPOINT: command replaces CMD; args alone would replace CMD too
+            candidates = [("command", _argv(c.get("command") or []) + _argv(c.get("args") or []))]
+            candidates += list(_execs(c))
+            for what, argv in candidates:
+                args = manage_argv(argv)
+                if args is not None:
+                    yield f"{where} container {c['name']} {what}", args
+
+
+def dockerfile_cmd() -> list[str]:
+    cmds = [args for word, args in dockerfile_instructions() if word == "CMD"]
+    assert cmds, "the Dockerfile has no CMD"
+    return _exec_form(cmds[-1])
+
+
+def role_of(argv: list[str]) -> str:
+    args = manage.parser().parse_args(argv)
+    return f"{args.command} {getattr(args, 'role', None) or getattr(args, 'action', '')}".strip()
+
+
+def herald_names(node: Any) -> Iterator[str]:
+    """Every HERALD_* variable a YAML document sets or refers to: mapping keys (compose
+    environment, ConfigMap/Secret data), scalar values naming one (k8s env[].name,
+    secretKeyRef.key) and ``NAME=value`` list items (compose list-style environment)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(key, str) and key.startswith("HERALD_"):
+                yield key
+            yield from herald_names(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from herald_names(item)
+    elif isinstance(node, str):
+        head = node.split("=", 1)[0]
+        if HERALD_NAME.fullmatch(head):
+            yield head
+
+
+def service_env(svc: dict[str, Any]) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for word, args in dockerfile_instructions():
+        if word == "ENV":
+            for part in shlex.split(args):
+                key, sep, value = part.partition("=")
+                assert sep, f"use ENV KEY=value in the Dockerfile: {args}"
+                env[key] = value
+    return env
+
+
+def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings.from_env() with exactly ``env`` as the HERALD_* environment."""
+    for key in list(os.environ):
+        if key.startswith("HERALD_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        pytest.fail(f"the configuration would refuse to start: {exc}")
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def test_every_compose_command_is_a_valid_manage_invocation() -> None:
+    found = list(compose_commands())
+    for where, argv in found:
+        assert_valid_manage(argv, where)
+    roles = sorted({role_of(argv) for _, argv in found})
+    assert roles == ["db upgrade", "run beat", "run flower", "run frontend", "run worker"], roles
+
+
+def test_every_k8s_command_is_a_valid_manage_invocation() -> None:
+    found = list(k8s_commands())
+    for where, argv in found:
+        assert_valid_manage(argv, where)
+    roles = {role_of(argv) for _, argv in found}
+    assert {"run frontend", "run worker", "run beat"} <= roles, roles
+    for where, _, pod in pod_specs():  # every pod runs a Herald role (nothing silently skipped)
+        for c in containers(pod):
+            argv = _argv(c.get("command") or []) + _argv(c.get("args") or [])
+            assert manage_argv(argv) is not None, f"{where}: {c['name']} runs no manage.py"
+
+
+def test_dockerfile_cmd_runs_a_frontend_and_nothing_wraps_it() -> None:
+    argv = manage_argv(dockerfile_cmd())
+    assert argv is not None, dockerfile_cmd()
+    args = assert_valid_manage(argv, "Dockerfile CMD")
+    assert (args.command, args.role, args.port) == ("run", "frontend", FRONTEND_PORT)
+    # an ENTRYPOINT would be prepended to every compose/k8s command checked above
+    assert not [a for w, a in dockerfile_instructions() if w == "ENTRYPOINT"]
+
+
+def test_the_parser_check_catches_a_command_that_does_not_exist() -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"not a valid manage\.py invocation"):
+        assert_valid_manage(["run", "scheduler"], "example")
+    with pytest.raises(pytest.fail.Exception, match=r"not a valid manage\.py invocation"):
+        assert_valid_manage(["migrate"], "example")
+    assert manage_argv(["python", "manage.py", "db", "upgrade"]) == ["db", "upgrade"]
+    assert manage_argv(["sh", "-c", "python manage.py run worker"]) == ["run", "worker"]
+    assert manage_argv(["sleep", "5"]) is None
+    with pytest.raises(AssertionError):
+        manage_argv(["celery", "-A", "x", "manage.py"])
+
+
+# -- environment ------------------------------------------------------------------------
+
+
+def test_every_herald_variable_is_one_the_configuration_reads() -> None:
+    sources: dict[str, list[str]] = {}
+    for name in herald_names(compose()):
+        sources.setdefault(name, []).append(COMPOSE_FILE.name)
+    for path, doc in k8s_docs():
+        for name in herald_names(doc):
+            sources.setdefault(name, []).append(f"k8s/{path.name}")
+    for name in dockerfile_env():
+        if name.startswith("HERALD_"):
+            sources.setdefault(name, []).append(DOCKERFILE.name)
+    assert {"HERALD_DATABASE_URL", "HERALD_BROKER_URL", "HERALD_SECRET_KEY"} <= set(sources)
+    unknown = {name: where for name, where in sources.items() if name not in ENV_VARS}
+    assert not unknown, f"HERALD_* variables service.config does not read: {unknown}"
+
+
+def test_herald_name_finder() -> None:
+    found = set(herald_names({"environment": ["HERALD_A=1", "OTHER=2"],
+                              "env": [{"name": "HERALD_B", "value": "x"}],
+                              "data": {"HERALD_C": "y"}, "ref": {"key": "HERALD_D"}}))
+    assert found == {"HERALD_A", "HERALD_B", "HERALD_C", "HERALD_D"}
+
+
+def test_compose_services_start_in_production_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = {k: v for k, v in dockerfile_env().items() if k.startswith("HERALD_")}
+    services = compose()["services"]
+    herald = {where.split()[2] for where, _ in compose_commands()}
+    assert herald >= {"migrate", "frontend-a", "frontend-b", "worker", "beat", "flower"}
+    for name in sorted(herald):
+        svc = services[name]
+        settings = settings_from({**base, **service_env(svc)}, monkeypatch)
+        assert settings.production, name
+        assert "@postgres:5432/" in settings.database_url, name
+        assert "@rabbitmq:5672/" in settings.broker_url, name
+        assert settings.host == "0.0.0.0", f"{name} would bind 127.0.0.1 inside its container"
+
+
+def test_k8s_roles_start_in_production_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = k8s_docs()
+    data = {(doc["kind"], doc["metadata"]["name"]): {**(doc.get("data") or {}),
+                                                     **(doc.get("stringData") or {})}
+            for _, doc in docs if doc["kind"] in {"ConfigMap", "Secret"}}
+    base = {k: v for k, v in dockerfile_env().items() if k.startswith("HERALD_")}
+    for where, _, pod in pod_specs():
+        for c in containers(pod):
+            env = dict(base)
+            refs = c.get("envFrom") or []
+            kinds = set()
+            for ref in refs:
+                for kind, field in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                    if field in ref:
+                        key = (kind, ref[field]["name"])
+                        assert key in data, f"{where}: {kind} {key[1]} is not in compose/k8s/"
+                        env.update({k: str(v) for k, v in data[key].items()})
+                        kinds.add(kind)
+            assert kinds == {"ConfigMap", "Secret"}, f"{where}: env from a ConfigMap + Secret"
+            for item in c.get("env") or []:
+                env[item["name"]] = str(item.get("value", "from-a-reference"))
+            settings = settings_from(env, monkeypatch)
+            assert settings.production and settings.host == "0.0.0.0", where
+
+
+# -- compose ----------------------------------------------------------------------------
+
+
+def _depends(svc: dict[str, Any]) -> dict[str, str]:
+    dep = svc.get("depends_on") or {}
+    if isinstance(dep, list):
+        return dict.fromkeys(dep, "service_started")
+    return {k: (v or {}).get("condition", "service_started") for k, v in dep.items()}
+
+
+def test_compose_has_every_service_wired() -> None:
+    services = compose()["services"]
+    assert {"postgres", "rabbitmq", "migrate", "frontend-a", "frontend-b", "nginx", "worker",
+            "beat", "flower"} <= set(services), sorted(services)
+    assert str(services["postgres"]["image"]).startswith("postgres:15")
+    assert "pg_isready" in str(services["postgres"]["healthcheck"]["test"])
+    assert "management" in str(services["rabbitmq"]["image"])
+    assert services["rabbitmq"].get("healthcheck", {}).get("test")
+
+    assert _depends(services["migrate"]) == {"postgres": "service_healthy",
+                                            "rabbitmq": "service_healthy"}
+    frontends = {name: svc for name, svc in services.items()
+                 if any(role_of(argv) == "run frontend" for where, argv in compose_commands()
+                        if where.startswith(f"compose service {name} command"))}
+    assert set(frontends) == {"frontend-a", "frontend-b"}
+    ids = {service_env(svc).get("HERALD_FRONTEND_ID") for svc in frontends.values()}
+    assert ids == {"frontend-a", "frontend-b"}, "each frontend needs its own HERALD_FRONTEND_ID"
+    for name, svc in frontends.items():
+        assert "/readyz" in str(svc["healthcheck"]["test"]), name
+        assert str(FRONTEND_PORT) in str(svc["healthcheck"]["test"]), name
+        assert _depends(svc).get("migrate") == "service_completed_successfully", name
+        grace = svc.get("stop_grace_period", "10s")
+        assert _seconds(grace) > DRAIN_WAIT_S, f"{name}: stop_grace_period {grace} cuts the drain"
+    for name in ("worker", "beat"):
+        assert _depends(services[name]).get("migrate") == "service_completed_successfully"
+
+    flower = services["flower"]
+    api_url = service_env(flower)["HERALD_RABBITMQ_API"]
+    assert re.match(r"http://[^@/]+@rabbitmq:15672/api/$", api_url), api_url
+
+    nginx = services["nginx"]
+    assert any(str(v).split(":")[0].endswith("nginx.conf") for v in nginx.get("volumes", []))
+    assert {"frontend-a", "frontend-b"} <= set(_depends(nginx))
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", str(value)):
+        total += float(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    return total
+
+
+def test_nginx_proxies_websockets_to_both_frontends() -> None:
+    conf = re.sub(r"#.*", "", NGINX_CONF.read_text())
+    assert re.search(r"proxy_http_version\s+1\.1\s*;", conf)
+    assert re.search(r"proxy_set_header\s+Upgrade\s+\$http_upgrade\s*;", conf)
+    connection = re.search(r"proxy_set_header\s+Connection\s+(\S+)\s*;", conf)
+    assert connection, "no Connection header for the WebSocket upgrade"
+    value = connection.group(1).strip("\"'")
+    if value.startswith("$"):  # a map: it must produce "upgrade" for upgrade requests
+        mapping = re.search(r"map\s+\$http_upgrade\s+\\?" + re.escape(value) + r"\s*\{([^}]*)\}",
+                            conf)
+        assert mapping and re.search(r"default\s+upgrade\s*;", mapping.group(1)), value
+    else:
+        assert value.lower() == "upgrade", value
+    upstream = re.search(r"upstream\s+(\S+)\s*\{([^}]*)\}", conf)
+    assert upstream, "no upstream block"
+    servers = set(re.findall(r"server\s+([^\s;]+)", upstream.group(2)))
+    assert servers == {f"frontend-a:{FRONTEND_PORT}", f"frontend-b:{FRONTEND_PORT}"}, servers
+    timeouts = [_seconds(t) for t in re.findall(r"proxy_read_timeout\s+(\S+)\s*;", conf)]
+    assert timeouts and min(timeouts) >= 300, "idle sockets need a long proxy_read_timeout"
+    assert re.search(r"location\s+(=\s*)?/readyz", conf), "readiness must pass through"
+
+
+# -- k8s --------------------------------------------------------------------------------
+
+
+def _workload(role: str) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    matches = []
+    for where, doc, pod in pod_specs():
+        for c in containers(pod):
+            argv = manage_argv(_argv(c.get("command") or []) + _argv(c.get("args") or []))
+            if argv is not None and role_of(argv) == role and doc["kind"] == "Deployment":
+                matches.append((where, doc, pod, c))
+    assert len(matches) == 1, f"one Deployment runs {role}: {[m[0] for m in matches]}"
+    return matches[0]
+
+
+def _prestop_seconds(container: dict[str, Any]) -> float:
+    pre = (container.get("lifecycle") or {}).get("preStop") or {}
+    if "sleep" in pre:
+        return float(pre["sleep"]["seconds"])
+    cmd = _unwrap_shell(_argv((pre.get("exec") or {}).get("command") or []))
+    if cmd and cmd[0] == "sleep":
+        return float(cmd[1])
+    return 0.0
+
+
+def test_k8s_frontend_probes_and_shutdown() -> None:
+    where, deploy, pod, c = _workload("run frontend")
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", where
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", where
+    ports = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
+    for probe in ("readinessProbe", "livenessProbe"):
+        port = c[probe]["httpGet"]["port"]
+        assert ports.get(port, port) == FRONTEND_PORT, f"{where}: {probe} port {port}"
+    assert (c.get("lifecycle") or {}).get("preStop"), f"{where}: no preStop hook"
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    assert grace > DRAIN_WAIT_S, f"{where}: grace {grace}s <= drain {DRAIN_WAIT_S}s"
+    # the preStop sleep comes out of the same budget, before gunicorn's own drain allowance
+    budget = _prestop_seconds(c) + GRACEFUL_TIMEOUT_S
+    assert grace > budget, f"{where}: grace {grace}s <= preStop + gunicorn {budget}s"
+    assert deploy["spec"].get("replicas", 1) >= 2, "one frontend cannot drain onto another"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, Any]) -> bool:
+    wanted = selector.get("matchLabels", selector)
+    return bool(wanted) and all(labels.get(k) == v for k, v in wanted.items())
+
+
+def test_k8s_frontend_service_and_disruption_budget() -> None:
+    _, deploy, _pod, c = _workload("run frontend")
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert _selects(deploy["spec"]["selector"], labels)
+    docs = [doc for _, doc in k8s_docs()]
+    services = [d for d in docs
+                if d["kind"] == "Service" and _selects(d["spec"]["selector"], labels)]
+    assert len(services) == 1, "one Service selects the frontend pods"
+    ports = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
+    for port in services[0]["spec"]["ports"]:
+        target = port.get("targetPort", port["port"])
+        assert ports.get(target, target) == FRONTEND_PORT, port
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"
+            and _selects(d["spec"]["selector"], labels)]
+    assert len(pdbs) == 1, "one PodDisruptionBudget covers the frontend pods"
+    assert "minAvailable" in pdbs[0]["spec"] or "maxUnavailable" in pdbs[0]["spec"]
+
+
+def test_k8s_worker_and_single_beat() -> None:
+    _workload("run worker")
+    where, beat, _, _ = _workload("run beat")
+    assert beat["spec"].get("replicas", 1) == 1, f"{where}: exactly one beat"
+    assert beat["spec"].get("strategy", {}).get("type") == "Recreate", \
+        f"{where}: a rolling update would run two beats at once"
