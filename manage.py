@@ -56,14 +56,18 @@ def _exec_celery(*argv: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from service.config import ConfigError
+
     settings = _settings()
     if args.role == "frontend":
         from service.server import run
 
         run(settings, args.port or 8000)
         return 0
-    var = ROOT / "var"
-    var.mkdir(exist_ok=True)
+    from service.config import DEV_SECRET_DIR
+
+    var = DEV_SECRET_DIR  # HERALD_VAR_DIR: beat's schedule lives with the other state
+    var.mkdir(parents=True, exist_ok=True)
     if args.role == "worker":
         return _exec_celery("worker", "-Q", settings.task_queue, "-c",
                             str(settings.worker_concurrency), "-l", "info",
@@ -72,9 +76,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         schedule = var / f"beat-schedule-{settings.task_queue}"
         return _exec_celery("beat", "-l", "info", "-s", str(schedule))
     if args.role == "flower":
+        auth = []
+        if settings.flower_basic_auth:
+            auth = [f"--basic_auth={settings.flower_basic_auth}"]
+        elif settings.production:
+            raise ConfigError("production mode refuses to run Flower without "
+                              "HERALD_FLOWER_BASIC_AUTH (user:password)")
         return _exec_celery("flower", f"--port={args.port or settings.flower_port}",
                             "--address=" + settings.host,
-                            f"--broker_api={settings.rabbitmq_api_url}")
+                            f"--broker_api={settings.rabbitmq_api_url}", *auth)
     raise SystemExit(f"unknown role {args.role}")
 
 

@@ -125,6 +125,7 @@ class Settings:
     max_user_connections: int = 20  # HERALD_MAX_USER_CONNECTIONS: sockets per user, cluster-wide
     worker_concurrency: int = 2  # HERALD_WORKER_CONCURRENCY
     flower_port: int = 5555  # HERALD_FLOWER_PORT
+    flower_basic_auth: str = ""  # HERALD_FLOWER_BASIC_AUTH: "user:password" for Flower
     rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672/api/"  # HERALD_RABBITMQ_API
 
     @property
@@ -162,6 +163,7 @@ class Settings:
             max_user_connections=_int("HERALD_MAX_USER_CONNECTIONS", cls.max_user_connections),
             worker_concurrency=_int("HERALD_WORKER_CONCURRENCY", cls.worker_concurrency),
             flower_port=_int("HERALD_FLOWER_PORT", cls.flower_port),
+            flower_basic_auth=os.environ.get("HERALD_FLOWER_BASIC_AUTH", ""),
             rabbitmq_api_url=os.environ.get("HERALD_RABBITMQ_API") or cls.rabbitmq_api_url,
         )
         return settings.checked()
@@ -219,4 +221,5 @@ ENV_VARS = (
     "HERALD_DB_POOL_SIZE", "HERALD_LOG_JSON", "HERALD_WORKER_CONCURRENCY",
     "HERALD_FLOWER_PORT", "HERALD_RABBITMQ_API", "HERALD_VAR_DIR", "HERALD_RATE_LIMIT",
     "HERALD_RATE_BURST", "HERALD_MAX_GROUPS", "HERALD_MAX_USER_CONNECTIONS",
+    "HERALD_FLOWER_BASIC_AUTH",
 )

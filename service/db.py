@@ -8,6 +8,8 @@ import threading
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 _lock = threading.Lock()
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_]{1,63}")
@@ -43,6 +45,14 @@ def ensure_database(url: str) -> bool:
     name = target.database
     if not name or not _SAFE_NAME.fullmatch(name):
         raise ValueError(f"unsafe or missing database name in the URL: {name!r}")
+    probe = create_engine(target, poolclass=NullPool)
+    try:  # it exists and we may use it: no need for the maintenance database at all
+        with probe.connect():
+            return False
+    except OperationalError:
+        pass
+    finally:
+        probe.dispose()
     admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:

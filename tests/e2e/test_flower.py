@@ -17,7 +17,7 @@ FLOWER_USER, FLOWER_PASSWORD = "herald", "flower-test-password"
 
 def _flower(cluster: Any) -> tuple[Proc, str, tuple[str, str]]:
     port = free_port()
-    env = {**ENV, "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"}
+    env = {**ENV, "HERALD_FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"}
     proc = Proc(f"flower-{port}", ["run", "flower", "--port", str(port)], env, port=port)
     cluster.procs.append(proc)  # stopped by its PID with the rest of the cluster
     url = f"http://127.0.0.1:{port}"
