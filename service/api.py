@@ -21,6 +21,7 @@ from .bus import BROKER_ERRORS
 from .envelope import NULL, TARGET_KINDS, Target, raw_json, valid_name
 from .errors import BadRequest, HeraldError, NotFound, Unauthorized, Unavailable
 from .frontend import Frontend
+from .metrics import render as render_metrics
 from .models import ID_LEN, TaskRecord
 from .openapi import spec
 
@@ -173,6 +174,13 @@ def frontends() -> Response:
 @probes.get("/healthz")
 def healthz() -> Response:
     return jsonify({"status": "ok", "frontend": node().id})
+
+
+@probes.get("/metrics")
+def metrics() -> Response:
+    fe = node()
+    return Response(render_metrics(fe.meter, fe.gauges, fe.id),
+                    mimetype="text/plain; version=0.0.4")
 
 
 @probes.get("/readyz")

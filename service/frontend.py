@@ -38,6 +38,7 @@ from .envelope import (
     ws_text_frame,
 )
 from .hub import CLOSE_DRAINING, CLOSE_REPLACED, Conn, GroupKey, Hub
+from .metrics import Meter
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class Frontend:
                                     sleep=gevent.sleep)
         self.registered = False
         self.draining = False
-        self.stats = {"outbox_overflows": 0, "replayed": 0, "bus_reconnects": 0}
+        self.meter = Meter()
         self._bus_lost_at: datetime | None = None
         self._greenlets: list[gevent.Greenlet[Any]] = []
 
@@ -159,7 +160,7 @@ class Frontend:
         if self.registered:
             gevent.spawn(self._safe_heartbeat)
         if not first:
-            self.stats["bus_reconnects"] += 1
+            self.meter.bus_reconnects += 1
             # replay before live messages flow again (they wait in the new queue), but
             # never hold the bus for long: past the bound the replay finishes alongside
             replaying = gevent.spawn(self._replay_bus_gap)
@@ -189,14 +190,22 @@ class Frontend:
             # a socket opened after this message was published did not miss it live
             self.hub.deliver(target_of(env), ws_text_frame(event_frame(env)), env.exclude,
                              opened_by=env.ts + replay.OPEN_MARGIN_S)
-        self.stats["replayed"] += len(envelopes)
+        self.meter.replayed += len(envelopes)
         log.info("replayed %d durable messages after a bus reconnect", len(envelopes))
 
     def count_overflow(self, conn: Conn) -> None:
-        self.stats["outbox_overflows"] += 1
+        self.meter.outbox_overflows += 1
 
     def count_replayed(self, n: int) -> None:
-        self.stats["replayed"] += n
+        self.meter.replayed += n
+
+    def gauges(self) -> dict[str, float]:
+        """Current sizes, for /metrics."""
+        conns = self.hub.conns.values()
+        return {"connections": len(self.hub.conns),
+                "memberships": sum(len(c.groups) for c in conns),
+                "monitors": sum(len(c.monitors) for c in conns),
+                "registry_pending_writes": self.registry.pending()}
 
     def kick(self, connection_id: str) -> None:
         """Ask whichever frontend still holds this connection id to let go of it."""
@@ -234,7 +243,8 @@ class Frontend:
         if durable:
             msg_id = messagelog.append(self.engine, self.id, target, event, data, dedupe_key)
         env = make_envelope(self.id, target, event, data, msg_id, exclude)
-        self.hub.deliver(target, ws_text_frame(event_frame(env)), exclude)
+        self.meter.publishes[target.kind] += 1
+        self.hub.deliver(target, ws_text_frame(event_frame(env)), exclude, ts=env.ts)
         try:
             self.publisher.publish(encode(env))
         except BROKER_ERRORS as exc:
@@ -257,7 +267,8 @@ class Frontend:
 
     def _deliver(self, env: Envelope) -> None:
         if env.kind == "event":
-            self.hub.deliver(target_of(env), ws_text_frame(event_frame(env)), env.exclude)
+            self.hub.deliver(target_of(env), ws_text_frame(event_frame(env)), env.exclude,
+                             ts=env.ts)
         elif env.kind == "presence":
             self._deliver_presence((env.target["scope"], env.target["group"]),
                                    presence.decode(env.data))

@@ -20,6 +20,7 @@ from gevent.event import Event
 from simple_websocket import ConnectionClosed
 
 from .envelope import Target, encode, ws_text_frame
+from .metrics import Meter
 from .presence import MonitorState
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,13 @@ class Conn:
         "_held",
         "_limit",
         "_outbox",
+        "_stamps",
         "_wake",
         "_writer",
         "closed",
         "groups",
         "id",
+        "meter",
         "monitors",
         "moved",
         "on_overflow",
@@ -62,19 +65,22 @@ class Conn:
     )
 
     def __init__(self, conn_id: str, user_id: str, ws: Any, outbox_limit: int,
-                 on_overflow: Callable[[Conn], None] | None = None) -> None:
+                 on_overflow: Callable[[Conn], None] | None = None,
+                 meter: Meter | None = None) -> None:
         self.id = conn_id
         self.user_id = user_id
         self.ws = ws
         self.groups: set[GroupKey] = set()
         self.monitors: dict[GroupKey, MonitorState] = {}
         self._outbox: deque[bytes] = deque()
+        self._stamps: deque[float] = deque()  # publish time per queued frame, 0.0: a reply
+        self.meter = meter or Meter()
         self._wake = Event()
         self._limit = outbox_limit
         self._close: tuple[int, str] | None = None
         self.closed = False
         self.on_overflow = on_overflow
-        self._held: list[bytes] | None = None
+        self._held: list[tuple[bytes, float]] | None = None
         self.moved = False  # resumed on another socket: that one owns the registry row
         self.opened_at = time.time()
         self._writer = gevent.spawn(self._write_loop)
@@ -91,18 +97,20 @@ class Conn:
 
     def release(self) -> None:
         held, self._held = self._held or [], None
-        for frame in held:
-            self.push(frame)
+        for frame, ts in held:
+            self.push(frame, ts)
 
-    def deliver(self, frame: bytes) -> None:
+    def deliver(self, frame: bytes, ts: float = 0.0) -> None:
         """A delivery from the hub: parked while held, else queued."""
         if self._held is not None:
-            self._held.append(frame)
+            self._held.append((frame, ts))
         else:
-            self.push(frame)
+            self.push(frame, ts)
 
-    def push(self, frame: bytes) -> None:
-        """Queue one ready WebSocket frame; on overflow close with 1013 (the client resumes)."""
+    def push(self, frame: bytes, ts: float = 0.0) -> None:
+        """Queue one ready WebSocket frame; on overflow close with 1013 (the client resumes).
+
+        ``ts``: the message's publish time, for the delivery latency histogram."""
         if self._close is not None:
             return
         if len(self._outbox) >= self._limit:
@@ -111,6 +119,7 @@ class Conn:
             self.close(CLOSE_BEHIND, "outbound buffer full, resume")
             return
         self._outbox.append(frame)
+        self._stamps.append(ts)
         self._wake.set()
 
     def send(self, obj: Any) -> None:
@@ -130,10 +139,13 @@ class Conn:
                 self._wake.wait()
                 self._wake.clear()
                 if self._outbox:
-                    outbox = self._outbox
-                    chunk = outbox.popleft() if len(outbox) == 1 else b"".join(
-                        [outbox.popleft() for _ in range(len(outbox))])
+                    outbox, stamps = self._outbox, self._stamps
+                    n = len(outbox)
+                    chunk = outbox.popleft() if n == 1 else b"".join(
+                        [outbox.popleft() for _ in range(n)])
+                    sent = [stamps.popleft() for _ in range(n)]
                     sock.sendall(chunk)
+                    self._account(sent)
                     if self._outbox:
                         self._wake.set()
                         continue
@@ -149,6 +161,15 @@ class Conn:
         finally:
             self.closed = True
             self._outbox.clear()
+            self._stamps.clear()
+
+    def _account(self, stamps: list[float]) -> None:
+        meter = self.meter
+        meter.frames_out += len(stamps)
+        now = time.time()
+        for ts in stamps:
+            if ts:
+                meter.observe_latency(now - ts)
 
     def stop(self) -> None:
         """End the writer. A requested close is flushed first (bounded), so the client
@@ -228,7 +249,7 @@ class Hub:
         return [conn] if conn is not None else []
 
     def deliver(self, target: Target, frame: bytes, exclude: str | None = None,
-                opened_by: float | None = None) -> int:
+                opened_by: float | None = None, ts: float = 0.0) -> int:
         """Queue one shared frame on every matching socket; return how many got it.
 
         ``opened_by``: only sockets opened by then (a replay must not hand a socket what
@@ -238,7 +259,7 @@ class Hub:
             if opened_by is not None and conn.opened_at > opened_by:
                 continue
             if conn.id != exclude:
-                conn.deliver(frame)
+                conn.deliver(frame, ts)
                 n += 1
         return n
 

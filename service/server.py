@@ -18,6 +18,19 @@ WORKER_CONNECTIONS = 20000
 GRACEFUL_TIMEOUT_S = 30
 
 
+#: gunicorn's own loggers in the same one-JSON-object-per-line format as Herald's.
+GUNICORN_JSON_LOGS: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "service.logs.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                            "stream": "ext://sys.stderr"}},
+    "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["stderr"],
+                                   "propagate": False}},
+    "root": {"level": "INFO", "handlers": ["stderr"]},
+}
+
+
 class FrontendServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no types
     """A gunicorn application serving one Herald frontend on ``host:port``."""
 
@@ -42,6 +55,8 @@ class FrontendServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships n
             "worker_exit": self._worker_exit,
             "control_socket_disable": True,  # one fixed path would be shared by every frontend
         }
+        if self.settings.log_json:
+            cfg["logconfig_dict"] = GUNICORN_JSON_LOGS
         for key, value in cfg.items():
             self.cfg.set(key, value)
 

@@ -82,7 +82,7 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
     resumed = reattached is not None
     restored, session_start = reattached if reattached is not None else ([], None)
     conn = Conn(cid if resumed and cid else uuid.uuid4().hex, grants.user_id, ws,
-                node.settings.outbox_limit, on_overflow=node.count_overflow)
+                node.settings.outbox_limit, on_overflow=node.count_overflow, meter=node.meter)
     conn.hold()
     node.hub.add(conn)
     if not resumed:

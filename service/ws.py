@@ -84,6 +84,7 @@ class Session:
             if raw is None:
                 self.ws.close(reason=CLOSE_UNAUTHORIZED, message="no hello in time")
                 return False
+            self.node.meter.frames_in += 1
             try:
                 frame = frames.parse(raw)
                 if not isinstance(frame, frames.Hello):
@@ -147,6 +148,7 @@ class Session:
 
     def _handle(self, raw: str | bytes) -> None:
         assert self.conn is not None and self.bucket is not None
+        self.node.meter.frames_in += 1
         ref = None
         if not self.bucket.take():
             if self.bucket.abused:

@@ -14,7 +14,8 @@ function el(tag, props = {}, ...children) {
 }
 
 const short = (id) => (id ? id.slice(0, 8) : "–");
-const time = (ts) => new Date(ts * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+const time = (ts) =>
+  new Date(ts * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 const hue = (s) => [...s].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 360, 7);
 
 async function fetchToken() {
@@ -52,7 +53,6 @@ function renderTask() {
   result.hidden = t.state !== "succeeded" && t.state !== "failed";
   result.classList.toggle("failed", t.state === "failed");
   result.textContent = t.state === "failed" ? t.error : `Result: ${JSON.stringify(t.result)}`;
-  $("start-task").disabled = t.state === "queued" || t.state === "started";
 }
 
 function onTaskEvent(frame) {
@@ -68,6 +68,7 @@ async function startTask() {
     renderTask();
   } catch (err) {
     $("task-state").textContent = `Could not start: ${err.message}`;
+  } finally {
     $("start-task").disabled = false;
   }
 }
@@ -84,7 +85,8 @@ function renderMembers(members) {
     avatar.style.background = `hsl(${hue(m.user_id)} 55% 52%)`;
     return el("li", { title: `connection ${m.connection_id}` }, avatar,
       el("span", { className: "who" },
-        el("b", {}, m.user_id, mine ? el("span", { className: "you", textContent: " (you)" }) : null),
+        el("b", {}, m.user_id,
+           mine ? el("span", { className: "you", textContent: " (you)" }) : null),
         el("small", { textContent: `on ${m.frontend}` })));
   }));
 }
@@ -128,18 +130,25 @@ async function signIn(event) {
     const token = await fetchToken(); // first one here, so a refusal shows on the form
     herald = new Herald({ token, getToken: fetchToken });
     herald.on("state", showState);
+    let welcomed = false;
     herald.on("welcome", (w) => {
       showState(herald.state);
-      if (w.resumed) {
-        const replayed = w.replayed ? `, ${w.replayed} replayed` : "";
-        addMessage({ notice: true, text: `Resumed on ${w.frontend}${replayed}` });
-      }
+      if (w.resumed) addMessage({ notice: true, text: `Resumed on ${w.frontend}` });
+      else if (welcomed) addMessage({ notice: true, text: `New session on ${w.frontend}` });
+      welcomed = true;
     });
+    herald.on("gap", () => addMessage({ notice: true, text: "Some messages were not replayed" }));
     herald.on("error", (err) => console.warn("herald:", err.code, err.message));
     herald.on("*", onTaskEvent);
-    herald.on("chat", (data, frame) => addMessage({ who: data.user, text: data.text, ts: frame.ts }));
+    herald.on("chat", (data, frame) => addMessage({
+      who: String(data?.user ?? "someone"), text: String(data?.text ?? JSON.stringify(data)),
+      ts: frame.ts }));
     await new Promise((resolve, reject) => {
-      const wait = (s) => (s === "open" ? resolve() : s === "closed" && reject(herald.lastError));
+      const wait = (s) => {
+        if (s === "open" || s === "closed") herald.off("state", wait);
+        if (s === "open") resolve();
+        else if (s === "closed") reject(herald.lastError || new Error("connection closed"));
+      };
       herald.on("state", wait).connect();
     });
     await herald.join(ROOM);
