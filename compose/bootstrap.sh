@@ -177,3 +177,19 @@ herald_services() {
     herald_postgres
     herald_rabbitmq
 }
+
+# herald_browser_tools: Debian's chromium and nginx for the browser test (no browser
+# download: Playwright drives /usr/bin/chromium). The packages' own nginx service is
+# not started: the test runs its own nginx on a loopback port.
+herald_browser_tools() {
+    if [ -x /usr/bin/chromium ] && command -v nginx >/dev/null 2>&1; then
+        return 0
+    fi
+    local policy=/usr/sbin/policy-rc.d created=0
+    if herald_is_root && [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created=1
+    fi
+    herald_apt_install chromium nginx
+    [ "$created" = 1 ] && rm -f "$policy"
+    return 0
+}

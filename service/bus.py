@@ -77,11 +77,17 @@ class BusPublisher:
                              declare=[self.exchange])
 
     def heartbeat_tick(self) -> None:
-        """Send/check AMQP heartbeats while idle; drop the connection if the broker is gone."""
+        """Send/check AMQP heartbeats while idle; drop the connection if the broker is gone.
+
+        A publish-only connection never reads its socket, so the broker's heartbeats would
+        pile up unread and py-amqp would think the broker silent: read what is there first.
+        """
         with self._lock:
             if not self.connection.connected:
                 return
             try:
+                with contextlib.suppress(TimeoutError):
+                    self.connection.drain_events(timeout=0)
                 self.connection.heartbeat_check()
             except self.connection.connection_errors:
                 log.warning("publisher connection lost; it reconnects on the next publish")

@@ -119,6 +119,7 @@ class Settings:
     ws_deflate: bool = False  # HERALD_WS_DEFLATE: permessage-deflate (~100 KiB per socket)
     db_pool_size: int = 4  # HERALD_DB_POOL_SIZE: connections per frontend process
     log_json: bool = False  # HERALD_LOG_JSON: one JSON object per log line
+    log_level: str = "INFO"  # HERALD_LOG_LEVEL
     rate_limit: float = 50.0  # HERALD_RATE_LIMIT: client frames per second per socket
     rate_burst: int = 100  # HERALD_RATE_BURST: frames a socket may send at once
     max_groups: int = 100  # HERALD_MAX_GROUPS: memberships per connection
@@ -157,6 +158,7 @@ class Settings:
             ws_deflate=_bool("HERALD_WS_DEFLATE", cls.ws_deflate),
             db_pool_size=_int("HERALD_DB_POOL_SIZE", cls.db_pool_size),
             log_json=_bool("HERALD_LOG_JSON", cls.log_json),
+            log_level=(os.environ.get("HERALD_LOG_LEVEL") or cls.log_level).upper(),
             rate_limit=_float("HERALD_RATE_LIMIT", cls.rate_limit),
             rate_burst=_int("HERALD_RATE_BURST", cls.rate_burst),
             max_groups=_int("HERALD_MAX_GROUPS", cls.max_groups),

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import messagelog, presence, registry, replay
-from .bus import BROKER_ERRORS, BusConsumer, BusPublisher
+from .bus import BROKER_ERRORS, BROKER_HEARTBEAT_S, BusConsumer, BusPublisher
 from .config import Settings
 from .db import get_engine
 from .envelope import (
@@ -84,7 +84,8 @@ class Frontend:
         """Register, start consuming, start the heartbeat and the registry writer."""
         self.registry.start()
         self._try_register()
-        self._greenlets = [gevent.spawn(self.consumer.run), gevent.spawn(self._heartbeat_loop)]
+        self._greenlets = [gevent.spawn(self.consumer.run), gevent.spawn(self._heartbeat_loop),
+                           gevent.spawn(self._broker_heartbeat_loop)]
 
     def stop(self) -> None:
         """Deregister and stop background work (graceful exit)."""
@@ -135,7 +136,6 @@ class Frontend:
     def _heartbeat_loop(self) -> None:
         while True:
             gevent.sleep(self.settings.heartbeat_s)
-            self.publisher.heartbeat_tick()
             try:
                 if not self.registered:
                     self._try_register()
@@ -148,6 +148,12 @@ class Frontend:
                     self._resync_registry()
             except SQLAlchemyError as exc:
                 log.warning("heartbeat failed: %s", exc.__class__.__name__)
+
+    def _broker_heartbeat_loop(self) -> None:
+        """The publisher's AMQP heartbeats (the consumer services its own)."""
+        while True:
+            gevent.sleep(BROKER_HEARTBEAT_S / 4)
+            self.publisher.heartbeat_tick()
 
     def _resync_registry(self) -> None:
         """Write every local connection and membership again (after a sweep or outage)."""

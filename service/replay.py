@@ -88,6 +88,12 @@ def missed(engine: Engine, *, user_id: str, connection_id: str | None,
     return Replay(_envelopes(rows), gap)
 
 
+def latest_id(engine: Engine) -> int:
+    """The newest id in the log (0 when empty)."""
+    with engine.connect() as db:
+        return int(db.execute(select(func.coalesce(func.max(Message.id), 0))).scalar_one())
+
+
 def since(engine: Engine, start: datetime) -> list[Envelope]:
     """Every durable message logged since ``start`` (minus the grace), for a frontend
     that was cut off from the fanout; its local sockets get what matches them."""

@@ -68,6 +68,14 @@ def _take_over(node: Frontend, cid: str) -> None:
         node.kick(cid)
 
 
+def _latest_log_id(node: Frontend) -> int | None:
+    """The newest durable id now: a client that has seen none yet resumes from it."""
+    try:
+        return replay.latest_id(node.engine)
+    except SQLAlchemyError:
+        return None
+
+
 def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opened:
     """Register the connection (new or resumed) and build welcome and replay."""
     secret = node.settings.secret_key
@@ -98,7 +106,8 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
     opened = Opened(conn, {"op": "welcome", "ref": frame.ref, "connection_id": conn.id,
                            "frontend": node.id, "resume": resume_token(secret, conn),
                            "heartbeat": node.settings.heartbeat_s, "resumed": resumed,
-                           "groups": groups, "replayed": 0, "gap": False})
+                           "groups": groups, "replayed": 0, "gap": False,
+                           "log_id": _latest_log_id(node)})
     if frame.last_id is not None:
         missed = replay.missed(node.engine, user_id=conn.user_id, connection_id=conn.id,
                                groups=[(g["scope"], g["group"]) for g in groups],

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ from service.models import TaskRecord
 log = logging.getLogger(__name__)
 
 NOTIFY_HEADER = "herald_notify"
+#: How often a write-only publisher services its AMQP heartbeats.
+HEARTBEAT_TICK_S = 2.0
 
 #: publish(target, event, data, durable, dedupe_key) -> log id or None
 PublishFn = Callable[[Target, str, msgspec.Raw, bool, "str | None"], "int | None"]
@@ -56,6 +59,13 @@ class WorkerPublisher:
         self.origin = f"worker:{socket.gethostname()}:{os.getpid()}"
         self.engine = get_engine(settings.database_url, pool_size=2)
         self.bus = BusPublisher(settings.broker_url, settings.exchange, confirm=True)
+        # keep the broker connection's heartbeats going between publishes
+        threading.Thread(target=self._tick, name="herald-heartbeat", daemon=True).start()
+
+    def _tick(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_TICK_S)
+            self.bus.heartbeat_tick()
 
     def publish(self, target: Target, event: str, data: msgspec.Raw, durable: bool,
                 dedupe_key: str | None = None) -> int | None:

@@ -239,6 +239,9 @@ export class Herald {
     Object.assign(this, { connectionId: w.connection_id, frontend: w.frontend, _resume: w.resume,
                           _attempt: 0, _everOpen: true, _live: true });
     if (w.gap) this._emit("gap", w);  // some missed events are gone: resync from the backend
+    // no durable id seen yet: resume from the log's head as of this welcome, so what is
+    // published while we are away is replayed even before our first durable event
+    if (this.lastId === 0 && typeof w.log_id === "number") this.lastId = w.log_id;
     const report = (err) => this._emit("error", err);
     if (w.resumed) {  // the server restored the memberships the (new) token still allows
       this._groups = new Map(w.groups.map((g) => [key(g.scope, g.group), g]));

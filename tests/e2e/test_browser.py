@@ -34,9 +34,18 @@ DOCS = ROOT / "docs"
 UPDATE_DOCS = os.environ.get("HERALD_UPDATE_DOCS") == "1"
 VIEWPORT = {"width": 1180, "height": 500}
 
-needs_browser = pytest.mark.skipif(
-    not (os.access(CHROMIUM, os.X_OK) and shutil.which(NGINX)),
-    reason="needs Debian's chromium and nginx: apt-get install -y chromium nginx")
+def _require_browser_tools() -> None:
+    # a missing tool fails the test (a skip would hide it); compose/test.sh installs both
+    if not (os.access(CHROMIUM, os.X_OK) and shutil.which(NGINX)):
+        pytest.fail("needs Debian's chromium and nginx: apt-get install -y chromium nginx")
+
+
+needs_browser = pytest.mark.usefixtures("browser_tools")
+
+
+@pytest.fixture
+def browser_tools() -> None:
+    _require_browser_tools()
 expect.set_options(timeout=WAIT_MS)
 
 

@@ -115,6 +115,8 @@ def _consumer_connection(frontend_id: str) -> str:
 
     with Session(get_engine(ENV["HERALD_DATABASE_URL"])) as db:
         queue = db.execute(select(Frontend.queue).where(Frontend.id == frontend_id)).scalar_one()
-    info = requests.get(f"{RABBIT_API}/queues/%2F/{urllib.parse.quote(queue, safe='')}",
-                        auth=AUTH, timeout=5).json()
-    return str(info["owner_pid_details"]["name"])
+    url = f"{RABBIT_API}/queues/%2F/{urllib.parse.quote(queue, safe='')}"
+    # the management plugin samples its statistics every few seconds: poll for them
+    consumers = wait_until(lambda: requests.get(url, auth=AUTH, timeout=5).json().get(
+        "consumer_details"), timeout=30, interval=0.5)
+    return str(consumers[0]["channel_details"]["connection_name"])
