@@ -17,6 +17,7 @@ from typing import Any
 
 import gevent
 from gevent.event import Event
+from gevent.lock import Semaphore
 from simple_websocket import ConnectionClosed
 
 from .envelope import Target, encode, ws_text_frame
@@ -40,6 +41,43 @@ GroupKey = tuple[str, str]  # (scope, group)
 CLOSE_FLUSH_TIMEOUT_S = 5.0
 
 
+class GuardedSocket:
+    """A socket whose writes, from any greenlet, happen one at a time and in full.
+
+    simple-websocket's reader greenlet writes too (pong and close replies) with a bare
+    ``send`` that may write part of a frame; behind this proxy every writer takes the lock
+    and writes everything, so frames never interleave. Reads pass straight through.
+    """
+
+    __slots__ = ("_sock", "lock", "raw")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.lock = Semaphore()
+        # gevent's socket wraps a non-blocking OS socket: the fast path writes to it
+        # directly when that cannot block (see Conn.push)
+        self.raw = getattr(sock, "_sock", None)
+
+    def send(self, data: bytes) -> int:
+        with self.lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        with self.lock:
+            self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def guard(ws: Any) -> GuardedSocket:
+    """Put a GuardedSocket under a simple-websocket connection (idempotent)."""
+    if not isinstance(ws.sock, GuardedSocket):
+        ws.sock = GuardedSocket(ws.sock)
+    return ws.sock
+
+
 class Conn:
     """One local WebSocket: identity, memberships and the outbox its writer drains."""
 
@@ -60,6 +98,7 @@ class Conn:
         "moved",
         "on_overflow",
         "opened_at",
+        "sock",
         "user_id",
         "ws",
     )
@@ -70,6 +109,7 @@ class Conn:
         self.id = conn_id
         self.user_id = user_id
         self.ws = ws
+        self.sock = guard(ws)
         self.groups: set[GroupKey] = set()
         self.monitors: dict[GroupKey, MonitorState] = {}
         self._outbox: deque[bytes] = deque()
@@ -113,6 +153,8 @@ class Conn:
         ``ts``: the message's publish time, for the delivery latency histogram."""
         if self._close is not None:
             return
+        if not self._outbox and self._try_write_now(frame, ts):
+            return
         if len(self._outbox) >= self._limit:
             if self.on_overflow is not None:
                 self.on_overflow(self)
@@ -133,7 +175,7 @@ class Conn:
             self._wake.set()
 
     def _write_loop(self) -> None:
-        sock = self.ws.sock
+        sock = self.sock
         try:
             while True:
                 self._wake.wait()
@@ -162,6 +204,28 @@ class Conn:
             self.closed = True
             self._outbox.clear()
             self._stamps.clear()
+
+    def _try_write_now(self, frame: bytes, ts: float) -> bool:
+        """Fast path: nothing queued and nobody writing, so write from this greenlet into
+        the non-blocking OS socket. No writer wake-up, no greenlet switch; a partial write
+        queues the rest for the writer. True when the frame is fully handled."""
+        sock = self.sock
+        raw = sock.raw
+        if raw is None or sock.lock.locked() or self._held is not None:
+            return False
+        try:
+            sent = raw.send(frame)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # the peer is gone; the reader notices and cleans up
+        if sent < len(frame):
+            self._outbox.append(frame[sent:])
+            self._stamps.append(ts)
+            self._wake.set()
+            return True
+        self._account([ts])
+        return True
 
     def _account(self, stamps: list[float]) -> None:
         meter = self.meter

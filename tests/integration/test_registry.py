@@ -115,7 +115,8 @@ def test_detach_and_reattach(engine: Engine, frontend: str, writer: RegistryWrit
 
     assert registry.reattach(engine, c, "someone-else", frontend) is None
     assert registry.reattach(engine, uid("c"), "u", frontend) is None
-    assert registry.reattach(engine, c, "u", frontend) == [("s", "g1"), ("t", "g2")]
+    groups, connected_at = registry.reattach(engine, c, "u", frontend) or ([], None)
+    assert groups == [("s", "g1"), ("t", "g2")] and connected_at is not None
     assert attachment(engine, c) == [(frontend, False)]
 
 

@@ -62,7 +62,7 @@ def make(hub: Hub, conn_id: str, user: str, limit: int = 100, **kw: Any) -> Conn
 
 
 def sent(conn: Conn) -> list[bytes]:
-    return conn.ws.sock.chunks
+    return conn.sock._sock.chunks
 
 
 def test_deliver_to_each_target_kind(hub: Hub) -> None:
@@ -109,7 +109,7 @@ def test_one_shared_frame_written_once_per_socket(hub: Hub) -> None:
 
 def test_frames_queued_while_writing_coalesce(hub: Hub) -> None:
     conn = make(hub, "a", "u")
-    sock = conn.ws.sock
+    sock = conn.sock._sock
     sock.gate = Event()
     conn.push(b"1")
     gevent.sleep(0)
@@ -151,12 +151,12 @@ def test_close_flushes_queued_frames_first(hub: Hub) -> None:
 
 def test_close_waits_for_an_in_flight_write(hub: Hub) -> None:
     conn = make(hub, "a", "u")
-    conn.ws.sock.gate = Event()
+    conn.sock._sock.gate = Event()
     conn.push(b"1")
     gevent.sleep(0)
     conn.push(b"2")
     conn.close(1012, "draining")
-    conn.ws.sock.gate.set()
+    conn.sock._sock.gate.set()
     settle()
     assert conn.ws.log == [("send", b"1"), ("send", b"2"), ("close", 1012, "draining")]
 
