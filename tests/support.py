@@ -119,7 +119,8 @@ class Client:
     def __init__(self, url: str, origin: str | None = None) -> None:
         headers = {"Origin": origin} if origin else None
         self.ws: ClientConnection = connect(url, additional_headers=headers, open_timeout=10,
-                                            max_size=None, legacy=True)
+                                            max_size=None, legacy=True,
+                                            ping_interval=None)  # tests measure the server
         self.frames: list[dict[str, Any]] = []
         self.raw: queue.Queue[dict[str, Any]] = queue.Queue()
         self.close_code: int | None = None
