@@ -151,3 +151,22 @@ def test_monitor_sees_remote_joins_and_leaves_once_in_order(pair: Any, token: An
     others[2].request("leave", group=room)
     marker([mon, others[2]], pa)
     assert len([f for f in mon.frames if f.get("op") == "presence"]) == 8
+
+
+def test_manage_py_registry_lookups(pair: Any, token: Any, runner: Any) -> None:
+    import json
+
+    pa, _ = pair
+    room, user = uid("room"), uid("cli")
+    c = Client(pa.ws_url)
+    cid = c.hello(token(user))["connection_id"]
+    c.request("join", group=room, scope="cli")
+    fid = requests_frontend(pa)
+    members = json.loads(runner("members", room, "--scope", "cli").stdout)
+    assert [(m["connection_id"], m["user_id"], m["frontend"]) for m in members] == [
+        (cid, user, fid)]
+    conns = json.loads(runner("connections", "--user", user).stdout)
+    assert [(x["connection_id"], x["frontend"]) for x in conns] == [(cid, fid)]
+    assert conns[0]["groups"] == [{"scope": "cli", "group": room}]
+    frontends = {f["id"]: f for f in json.loads(runner("frontends").stdout)}
+    assert frontends[fid]["connections"] >= 1 and frontends[fid]["draining"] is False

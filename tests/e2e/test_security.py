@@ -230,3 +230,28 @@ def test_plain_http_to_ws_is_rejected(pair: Any) -> None:
     assert r.status_code < 500
     with pytest.raises((InvalidStatus, OSError)):
         Client(pa.url.replace("http", "ws") + "/nope")
+
+
+ENDPOINTS = [
+    ("POST", "/api/publish", {"target": {"all": True}, "event": "e", "durable": False}, 202),
+    ("POST", "/api/tasks", {"name": "demo.noop", "args": {}, "notify": {"user": "u"}}, 202),
+    ("GET", "/api/tasks/none-such", None, 404),
+    ("GET", "/api/groups", None, 200),
+    ("GET", "/api/groups/default/g/members", None, 200),
+    ("PUT", "/api/groups/default/g/members/none-such", None, 404),
+    ("DELETE", "/api/groups/default/g/members/none-such", None, 204),
+    ("GET", "/api/users/u/connections", None, 200),
+    ("GET", "/api/frontends", None, 200),
+]
+
+
+@pytest.mark.parametrize("method, path, body, allowed", ENDPOINTS)
+def test_every_endpoint_needs_a_valid_key(pair: Any, method: str, path: str, body: Any,
+                                          allowed: int) -> None:
+    pa, _ = pair
+    kw = {"json": body} if body is not None else {}
+    for key in ("", "wrong-key"):
+        denied = api(pa, method, path, key=key, **kw)
+        assert denied.status_code == 401 and denied.json()["error"] == "unauthorized"
+        assert set(denied.json()) == {"error", "message"}
+    assert api(pa, method, path, **kw).status_code == allowed
