@@ -12,6 +12,7 @@ from flask_sock import Sock
 from . import api, ws
 from .config import Settings
 from .frontend import Frontend
+from .wsio import InlineReader
 
 #: WSGI environ key simple-websocket reads to negotiate permessage-deflate.
 _EXTENSIONS_HEADER = "HTTP_SEC_WEBSOCKET_EXTENSIONS"
@@ -46,7 +47,8 @@ def create_app(test_config: dict[str, Any] | None = None, *, port: int | None = 
     app.config.update(
         HERALD_SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_frame_bytes,
-        SOCK_SERVER_OPTIONS={"max_message_size": settings.max_frame_bytes},
+        SOCK_SERVER_OPTIONS={"max_message_size": settings.max_frame_bytes,
+                             "thread_class": InlineReader},
     )
     node = Frontend(settings, port)
     app.extensions["herald"] = node

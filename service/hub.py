@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
-from gevent.event import Event
 from gevent.lock import Semaphore
 from simple_websocket import ConnectionClosed
 
@@ -88,7 +87,6 @@ class Conn:
         "_limit",
         "_outbox",
         "_stamps",
-        "_wake",
         "_writer",
         "closed",
         "groups",
@@ -115,7 +113,6 @@ class Conn:
         self._outbox: deque[bytes] = deque()
         self._stamps: deque[float] = deque()  # publish time per queued frame, 0.0: a reply
         self.meter = meter or Meter()
-        self._wake = Event()
         self._limit = outbox_limit
         self._close: tuple[int, str] | None = None
         self.closed = False
@@ -123,7 +120,7 @@ class Conn:
         self._held: list[tuple[bytes, float]] | None = None
         self.moved = False  # resumed on another socket: that one owns the registry row
         self.opened_at = time.time()
-        self._writer = gevent.spawn(self._write_loop)
+        self._writer: gevent.Greenlet[Any] | None = None
 
     @property
     def close_code(self) -> int | None:
@@ -151,7 +148,7 @@ class Conn:
         """Queue one ready WebSocket frame; on overflow close with 1013 (the client resumes).
 
         ``ts``: the message's publish time, for the delivery latency histogram."""
-        if self._close is not None:
+        if self._close is not None or self.closed:
             return
         if not self._outbox and self._try_write_now(frame, ts):
             return
@@ -162,48 +159,50 @@ class Conn:
             return
         self._outbox.append(frame)
         self._stamps.append(ts)
-        self._wake.set()
+        self._kick()
 
     def send(self, obj: Any) -> None:
         """Encode one JSON frame for this socket alone and queue it."""
         self.push(ws_text_frame(encode(obj)))
 
     def close(self, code: int, reason: str = "") -> None:
-        """Ask the writer to flush what is queued, then send a close frame."""
+        """Flush what is queued, then send a close frame (in the writer)."""
         if self._close is None:
             self._close = (code, reason)
-            self._wake.set()
+            self._kick()
+
+    def _kick(self) -> None:
+        # a writer greenlet lives only while there is something to write: an idle socket
+        # costs no greenlet (and no saved stack) of its own
+        if self._writer is None and not self.closed:
+            self._writer = gevent.spawn(self._write_loop)
 
     def _write_loop(self) -> None:
         sock = self.sock
         try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()
-                if self._outbox:
-                    outbox, stamps = self._outbox, self._stamps
-                    n = len(outbox)
-                    chunk = outbox.popleft() if n == 1 else b"".join(
-                        [outbox.popleft() for _ in range(n)])
-                    sent = [stamps.popleft() for _ in range(n)]
-                    sock.sendall(chunk)
-                    self._account(sent)
-                    if self._outbox:
-                        self._wake.set()
-                        continue
-                if self._close is not None:
-                    code, reason = self._close
-                    with contextlib.suppress(ConnectionClosed):  # the peer closed first
-                        self.ws.close(reason=code, message=reason)
-                    return
+            while self._outbox:
+                outbox, stamps = self._outbox, self._stamps
+                n = len(outbox)
+                chunk = outbox.popleft() if n == 1 else b"".join(
+                    [outbox.popleft() for _ in range(n)])
+                sent = [stamps.popleft() for _ in range(n)]
+                sock.sendall(chunk)  # frames queued meanwhile leave in the next round
+                self._account(sent)
+            if self._close is not None:
+                code, reason = self._close
+                with contextlib.suppress(ConnectionClosed):  # the peer closed first
+                    self.ws.close(reason=code, message=reason)
+                self.closed = True
         except OSError:
-            pass  # the peer went away; the reader side notices and cleans up
+            self.closed = True  # the peer went away; its handler notices and cleans up
         except Exception:  # a writer must never take the process down
             log.exception("writer for %s failed", self.id)
-        finally:
             self.closed = True
-            self._outbox.clear()
-            self._stamps.clear()
+        finally:
+            self._writer = None
+            if self.closed:
+                self._outbox.clear()
+                self._stamps.clear()
 
     def _try_write_now(self, frame: bytes, ts: float) -> bool:
         """Fast path: nothing queued and nobody writing, so write from this greenlet into
@@ -222,7 +221,7 @@ class Conn:
         if sent < len(frame):
             self._outbox.append(frame[sent:])
             self._stamps.append(ts)
-            self._wake.set()
+            self._kick()
             return True
         self._account([ts])
         return True
@@ -238,12 +237,12 @@ class Conn:
     def stop(self) -> None:
         """End the writer. A requested close is flushed first (bounded), so the client
         learns why it was closed (4401, 1013, …); otherwise the socket is gone already."""
-        if self._writer is gevent.getcurrent():
-            return
-        if self._close is not None and not self.closed:
-            self._writer.join(timeout=CLOSE_FLUSH_TIMEOUT_S)
+        writer = self._writer
+        if writer is not None and writer is not gevent.getcurrent():
+            if self._close is not None and not self.closed:
+                writer.join(timeout=CLOSE_FLUSH_TIMEOUT_S)
+            writer.kill(block=False)
         self.closed = True
-        self._writer.kill(block=False)
 
 
 class Hub:

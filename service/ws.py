@@ -25,6 +25,7 @@ from .frontend import Frontend
 from .hub import CLOSE_DRAINING, CLOSE_POLICY, CLOSE_UNAUTHORIZED, Conn
 from .limits import TokenBucket
 from .welcome import open_session, send_opened
+from .wsio import receive
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Session:
         settings = self.node.settings
         deadline = time.monotonic() + settings.hello_timeout_s
         while True:
-            raw = self.ws.receive(timeout=max(0.0, deadline - time.monotonic()))
+            raw = receive(self.ws, max(0.0, deadline - time.monotonic()))
             if raw is None:
                 self.ws.close(reason=CLOSE_UNAUTHORIZED, message="no hello in time")
                 return False
@@ -139,7 +140,7 @@ class Session:
                 conn.close(CLOSE_UNAUTHORIZED, "token expired")
                 return
             try:
-                raw = self.ws.receive(timeout=remaining)
+                raw = receive(self.ws, remaining)
             except ConnectionClosed:
                 return
             if raw is None:

@@ -51,7 +51,9 @@ _made: list[Conn] = []
 def hub() -> Any:
     yield Hub()
     while _made:  # every writer greenlet a test spawned ends with it
-        _made.pop()._writer.kill(block=True)
+        writer = _made.pop()._writer
+        if writer is not None:
+            writer.kill(block=True)
 
 
 def make(hub: Hub, conn_id: str, user: str, limit: int = 100, **kw: Any) -> Conn:
@@ -240,13 +242,26 @@ def test_remove_cleans_every_index(hub: Hub) -> None:
     assert hub.deliver(Target.all(), b"x") == 0
 
 
+def test_an_idle_socket_has_no_writer_greenlet(hub: Hub) -> None:
+    a = make(hub, "a", "u")
+    assert a._writer is None  # nothing to write: nothing running
+    a.push(b"1")
+    assert a._writer is not None
+    settle()
+    assert a._writer is None and sent(a) == [b"1"]  # drained: the writer is gone again
+
+
 def test_stop_ends_the_writer(hub: Hub) -> None:
     a = make(hub, "a", "u")
-    settle()
+    a.sock._sock.gate = Event()
+    a.push(b"1")
+    gevent.sleep(0)
+    writer = a._writer
+    assert writer is not None and not writer.dead  # inside a blocked write
     hub.remove(a)
     a.stop()
     settle()
-    assert a._writer.dead
+    assert writer.dead
     assert a.closed is True
     assert a.ws.closes == []  # no close was requested: the socket is gone already
     a.push(b"after")
