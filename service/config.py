@@ -117,7 +117,7 @@ class Settings:
     frontend_id: str = ""  # HERALD_FRONTEND_ID: stable id of this frontend (default host-port)
     host: str = "127.0.0.1"  # HERALD_HOST: address the frontend binds
     ws_deflate: bool = False  # HERALD_WS_DEFLATE: permessage-deflate (~100 KiB per socket)
-    db_pool_size: int = 4  # HERALD_DB_POOL_SIZE: connections per frontend process
+    db_pool_size: int = 8  # HERALD_DB_POOL_SIZE: connections per frontend process
     log_json: bool = False  # HERALD_LOG_JSON: one JSON object per log line
     log_level: str = "INFO"  # HERALD_LOG_LEVEL
     rate_limit: float = 50.0  # HERALD_RATE_LIMIT: client frames per second per socket

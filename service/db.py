@@ -17,6 +17,8 @@ _engines: dict[tuple[int, str], Engine] = {}
 
 #: Seconds to wait for a pooled connection before giving up (keeps a DB outage visible).
 POOL_TIMEOUT_S = 5.0
+#: Seconds after which a pooled connection is replaced.
+POOL_RECYCLE_S = 1800
 #: Seconds for psycopg to establish a connection.
 CONNECT_TIMEOUT_S = 5
 
@@ -32,7 +34,10 @@ def get_engine(url: str, pool_size: int = 4) -> Engine:
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_timeout=POOL_TIMEOUT_S,
+                # a stale connection (Postgres restarted) is replaced before use; the price
+                # is a round trip per checkout, which batching (the registry writer) amortises
                 pool_pre_ping=True,
+                pool_recycle=POOL_RECYCLE_S,
                 connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
             )
             _engines[key] = engine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
@@ -12,6 +13,8 @@ from sqlalchemy.exc import DataError
 from .envelope import Target
 from .errors import BadRequest
 from .models import Message
+
+log = logging.getLogger(__name__)
 
 
 def append(engine: Engine, origin: str, target: Target, event: str, data: msgspec.Raw,
@@ -52,3 +55,22 @@ def _insert(engine: Engine, values: dict[str, Any], dedupe_key: str | None) -> i
             msg_id = db.execute(
                 select(Message.id).where(Message.dedupe_key == dedupe_key)).scalar_one()
     return int(msg_id)
+
+
+def log_and_publish(engine: Engine, bus: Any, origin: str, target: Target, event: str,
+                    data: msgspec.Raw, durable: bool, dedupe_key: str | None = None) -> int | None:
+    """A write-only publisher's path (workers, backends): log first when durable, then
+    publish. A broker outage is survivable for a durable message (it is in the log and
+    frontends replay it when they reconnect), not for a transient one."""
+    from .bus import BROKER_ERRORS
+    from .envelope import encode, make_envelope
+
+    msg_id = append(engine, origin, target, event, data, dedupe_key) if durable else None
+    try:
+        bus.publish(encode(make_envelope(origin, target, event, data, msg_id)))
+    except BROKER_ERRORS as exc:
+        if not durable:
+            raise
+        log.warning("broker unavailable, message %s stays in the log for replay: %s",
+                    msg_id, exc)
+    return msg_id

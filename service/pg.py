@@ -25,11 +25,17 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from . import registry
+from . import messagelog, registry
 from .bus import BusConsumer, BusPublisher
 from .config import Settings
 from .db import get_engine
-from .envelope import Target, control_envelope, decode_envelope, encode, raw_json
+from .envelope import (
+    Target,
+    control_envelope,
+    decode_envelope,
+    encode,
+    raw_json,
+)
 from .presence import MonitorState, PresenceData
 from .presence import decode as decode_presence
 
@@ -69,9 +75,8 @@ class Herald:
     def publish(self, target: Target, event: str, data: Any = None, *,
                 durable: bool = True) -> int | None:
         """Publish to every matching socket on every frontend; durable ones are logged first."""
-        from workers.notify import publisher
-
-        return publisher().publish(target, event, raw_json(data), durable)
+        return messagelog.log_and_publish(self.engine, self.bus, self.origin, target, event,
+                                          raw_json(data), durable)
 
     def monitor(self, scope: str, group: str) -> Iterator[PresenceData]:
         """Yield the current members (as joins), then every join and leave, each once.

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 RESUME_TOKEN_TTL_S = 24 * 3600
 
 
+class ResumeUnavailable(Exception):
+    """The registry could not be reached to resume a session; the client should retry."""
+
+
 @dataclass
 class Opened:
     conn: Conn
@@ -86,7 +90,10 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
         try:
             reattached = registry.reattach(node.engine, cid, grants.user_id, node.id)
         except SQLAlchemyError as exc:
-            log.warning("resume of %s failed (%s); starting fresh", cid, exc.__class__.__name__)
+            # starting fresh would silently drop the groups and what they missed: refuse,
+            # and the client tries the resume again (1013: try again later)
+            log.warning("resume of %s failed (%s)", cid, exc.__class__.__name__)
+            raise ResumeUnavailable from exc
     resumed = reattached is not None
     restored, session_start = reattached if reattached is not None else ([], None)
     conn = Conn(cid if resumed and cid else uuid.uuid4().hex, grants.user_id, ws,

@@ -20,11 +20,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import frames, presence, registry
 from .auth import Grants, verify_token
 from .envelope import Target, encode
-from .errors import BadRequest, Forbidden, HeraldError, RateLimited, Unauthorized
+from .errors import (
+    BadRequest,
+    Forbidden,
+    HeraldError,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
 from .frontend import Frontend
-from .hub import CLOSE_DRAINING, CLOSE_POLICY, CLOSE_UNAUTHORIZED, Conn
+from .hub import CLOSE_BEHIND, CLOSE_DRAINING, CLOSE_POLICY, CLOSE_UNAUTHORIZED, Conn
 from .limits import TokenBucket
-from .welcome import open_session, send_opened
+from .welcome import ResumeUnavailable, open_session, send_opened
 from .wsio import receive
 
 log = logging.getLogger(__name__)
@@ -111,7 +118,12 @@ class Session:
             self.ws.close(reason=CLOSE_POLICY, message="too many connections")
             return False
         self.bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
-        opened = open_session(node, self.grants, frame, self.ws)
+        try:
+            opened = open_session(node, self.grants, frame, self.ws)
+        except ResumeUnavailable:
+            self._send_early(error_frame(Unavailable("cannot resume now; retry"), frame.ref))
+            self.ws.close(reason=CLOSE_BEHIND, message="resume unavailable, retry")
+            return False
         self.conn = opened.conn
         send_opened(opened)
         return True

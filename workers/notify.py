@@ -23,9 +23,9 @@ from celery.signals import before_task_publish
 from sqlalchemy.dialects.postgresql import insert
 
 from service import messagelog
-from service.bus import BROKER_ERRORS, BusPublisher
+from service.bus import BusPublisher
 from service.db import get_engine
-from service.envelope import Target, encode, make_envelope, raw_json
+from service.envelope import Target, raw_json
 from service.errors import BadRequest
 from service.models import TaskRecord
 
@@ -69,18 +69,8 @@ class WorkerPublisher:
 
     def publish(self, target: Target, event: str, data: msgspec.Raw, durable: bool,
                 dedupe_key: str | None = None) -> int | None:
-        msg_id = None
-        if durable:
-            msg_id = messagelog.append(self.engine, self.origin, target, event, data, dedupe_key)
-        body = encode(make_envelope(self.origin, target, event, data, msg_id))
-        try:
-            self.bus.publish(body)
-        except BROKER_ERRORS as exc:  # a durable message is safe in the log
-            if not durable:
-                raise
-            log.warning("broker unavailable, message %s stays in the log for replay: %s",
-                        msg_id, exc)
-        return msg_id
+        return messagelog.log_and_publish(self.engine, self.bus, self.origin, target, event,
+                                          data, durable, dedupe_key)
 
 
 def publisher() -> WorkerPublisher:
