@@ -1,0 +1,111 @@
+"""The bench suite in one command: every scenario, one table each.
+
+    .venv/bin/python -m bench.run            # full: medians of 3 runs (--runs N)
+    .venv/bin/python -m bench.run --smoke    # a few hundred sockets, both sides, ~1-2 minutes
+
+Creates bench/.venv-peer for the Flask-SocketIO peer on first use (again only when
+bench/requirements-peer.txt changes), then runs each scenario as its own process and
+passes its output through. Exits non-zero when a scenario fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from bench.common import ROOT, child_setup, exit_on_sigterm, machine_header
+
+#: (name, module): the scenarios, in the order they run.
+SCENARIOS = [
+    ("fan-out", "bench.fanout"),
+    ("idle", "bench.idle"),
+    ("connect", "bench.connect"),
+    ("tasks round trip", "bench.tasks_rtt"),
+    ("durable", "bench.durable"),
+    ("resume", "bench.resume"),
+]
+#: The scenarios with a peer side (they take --side).
+WITH_PEER = {"bench.fanout", "bench.idle", "bench.connect"}
+#: Upper bound of one scenario, seconds.
+TIMEOUT_S = {"smoke": 240, "full": 1800}
+
+
+def git_revision() -> str:
+    out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def run_scenario(module: str, runs: int, smoke: bool, side: str, timeout: float) -> int:
+    """Run one scenario module, its output passed through; return its exit code."""
+    cmd = [sys.executable, "-m", module, "--runs", str(runs), *(["--smoke"] if smoke else []),
+           *(["--side", side] if module in WITH_PEER and side != "both" else [])]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, preexec_fn=child_setup)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"bench: {module} still running after {timeout:.0f} s; stopping it",
+              file=sys.stderr, flush=True)
+        return 124
+    finally:
+        if proc.poll() is None:  # timed out, or this runner was interrupted
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="small and quick; both sides still run")
+    p.add_argument("--runs", type=int, default=None, help="runs per scenario (3; smoke 1)")
+    p.add_argument("--only", nargs="+", metavar="MODULE",
+                   help="run only these scenarios (e.g. fanout idle)")
+    p.add_argument("--side", choices=("both", "herald", "peer"), default="both",
+                   help="fan-out, idle and connect: measure only one side")
+    args = p.parse_args(argv)
+    known = {module.split(".")[-1] for _, module in SCENARIOS}
+    if args.only and not set(args.only) <= known:
+        p.error(f"--only takes {', '.join(sorted(known))}")
+    runs = args.runs or (1 if args.smoke else 3)
+    mode = "smoke" if args.smoke else "full"
+    exit_on_sigterm()
+    print(machine_header())
+    print(f"herald: {git_revision()}; mode: {mode}; runs per scenario: {runs}", flush=True)
+
+    if args.side != "herald":
+        from bench.peer.cluster import ensure_venv
+
+        ensure_venv()
+    failed: list[str] = []
+    summary: list[str] = []
+    for name, module in SCENARIOS:
+        if args.only and module.split(".")[-1] not in args.only:
+            continue
+        if importlib.util.find_spec(module) is None:
+            summary.append(f"scenario {name}: not available")
+            print(f"\nscenario {name}: not available ({module} is missing)", flush=True)
+            continue
+        t0 = time.monotonic()
+        rc = run_scenario(module, runs, args.smoke, args.side, TIMEOUT_S[mode])
+        took = time.monotonic() - t0
+        summary.append(f"scenario {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} "
+                       f"in {took:.0f} s")
+        if rc != 0:
+            failed.append(name)
+    print("\n" + "\n".join(summary), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
