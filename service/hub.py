@@ -66,6 +66,10 @@ class GuardedSocket:
         with self.lock:
             self._sock.sendall(data)
 
+    def sendall_locked(self, data: bytes) -> None:
+        """Write while the caller already holds ``lock``."""
+        self._sock.sendall(data)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
@@ -86,6 +90,7 @@ class Conn:
         "_held",
         "_limit",
         "_outbox",
+        "_owns_lock",
         "_stamps",
         "_writer",
         "closed",
@@ -118,6 +123,7 @@ class Conn:
         self.closed = False
         self.on_overflow = on_overflow
         self._held: list[tuple[bytes, float]] | None = None
+        self._owns_lock = False  # the fast path left a frame half-written, lock held
         self.moved = False  # resumed on another socket: that one owns the registry row
         self.opened_at = time.time()
         self._writer: gevent.Greenlet[Any] | None = None
@@ -186,7 +192,14 @@ class Conn:
                 chunk = outbox.popleft() if n == 1 else b"".join(
                     [outbox.popleft() for _ in range(n)])
                 sent = [stamps.popleft() for _ in range(n)]
-                sock.sendall(chunk)  # frames queued meanwhile leave in the next round
+                if self._owns_lock:  # finishing a frame the fast path started
+                    try:
+                        sock.sendall_locked(chunk)
+                    finally:
+                        self._owns_lock = False
+                        sock.lock.release()
+                else:
+                    sock.sendall(chunk)  # frames queued meanwhile leave in the next round
                 self._account(sent)
             if self._close is not None:
                 code, reason = self._close
@@ -200,6 +213,9 @@ class Conn:
             self.closed = True
         finally:
             self._writer = None
+            if self._owns_lock:  # killed before it could finish the half-written frame
+                self._owns_lock = False
+                sock.lock.release()
             if self.closed:
                 self._outbox.clear()
                 self._stamps.clear()
@@ -210,20 +226,28 @@ class Conn:
         queues the rest for the writer. True when the frame is fully handled."""
         sock = self.sock
         raw = sock.raw
-        if raw is None or sock.lock.locked() or self._held is not None:
+        if raw is None or self._held is not None or not sock.lock.acquire(blocking=False):
             return False
         try:
             sent = raw.send(frame)
         except BlockingIOError:
-            return False
+            sent = 0
         except OSError:
-            return True  # the peer is gone; the reader notices and cleans up
-        if sent < len(frame):
-            self._outbox.append(frame[sent:])
-            self._stamps.append(ts)
-            self._kick()
+            sock.lock.release()
+            return True  # the peer is gone; its handler notices and cleans up
+        if sent == len(frame):
+            sock.lock.release()
+            self._account([ts])
             return True
-        self._account([ts])
+        if sent == 0:
+            sock.lock.release()
+            return False
+        # part of the frame is on the wire: keep the lock, so no other write (a pong, a
+        # close) can land inside it; the writer finishes the frame and releases the lock
+        self._outbox.append(frame[sent:])
+        self._stamps.append(ts)
+        self._owns_lock = True
+        self._kick()
         return True
 
     def _account(self, stamps: list[float]) -> None:

@@ -32,7 +32,7 @@ from .frontend import Frontend
 from .hub import CLOSE_BEHIND, CLOSE_DRAINING, CLOSE_POLICY, CLOSE_UNAUTHORIZED, Conn
 from .limits import TokenBucket
 from .welcome import ResumeUnavailable, open_session, send_opened
-from .wsio import receive
+from .wsio import linger, receive
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,12 @@ class Session:
     # --- life cycle ----------------------------------------------------------------------
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            linger(self.ws)
+
+    def _run(self) -> None:
         if not origin_allowed(request.headers.get("Origin"), self.node.settings.allowed_origins):
             self.ws.close(reason=CLOSE_POLICY, message="origin not allowed")
             return

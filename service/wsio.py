@@ -9,6 +9,7 @@ socket instead of two, which is most of what an idle socket costs.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -46,3 +47,31 @@ def receive(ws: Any, timeout: float | None) -> str | bytes | None:
             ws.connected = False
             raise ConnectionClosed(ws.close_reason, ws.close_message) from None
     return ws.input_buffer.pop(0)  # type: ignore[no-any-return]
+
+
+#: How long a closing socket waits for the client to finish (bounded lingering close).
+LINGER_S = 2.0
+LINGER_MAX_BYTES = 1 << 20
+
+
+def linger(ws: Any) -> None:
+    """Close like RFC 6455 asks: stop sending, read until the client closes, bounded.
+
+    Closing a TCP socket that still has unread input makes the kernel send a reset, which
+    can destroy the close frame (1009, 4401, …) before the client reads it: the client
+    would see 1006 instead of the reason."""
+    sock = ws.sock
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return  # already gone
+    drained = 0
+    with gevent.Timeout(LINGER_S, False):
+        while drained < LINGER_MAX_BYTES:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            drained += len(chunk)
