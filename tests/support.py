@@ -133,10 +133,7 @@ class Client:
     def _read(self) -> None:
         try:
             for msg in self.ws:
-                frame = json.loads(msg)
-                with self._cond:
-                    self.frames.append(frame)
-                    self._cond.notify_all()
+                self.on_frame(json.loads(msg))
         except ConnectionClosed:
             pass
         finally:
@@ -144,6 +141,12 @@ class Client:
             self.closed.set()
             with self._cond:
                 self._cond.notify_all()
+
+    def on_frame(self, frame: dict[str, Any]) -> None:
+        """Keep one received frame (subclasses may count instead)."""
+        with self._cond:
+            self.frames.append(frame)
+            self._cond.notify_all()
 
     def send(self, obj: Any) -> None:
         self.ws.send(obj if isinstance(obj, (str, bytes)) else json.dumps(obj))
