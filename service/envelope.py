@@ -119,6 +119,7 @@ class EventFrame(msgspec.Struct, tag="event", tag_field="op", omit_defaults=True
 
 _encoder = msgspec.json.Encoder()
 _env_decoder = msgspec.json.Decoder(Envelope)
+_batch_decoder = msgspec.json.Decoder(list[Envelope])
 NULL = msgspec.Raw(b"null")
 
 
@@ -143,6 +144,21 @@ def make_envelope(origin: str, target: Target, event: str, data: msgspec.Raw,
 def decode_envelope(body: bytes) -> Envelope:
     """Decode an envelope from the bus; raises msgspec.DecodeError on garbage."""
     return _env_decoder.decode(body)
+
+
+def encode_bus(envs: list[Envelope]) -> bytes:
+    """One bus message for one or more envelopes (a batch is a JSON array of them)."""
+    return _encoder.encode(envs[0] if len(envs) == 1 else envs)
+
+
+def decode_bus(body: bytes) -> list[Envelope]:
+    """The envelopes in one bus message: one, or a batch from a group commit.
+
+    An envelope is itself a JSON array whose first item is a string, so ``[[`` can only
+    open a batch."""
+    if body[:2] == b"[[":
+        return _batch_decoder.decode(body)
+    return [_env_decoder.decode(body)]
 
 
 def event_frame(env: Envelope) -> bytes:

@@ -21,24 +21,21 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import messagelog, presence, registry, replay
+from . import registry, replay
 from .bus import BROKER_ERRORS, BROKER_HEARTBEAT_S, BusConsumer, BusPublisher
 from .config import Settings
 from .db import get_engine
 from .envelope import (
     Envelope,
-    Target,
     control_envelope,
-    decode_envelope,
     encode,
     event_frame,
-    make_envelope,
-    presence_envelope,
     target_of,
     ws_text_frame,
 )
 from .hub import CLOSE_DRAINING, CLOSE_REPLACED, Conn, GroupKey, Hub
 from .metrics import Meter
+from .publishing import Publishing
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +54,7 @@ DRAIN_JITTER_MS = 2000
 DRAIN_WAIT_S = 10.0
 
 
-class Frontend:
+class Frontend(Publishing):
     """This process's frontend: local delivery plus its share of the cluster."""
 
     def __init__(self, settings: Settings, port: int | None = None) -> None:
@@ -69,12 +66,14 @@ class Frontend:
         self.registry = registry.RegistryWriter(self.engine)
         self.publisher = BusPublisher(settings.broker_url, settings.exchange,
                                       lock=threading.RLock())
-        self.consumer = BusConsumer(settings.broker_url, settings.exchange, self.on_bus_body,
-                                    on_ready=self._on_bus_ready, on_lost=self._on_bus_lost,
+        self.consumer = BusConsumer(settings.broker_url, settings.exchange,
+                                    on_batch=self.on_bus_batch, on_ready=self._on_bus_ready,
+                                    on_lost=self._on_bus_lost,
                                     sleep=gevent.sleep)
         self.registered = False
         self.draining = False
         self.meter = Meter()
+        self.init_publishing()
         self._bus_lost_at: datetime | None = None
         self._greenlets: list[gevent.Greenlet[Any]] = []
 
@@ -239,77 +238,6 @@ class Frontend:
         if not self.registered:
             return False, "not registered"
         return True, "ok"
-
-    # --- publish and receive -------------------------------------------------------------
-
-    def publish(self, target: Target, event: str, data: msgspec.Raw, *, durable: bool,
-                exclude: str | None = None, dedupe_key: str | None = None) -> int | None:
-        """Log (when durable), deliver to local sockets, then publish to the fanout."""
-        msg_id = None
-        if durable:
-            msg_id = messagelog.append(self.engine, self.id, target, event, data, dedupe_key)
-        env = make_envelope(self.id, target, event, data, msg_id, exclude)
-        self.meter.publishes[target.kind] += 1
-        self.hub.deliver(target, ws_text_frame(event_frame(env)), exclude, ts=env.ts)
-        try:
-            self.publisher.publish(encode(env))
-        except BROKER_ERRORS as exc:
-            if not durable:
-                raise
-            log.warning("broker unavailable; durable message %s stays in the log: %s", msg_id, exc)
-        return msg_id
-
-    def publish_hook(self, target: Target, event: str, data: msgspec.Raw, durable: bool,
-                     dedupe_key: str | None) -> int | None:
-        """The signature ``workers.notify`` expects (task.queued from this frontend)."""
-        return self.publish(target, event, data, durable=durable, dedupe_key=dedupe_key)
-
-    def on_bus_body(self, body: bytes) -> None:
-        """One envelope from the fanout: skip our own, deliver the rest locally."""
-        env = decode_envelope(body)
-        if env.origin == self.id:
-            return
-        self._deliver(env)
-
-    def _deliver(self, env: Envelope) -> None:
-        if env.kind == "event":
-            self.hub.deliver(target_of(env), ws_text_frame(event_frame(env)), env.exclude,
-                             ts=env.ts)
-        elif env.kind == "presence":
-            self._deliver_presence((env.target["scope"], env.target["group"]),
-                                   presence.decode(env.data))
-        elif env.kind == "control":
-            self._apply_control(env)
-
-    def _deliver_presence(self, key: GroupKey, change: presence.PresenceData) -> None:
-        watchers = self.hub.monitors.get(key)
-        if not watchers:
-            return
-        shared: bytes | None = None
-        for conn in list(watchers):
-            state = conn.monitors.get(key)
-            if state is None:
-                continue
-            if state.pending is not None:  # its snapshot is still being read
-                state.pending.append(change)
-                continue
-            news = state.filter(change)
-            if news is change:  # the common case: one frame for every watcher
-                if shared is None:
-                    shared = ws_text_frame(encode(presence.frame(key[0], key[1], change)))
-                conn.deliver(shared)
-            elif news.joins or news.leaves:
-                conn.send(presence.frame(key[0], key[1], news))
-
-    def publish_presence(self, key: GroupKey, joins: list[dict[str, str]],
-                         leaves: list[dict[str, str]]) -> None:
-        """Tell monitors of a group, here and on every other frontend, who joined or left."""
-        self._deliver_presence(key, presence.PresenceData(joins=joins, leaves=leaves))
-        env = presence_envelope(self.id, key[0], key[1], joins, leaves)
-        try:
-            self.publisher.publish(encode(env))
-        except BROKER_ERRORS as exc:
-            log.warning("presence not published (broker away): %s", exc)
 
     # --- groups (pg join/leave) ----------------------------------------------------------
 

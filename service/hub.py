@@ -35,6 +35,8 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_REPLACED = 4409  # Herald's addition: the session was resumed on another socket
 
 GroupKey = tuple[str, str]  # (scope, group)
+#: One message for the hub: target, its ready frame, a connection id to skip, publish time.
+Delivery = tuple[Target, bytes, str | None, float]
 
 #: How long a closing socket's writer may take to flush its queue and close frame.
 CLOSE_FLUSH_TIMEOUT_S = 5.0
@@ -122,7 +124,7 @@ class Conn:
         self._close: tuple[int, str] | None = None
         self.closed = False
         self.on_overflow = on_overflow
-        self._held: list[tuple[bytes, float]] | None = None
+        self._held: list[tuple[bytes, list[float]]] | None = None
         self._owns_lock = False  # the fast path left a frame half-written, lock held
         self.moved = False  # resumed on another socket: that one owns the registry row
         self.opened_at = time.time()
@@ -140,31 +142,40 @@ class Conn:
 
     def release(self) -> None:
         held, self._held = self._held or [], None
-        for frame, ts in held:
-            self.push(frame, ts)
+        for data, stamps in held:
+            self._push(data, stamps)
 
     def deliver(self, frame: bytes, ts: float = 0.0) -> None:
         """A delivery from the hub: parked while held, else queued."""
+        self.deliver_chunk(frame, [ts])
+
+    def deliver_chunk(self, chunk: bytes, stamps: list[float]) -> None:
+        """Several ready frames back to back (one write for a batch); ``stamps`` has each
+        frame's publish time. Parked while held, else queued."""
         if self._held is not None:
-            self._held.append((frame, ts))
+            self._held.append((chunk, stamps))
         else:
-            self.push(frame, ts)
+            self._push(chunk, stamps)
 
     def push(self, frame: bytes, ts: float = 0.0) -> None:
         """Queue one ready WebSocket frame; on overflow close with 1013 (the client resumes).
 
         ``ts``: the message's publish time, for the delivery latency histogram."""
+        self._push(frame, [ts])
+
+    def _push(self, data: bytes, stamps: list[float]) -> None:
         if self._close is not None or self.closed:
             return
-        if not self._outbox and self._try_write_now(frame, ts):
+        if not self._outbox and self._try_write_now(data, stamps):
             return
-        if len(self._outbox) >= self._limit:
+        # the limit counts frames (a stamp each), however they were chunked
+        if len(self._stamps) + len(stamps) > self._limit:
             if self.on_overflow is not None:
                 self.on_overflow(self)
             self.close(CLOSE_BEHIND, "outbound buffer full, resume")
             return
-        self._outbox.append(frame)
-        self._stamps.append(ts)
+        self._outbox.append(data)
+        self._stamps.extend(stamps)
         self._kick()
 
     def send(self, obj: Any) -> None:
@@ -187,11 +198,14 @@ class Conn:
         sock = self.sock
         try:
             while self._outbox:
+                # everything queued leaves in one write; outbox and stamps change together
+                # (no switch in between), so all the stamps belong to this chunk
                 outbox, stamps = self._outbox, self._stamps
                 n = len(outbox)
                 chunk = outbox.popleft() if n == 1 else b"".join(
                     [outbox.popleft() for _ in range(n)])
-                sent = [stamps.popleft() for _ in range(n)]
+                sent = list(stamps)
+                stamps.clear()
                 if self._owns_lock:  # finishing a frame the fast path started
                     try:
                         sock.sendall_locked(chunk)
@@ -220,7 +234,7 @@ class Conn:
                 self._outbox.clear()
                 self._stamps.clear()
 
-    def _try_write_now(self, frame: bytes, ts: float) -> bool:
+    def _try_write_now(self, frame: bytes, stamps: list[float]) -> bool:
         """Fast path: nothing queued and nobody writing, so write from this greenlet into
         the non-blocking OS socket. No writer wake-up, no greenlet switch; a partial write
         queues the rest for the writer. True when the frame is fully handled."""
@@ -237,7 +251,7 @@ class Conn:
             return True  # the peer is gone; its handler notices and cleans up
         if sent == len(frame):
             sock.lock.release()
-            self._account([ts])
+            self._account(stamps)
             return True
         if sent == 0:
             sock.lock.release()
@@ -245,7 +259,7 @@ class Conn:
         # part of the frame is on the wire: keep the lock, so no other write (a pong, a
         # close) can land inside it; the writer finishes the frame and releases the lock
         self._outbox.append(frame[sent:])
-        self._stamps.append(ts)
+        self._stamps.extend(stamps)
         self._owns_lock = True
         self._kick()
         return True
@@ -348,6 +362,39 @@ class Hub:
             if conn.id != exclude:
                 conn.deliver(frame, ts)
                 n += 1
+        return n
+
+    def deliver_batch(self, items: list[Delivery]) -> int:
+        """Deliver several messages with one write per socket: each socket gets the frames
+        addressed to it, in order, joined into one chunk. Returns the deliveries made.
+
+        Sockets that get the same messages share one chunk: when every message goes to
+        everyone that is a single join for the whole batch."""
+        if len(items) == 1:
+            target, frame, exclude, ts = items[0]
+            return self.deliver(target, frame, exclude, ts=ts)
+        if all(t.kind == "all" and ex is None for t, _, ex, _ in items):
+            chunk = b"".join([frame for _, frame, _, _ in items])
+            stamps = [ts for _, _, _, ts in items]
+            conns = list(self.conns.values())
+            for conn in conns:
+                conn.deliver_chunk(chunk, stamps)
+            return len(conns) * len(items)
+        wanted: dict[Conn, list[int]] = {}
+        for i, (target, _, exclude, _) in enumerate(items):
+            for conn in self.matching(target):
+                if conn.id != exclude:
+                    wanted.setdefault(conn, []).append(i)
+        chunks: dict[tuple[int, ...], tuple[bytes, list[float]]] = {}
+        n = 0
+        for conn, idx in wanted.items():
+            key = tuple(idx)
+            chunk_stamps = chunks.get(key)
+            if chunk_stamps is None:
+                chunk_stamps = chunks[key] = (b"".join([items[i][1] for i in idx]),
+                                              [items[i][3] for i in idx])
+            conn.deliver_chunk(*chunk_stamps)
+            n += len(idx)
         return n
 
     def local_members(self, key: GroupKey) -> list[Conn]:

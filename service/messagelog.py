@@ -1,20 +1,44 @@
-"""The durable message log: written before a durable message is published."""
+"""The durable message log (written before a durable message is published), and the
+write-only publishers' batched path into it and onto the bus."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from sqlalchemy import Engine, Text, cast, literal, select
+from sqlalchemy import Engine, Text, bindparam, cast, literal, select
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import DataError
 
-from .envelope import Target
+from .envelope import Envelope, Target, encode_bus, make_envelope
 from .errors import BadRequest
+from .groupcommit import GroupCommit
 from .models import Message
 
 log = logging.getLogger(__name__)
+
+_NUL_ERROR = "data cannot be stored (a \\u0000 in a string?)"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One message on its way to the log and the bus."""
+
+    target: Target
+    event: str
+    data: msgspec.Raw
+    exclude: str | None = None
+
+
+def _json_text(data: msgspec.Raw) -> str:
+    # the publisher's JSON goes in as text and Postgres parses it: no decode here
+    try:
+        return bytes(data).decode() if len(data) else "null"
+    except UnicodeDecodeError:
+        raise BadRequest("data is not valid UTF-8") from None
 
 
 def append(engine: Engine, origin: str, target: Target, event: str, data: msgspec.Raw,
@@ -25,52 +49,126 @@ def append(engine: Engine, origin: str, target: Target, event: str, data: msgspe
     so a task that runs again after a crash re-publishes under the same id and clients
     drop the copy.
     """
-    try:
-        raw_text = bytes(data).decode() if len(data) else "null"
-    except UnicodeDecodeError:
-        raise BadRequest("data is not valid UTF-8") from None
     values = {
         "target_kind": target.kind,
         "target_key": target.log_key(),
         "event": event,
-        # the publisher's JSON goes in as text and Postgres parses it: no decode here
-        "data": cast(literal(raw_text, Text), JSONB),
+        "data": cast(literal(_json_text(data), Text), JSONB),
         "origin": origin,
         "dedupe_key": dedupe_key,
     }
     try:
-        return _insert(engine, values, dedupe_key)
+        with engine.begin() as db:
+            stmt = insert(Message).values(**values)
+            if dedupe_key is not None:
+                stmt = stmt.on_conflict_do_nothing(index_elements=[Message.dedupe_key])
+            msg_id = db.execute(stmt.returning(Message.id)).scalar()
+            if msg_id is None:
+                msg_id = db.execute(
+                    select(Message.id).where(Message.dedupe_key == dedupe_key)).scalar_one()
     except DataError:
         # Postgres' jsonb has no \u0000; tell the publisher rather than fail inside
-        raise BadRequest("data cannot be stored (a \\u0000 in a string?)") from None
-
-
-def _insert(engine: Engine, values: dict[str, Any], dedupe_key: str | None) -> int:
-    with engine.begin() as db:
-        stmt = insert(Message).values(**values)
-        if dedupe_key is not None:
-            stmt = stmt.on_conflict_do_nothing(index_elements=[Message.dedupe_key])
-        msg_id = db.execute(stmt.returning(Message.id)).scalar()
-        if msg_id is None:
-            msg_id = db.execute(
-                select(Message.id).where(Message.dedupe_key == dedupe_key)).scalar_one()
+        raise BadRequest(_NUL_ERROR) from None
     return int(msg_id)
 
 
-def log_and_publish(engine: Engine, bus: Any, origin: str, target: Target, event: str,
-                    data: msgspec.Raw, durable: bool, dedupe_key: str | None = None) -> int | None:
-    """A write-only publisher's path (workers, backends): log first when durable, then
-    publish. A broker outage is survivable for a durable message (it is in the log and
-    frontends replay it when they reconnect), not for a transient one."""
-    from .bus import BROKER_ERRORS
-    from .envelope import encode, make_envelope
+_MANY = insert(Message).values(
+    target_kind=bindparam("k"), target_key=bindparam("key"), event=bindparam("e"),
+    data=cast(bindparam("d", type_=Text), JSONB), origin=bindparam("o"),
+).returning(Message.id, sort_by_parameter_order=True)
 
-    msg_id = append(engine, origin, target, event, data, dedupe_key) if durable else None
+
+def append_many(engine: Engine, origin: str, entries: Sequence[Entry]
+                ) -> list[int | BadRequest]:
+    """Write many durable messages in one statement and one commit; ids in entry order.
+
+    Returns an id per entry, or the BadRequest that entry alone earned (bad UTF-8, a
+    \\u0000): a bad entry never fails the others.
+    """
+    out: list[int | BadRequest] = []
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        try:
+            text = _json_text(entry.data)
+        except BadRequest as exc:
+            out.append(exc)
+            continue
+        out.append(-1)
+        rows.append({"k": entry.target.kind, "key": entry.target.log_key(), "e": entry.event,
+                     "d": text, "o": origin})
+    if not rows:
+        return out
     try:
-        bus.publish(encode(make_envelope(origin, target, event, data, msg_id)))
-    except BROKER_ERRORS as exc:
+        with engine.begin() as db:
+            ids = [int(r[0]) for r in db.execute(_MANY, rows)]
+    except DataError:
+        if len(rows) == 1:
+            return [BadRequest(_NUL_ERROR) if r == -1 else r for r in out]
+        # one row Postgres refused spoils the statement: write them one at a time
+        return [r if isinstance(r, BadRequest) else _append_one(engine, origin, e)
+                for r, e in zip(out, entries, strict=True)]
+    it = iter(ids)
+    return [r if isinstance(r, BadRequest) else next(it) for r in out]
+
+
+def _append_one(engine: Engine, origin: str, entry: Entry) -> int | BadRequest:
+    try:
+        return append(engine, origin, entry.target, entry.event, entry.data)
+    except BadRequest as exc:
+        return exc
+
+
+class LogPublisher:
+    """The write-only publishers' path (workers, backends): log first when durable, then
+    publish. Concurrent publishes share one INSERT and one bus message (``GroupCommit``),
+    so a publisher with confirms waits for one confirm per batch, not per message.
+
+    A broker outage is survivable for a durable message (it is in the log and frontends
+    replay it when they reconnect), not for a transient one.
+    """
+
+    def __init__(self, engine: Engine, bus: Any, origin: str) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.origin = origin
+        self._durable: GroupCommit[Entry, int | BadRequest] = GroupCommit(self._run_durable)
+        self._transient: GroupCommit[Entry, None] = GroupCommit(self._run_transient)
+
+    def publish(self, target: Target, event: str, data: msgspec.Raw, durable: bool,
+                dedupe_key: str | None = None) -> int | None:
+        """Publish one message; returns its log id when durable."""
+        if dedupe_key is not None:  # a task outcome: logged once per key, never batched
+            msg_id = append(self.engine, self.origin, target, event, data, dedupe_key)
+            self._send([make_envelope(self.origin, target, event, data, msg_id)], True)
+            return msg_id
         if not durable:
-            raise
-        log.warning("broker unavailable, message %s stays in the log for replay: %s",
-                    msg_id, exc)
-    return msg_id
+            self._transient.submit(Entry(target, event, data))
+            return None
+        result = self._durable.submit(Entry(target, event, data))
+        if isinstance(result, BadRequest):
+            raise result
+        return result
+
+    def _run_durable(self, entries: Sequence[Entry]) -> list[int | BadRequest]:
+        ids = append_many(self.engine, self.origin, entries)
+        self._send([make_envelope(self.origin, e.target, e.event, e.data, i)
+                    for e, i in zip(entries, ids, strict=True) if isinstance(i, int)], True)
+        return ids
+
+    def _run_transient(self, entries: Sequence[Entry]) -> list[None]:
+        self._send([make_envelope(self.origin, e.target, e.event, e.data) for e in entries],
+                   False)
+        return [None] * len(entries)
+
+    def _send(self, envs: list[Envelope], durable: bool) -> None:
+        from .bus import BROKER_ERRORS
+
+        if not envs:
+            return
+        try:
+            self.bus.publish(encode_bus(envs))
+        except BROKER_ERRORS as exc:
+            if not durable:
+                raise
+            log.warning("broker unavailable, %d durable messages stay in the log for replay "
+                        "(ids %s-%s): %s", len(envs), envs[0].id, envs[-1].id, exc)

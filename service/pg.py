@@ -32,7 +32,7 @@ from .db import get_engine
 from .envelope import (
     Target,
     control_envelope,
-    decode_envelope,
+    decode_bus,
     encode,
     raw_json,
 )
@@ -51,6 +51,7 @@ class Herald:
         self.origin = f"backend:{socket.gethostname()}:{os.getpid()}"
         self.engine = get_engine(self.settings.database_url, pool_size=2)
         self.bus = BusPublisher(self.settings.broker_url, self.settings.exchange, confirm=True)
+        self.log = messagelog.LogPublisher(self.engine, self.bus, self.origin)
 
     def join(self, scope: str, group: str, connection_id: str) -> None:
         """Server-side join of any connection (raises NotFound for an unknown one)."""
@@ -75,8 +76,7 @@ class Herald:
     def publish(self, target: Target, event: str, data: Any = None, *,
                 durable: bool = True) -> int | None:
         """Publish to every matching socket on every frontend; durable ones are logged first."""
-        return messagelog.log_and_publish(self.engine, self.bus, self.origin, target, event,
-                                          raw_json(data), durable)
+        return self.log.publish(target, event, raw_json(data), durable)
 
     def monitor(self, scope: str, group: str) -> Iterator[PresenceData]:
         """Yield the current members (as joins), then every join and leave, each once.
@@ -98,12 +98,13 @@ class Herald:
             state.snapshot(members)
             yield PresenceData(joins=members)
             while True:
-                env = decode_envelope(inbox.get())
-                if env.kind != "presence" or env.target != {"group": group, "scope": scope}:
-                    continue
-                news = state.filter(decode_presence(env.data))
-                if news.joins or news.leaves:
-                    yield news
+                for env in decode_bus(inbox.get()):
+                    if env.kind != "presence" or env.target != {"group": group,
+                                                                "scope": scope}:
+                        continue
+                    news = state.filter(decode_presence(env.data))
+                    if news.joins or news.leaves:
+                        yield news
         finally:
             # py-amqp is not thread-safe: only raise the flag; the loop sees it within
             # one drain timeout and closes its own connection

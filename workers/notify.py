@@ -59,6 +59,7 @@ class WorkerPublisher:
         self.origin = f"worker:{socket.gethostname()}:{os.getpid()}"
         self.engine = get_engine(settings.database_url, pool_size=2)
         self.bus = BusPublisher(settings.broker_url, settings.exchange, confirm=True)
+        self.log = messagelog.LogPublisher(self.engine, self.bus, self.origin)
         # keep the broker connection's heartbeats going between publishes
         threading.Thread(target=self._tick, name="herald-heartbeat", daemon=True).start()
 
@@ -69,8 +70,7 @@ class WorkerPublisher:
 
     def publish(self, target: Target, event: str, data: msgspec.Raw, durable: bool,
                 dedupe_key: str | None = None) -> int | None:
-        return messagelog.log_and_publish(self.engine, self.bus, self.origin, target, event,
-                                          data, durable, dedupe_key)
+        return self.log.publish(target, event, data, durable, dedupe_key)
 
 
 def publisher() -> WorkerPublisher:

@@ -184,3 +184,18 @@ def test_control_envelope_round_trip() -> None:
 def test_decode_envelope_garbage(body: bytes) -> None:
     with pytest.raises(msgspec.DecodeError):
         decode_envelope(body)
+
+
+def test_bus_batch_round_trip_keeps_order_and_singles_stay_plain() -> None:
+    from service.envelope import decode_bus, encode_bus
+
+    envs = [make_envelope("fe", Target.all(), f"e{i}", raw_json({"i": i}), msg_id=i)
+            for i in range(3)]
+    single = encode_bus(envs[:1])
+    assert single == encode(envs[0])  # one envelope travels exactly as before batching
+    assert [e.event for e in decode_bus(single)] == ["e0"]
+    batch = encode_bus(envs)
+    assert batch.startswith(b"[[")
+    back = decode_bus(batch)
+    assert [(e.event, e.id, bytes(e.data)) for e in back] == [
+        (f"e{i}", i, b'{"i":%d}' % i) for i in range(3)]

@@ -267,3 +267,46 @@ def test_stop_ends_the_writer(hub: Hub) -> None:
     a.push(b"after")
     settle()
     assert sent(a) == []
+
+
+def test_a_batch_leaves_each_socket_in_one_write_with_only_its_frames(hub: Hub) -> None:
+    a, b, c = make(hub, "a", "u1"), make(hub, "b", "u2"), make(hub, "c", "u3")
+    hub.join(a, ("default", "g"))
+    hub.join(b, ("default", "g"))
+    items = [
+        (Target.all(), b"1", None, 0.0),
+        (Target.group("g"), b"2", None, 0.0),
+        (Target.user("u3"), b"3", None, 0.0),
+        (Target.all(), b"4", "b", 0.0),
+    ]
+    assert hub.deliver_batch(items) == 3 + 2 + 1 + 2
+    settle()
+    assert sent(a) == [b"124"]
+    assert sent(b) == [b"12"]
+    assert sent(c) == [b"134"]
+
+
+def test_a_batch_to_everyone_is_one_shared_chunk(hub: Hub) -> None:
+    conns = [make(hub, f"c{i}", f"u{i}") for i in range(4)]
+    items = [(Target.all(), bytes([65 + i]), None, 0.0) for i in range(5)]
+    assert hub.deliver_batch(items) == 20
+    settle()
+    chunks = [sent(conn) for conn in conns]
+    assert all(ch == [b"ABCDE"] for ch in chunks)
+    assert all(ch[0] is chunks[0][0] for ch in chunks)  # joined once, not once per socket
+
+
+def test_the_outbox_limit_counts_frames_inside_chunks(hub: Hub) -> None:
+    overflowed: list[str] = []
+    conn = make(hub, "a", "u", limit=5, on_overflow=lambda c: overflowed.append(c.id))
+    sock = conn.sock._sock
+    sock.gate = Event()
+    conn.push(b"0")
+    gevent.sleep(0)  # the writer holds frame 0 inside sendall
+    conn.deliver_chunk(b"1234", [0.0] * 4)
+    assert overflowed == []  # 4 frames queued, limit 5
+    conn.deliver_chunk(b"56", [0.0, 0.0])
+    assert overflowed == ["a"]  # 6 would exceed it
+    sock.gate.set()
+    settle()
+    assert conn.ws.closes and conn.ws.closes[0][0] == CLOSE_BEHIND

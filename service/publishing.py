@@ -1,0 +1,179 @@
+"""A frontend's publish and receive paths (mixed into ``Frontend``).
+
+Publish: log first when durable, deliver to local sockets, then one message to the fanout;
+concurrent publishes are batched by ``GroupCommit`` (one INSERT, one local fan-out with one
+write per socket, one bus message). Receive: drop our own envelopes, build one frame per
+message, and hand consecutive events to the hub together so a backlog leaves each socket in
+one write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import msgspec
+from sqlalchemy import Engine
+
+from . import messagelog, presence
+from .bus import BROKER_ERRORS, BusPublisher
+from .envelope import (
+    Envelope,
+    Target,
+    decode_bus,
+    encode,
+    encode_bus,
+    event_frame,
+    make_envelope,
+    presence_envelope,
+    target_of,
+    ws_text_frame,
+)
+from .errors import BadRequest
+from .groupcommit import GroupCommit
+from .hub import Delivery, GroupKey, Hub
+from .messagelog import Entry
+from .metrics import Meter
+
+log = logging.getLogger(__name__)
+
+
+class Publishing:
+    """Publishing and bus delivery for a frontend; the host class provides the parts."""
+
+    id: str
+    engine: Engine
+    hub: Hub
+    publisher: BusPublisher
+    meter: Meter
+
+    def init_publishing(self) -> None:
+        # concurrent publishes share one log INSERT, one local fan-out and one bus message
+        self._durable: GroupCommit[Entry, int | BadRequest] = GroupCommit(self._run_durable)
+        self._transient: GroupCommit[Entry, None] = GroupCommit(self._run_transient)
+
+    def _apply_control(self, env: Envelope) -> None:
+        raise NotImplementedError  # the host applies server-side joins, leaves and kicks
+
+    def publish(self, target: Target, event: str, data: msgspec.Raw, *, durable: bool,
+                exclude: str | None = None, dedupe_key: str | None = None) -> int | None:
+        """Log (when durable), deliver to local sockets, then publish to the fanout.
+
+        Concurrent callers are batched (see ``GroupCommit``): a lone publish runs at once."""
+        self.meter.publishes[target.kind] += 1
+        entry = Entry(target, event, data, exclude)
+        if dedupe_key is not None:  # a task outcome: logged once per key, never batched
+            msg_id = messagelog.append(self.engine, self.id, target, event, data, dedupe_key)
+            self._send([entry], [msg_id], durable=True)
+            return msg_id
+        if not durable:
+            self._transient.submit(entry)
+            return None
+        result = self._durable.submit(entry)
+        if isinstance(result, BadRequest):
+            raise result
+        return result
+
+    def _run_durable(self, entries: Sequence[Entry]) -> list[int | BadRequest]:
+        ids = messagelog.append_many(self.engine, self.id, entries)
+        logged = [(e, i) for e, i in zip(entries, ids, strict=True) if isinstance(i, int)]
+        self._send([e for e, _ in logged], [i for _, i in logged], durable=True)
+        return ids
+
+    def _run_transient(self, entries: Sequence[Entry]) -> list[None]:
+        self._send(entries, [None] * len(entries), durable=False)
+        return [None] * len(entries)
+
+    def _send(self, entries: Sequence[Entry], ids: Sequence[int | None], durable: bool) -> None:
+        if not entries:
+            return
+        envs = [make_envelope(self.id, e.target, e.event, e.data, i, e.exclude)
+                for e, i in zip(entries, ids, strict=True)]
+        self.hub.deliver_batch([(e.target, ws_text_frame(event_frame(env)), e.exclude, env.ts)
+                                for e, env in zip(entries, envs, strict=True)])
+        try:
+            self.publisher.publish(encode_bus(envs))
+        except BROKER_ERRORS as exc:
+            if not durable:
+                raise
+            log.warning("broker unavailable; %d durable messages stay in the log: %s",
+                        len(envs), exc)
+
+    def publish_hook(self, target: Target, event: str, data: msgspec.Raw, durable: bool,
+                     dedupe_key: str | None) -> int | None:
+        """The signature ``workers.notify`` expects (task.queued from this frontend)."""
+        return self.publish(target, event, data, durable=durable, dedupe_key=dedupe_key)
+
+    def on_bus_body(self, body: bytes) -> None:
+        """One message from the fanout (see ``on_bus_batch``)."""
+        self.on_bus_batch([body])
+
+    def on_bus_batch(self, bodies: list[bytes]) -> None:
+        """Messages from the fanout, in order: skip our own, deliver the rest locally.
+
+        Consecutive events go out together, one write per socket; a presence or control
+        envelope in between is applied in its place, so order is kept. A bad envelope is
+        logged and skipped; the others are still delivered."""
+        run: list[Delivery] = []
+        for body in bodies:
+            try:
+                envs = decode_bus(body)
+            except msgspec.DecodeError:
+                log.warning("bus: undecodable message skipped (%d bytes)", len(body))
+                continue
+            for env in envs:
+                if env.origin == self.id:
+                    continue
+                try:
+                    if env.kind == "event":
+                        run.append((target_of(env), ws_text_frame(event_frame(env)),
+                                    env.exclude, env.ts))
+                        continue
+                    if run:
+                        self.hub.deliver_batch(run)
+                        run = []
+                    self._deliver(env)
+                except Exception:
+                    log.exception("bus: failed to handle a %s envelope; skipped", env.kind)
+        if run:
+            self.hub.deliver_batch(run)
+
+    def _deliver(self, env: Envelope) -> None:
+        if env.kind == "event":
+            self.hub.deliver(target_of(env), ws_text_frame(event_frame(env)), env.exclude,
+                             ts=env.ts)
+        elif env.kind == "presence":
+            self._deliver_presence((env.target["scope"], env.target["group"]),
+                                   presence.decode(env.data))
+        elif env.kind == "control":
+            self._apply_control(env)
+
+    def _deliver_presence(self, key: GroupKey, change: presence.PresenceData) -> None:
+        watchers = self.hub.monitors.get(key)
+        if not watchers:
+            return
+        shared: bytes | None = None
+        for conn in list(watchers):
+            state = conn.monitors.get(key)
+            if state is None:
+                continue
+            if state.pending is not None:  # its snapshot is still being read
+                state.pending.append(change)
+                continue
+            news = state.filter(change)
+            if news is change:  # the common case: one frame for every watcher
+                if shared is None:
+                    shared = ws_text_frame(encode(presence.frame(key[0], key[1], change)))
+                conn.deliver(shared)
+            elif news.joins or news.leaves:
+                conn.send(presence.frame(key[0], key[1], news))
+
+    def publish_presence(self, key: GroupKey, joins: list[dict[str, str]],
+                         leaves: list[dict[str, str]]) -> None:
+        """Tell monitors of a group, here and on every other frontend, who joined or left."""
+        self._deliver_presence(key, presence.PresenceData(joins=joins, leaves=leaves))
+        env = presence_envelope(self.id, key[0], key[1], joins, leaves)
+        try:
+            self.publisher.publish(encode(env))
+        except BROKER_ERRORS as exc:
+            log.warning("presence not published (broker away): %s", exc)
