@@ -21,6 +21,7 @@ from .bus import BROKER_ERRORS
 from .envelope import NULL, TARGET_KINDS, Target, raw_json, valid_name
 from .errors import BadRequest, HeraldError, NotFound, Unauthorized, Unavailable
 from .frontend import Frontend
+from .messagelog import PUBLISH_BATCH_MAX, Entry
 from .metrics import render as render_metrics
 from .models import ID_LEN, TaskRecord
 from .openapi import spec
@@ -55,6 +56,10 @@ class _PublishBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     data: msgspec.Raw = NULL
     durable: bool = True
     exclude_connection: str | None = None
+
+
+class _PublishBatchBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    messages: list[_PublishBody]
 
 
 class _TaskBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -99,6 +104,42 @@ def publish() -> tuple[Response, int]:
     msg_id = node().publish(target, body.event, body.data, durable=body.durable,
                             exclude=body.exclude_connection)
     return jsonify({"id": msg_id}), 202
+
+
+@api.post("/publish/batch")
+@require_key
+def publish_batch() -> tuple[Response, int]:
+    """Many publishes in one request, in order, sharing log inserts and bus messages.
+
+    Every message is checked before any is published; one Postgres refuses alone (a
+    \u0000 in its data) gets a null id and an entry in ``errors``."""
+    body: _PublishBatchBody = _body(_PublishBatchBody)
+    if not 1 <= len(body.messages) <= PUBLISH_BATCH_MAX:
+        raise BadRequest(f"messages must hold 1-{PUBLISH_BATCH_MAX} messages")
+    entries: list[tuple[Entry, bool]] = []
+    for i, msg in enumerate(body.messages):
+        target = _target(msg.target, f"messages[{i}].target")
+        if not valid_name(msg.event):
+            raise BadRequest(f"messages[{i}].event must be a name of 1-128 characters")
+        entries.append((Entry(target, msg.event, msg.data, msg.exclude_connection),
+                        msg.durable))
+    ids: list[int | None] = []
+    errors: list[dict[str, Any]] = []
+    start = 0
+    while start < len(entries):  # runs of the same durability, in order
+        end = start
+        while end < len(entries) and entries[end][1] == entries[start][1]:
+            end += 1
+        results = node().publish_many([e for e, _ in entries[start:end]],
+                                      durable=entries[start][1])
+        for i, result in enumerate(results, start):
+            if isinstance(result, BadRequest):
+                errors.append({"index": i, "error": result.code, "message": result.message})
+                ids.append(None)
+            else:
+                ids.append(result)
+        start = end
+    return jsonify({"ids": ids, "errors": errors}), 202
 
 
 @api.post("/tasks")

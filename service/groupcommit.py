@@ -53,10 +53,16 @@ class GroupCommit(Generic[In, Out]):
 
     def submit(self, item: In) -> Out:
         """Run ``item`` in the next batch and return its result (or raise its error)."""
-        slot: _Slot[In, Out] = _Slot(item)
+        return self.submit_many([item])[0]
+
+    def submit_many(self, items: Sequence[In]) -> list[Out]:
+        """Queue several items together (they stay adjacent and in order, so they share a
+        batch when they fit in one); return their results in order. Raises the first error
+        any of them got."""
+        slots: list[_Slot[In, Out]] = [_Slot(item) for item in items]
         with self._cond:
-            self._queue.append(slot)
-            while not slot.done:
+            self._queue.extend(slots)
+            while not slots[-1].done:
                 if self._busy:
                     self._cond.wait()
                     continue
@@ -74,9 +80,10 @@ class GroupCommit(Generic[In, Out]):
                     self._cond.acquire()
                     self._busy = False
                     self._cond.notify_all()
-        if slot.error is not None:
-            raise slot.error
-        return slot.result  # type: ignore[return-value]  # set by _run when no error
+        for slot in slots:
+            if slot.error is not None:
+                raise slot.error
+        return [slot.result for slot in slots]  # type: ignore[misc]  # set when no error
 
     def _run(self, batch: list[_Slot[In, Out]]) -> None:
         self.batches += 1

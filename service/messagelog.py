@@ -20,6 +20,8 @@ from .models import Message
 
 log = logging.getLogger(__name__)
 
+#: Most messages one POST /api/publish/batch may carry.
+PUBLISH_BATCH_MAX = 500
 _NUL_ERROR = "data cannot be stored (a \\u0000 in a string?)"
 
 
@@ -148,6 +150,15 @@ class LogPublisher:
         if isinstance(result, BadRequest):
             raise result
         return result
+
+    def publish_many(self, entries: Sequence[Entry], durable: bool
+                     ) -> list[int | BadRequest | None]:
+        """Publish several messages in order, sharing inserts and bus messages: an id per
+        entry (None when transient), or the BadRequest that entry alone earned."""
+        if not durable:
+            self._transient.submit_many(entries)
+            return [None] * len(entries)
+        return list(self._durable.submit_many(entries))
 
     def _run_durable(self, entries: Sequence[Entry]) -> list[int | BadRequest]:
         ids = append_many(self.engine, self.origin, entries)

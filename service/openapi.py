@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .envelope import DEFAULT_SCOPE, NAME_MAX
+from .messagelog import PUBLISH_BATCH_MAX
 
 Schema = dict[str, Any]
 
@@ -106,6 +107,16 @@ def _schemas() -> dict[str, Schema]:
                                 "description": "a connection id not to deliver to"}),
         "PublishResponse": _obj(["id"], id={"type": "integer", "nullable": True,
                                             "description": "log id; null when not durable"}),
+        "PublishBatchRequest": _obj(
+            ["messages"], messages={**_array(_ref("PublishRequest")), "minItems": 1,
+                                    "maxItems": PUBLISH_BATCH_MAX}),
+        "PublishBatchResponse": _obj(
+            ["ids", "errors"],
+            ids=_array({"type": "integer", "nullable": True,
+                        "description": "log id per message, in order; null when not durable "
+                                       "or refused"}),
+            errors=_array(_obj(["index", "error", "message"], index={"type": "integer"},
+                               error=_string(), message=_string()))),
         "TaskRequest": _obj(
             ["name", "notify"],
             name=_string("a public task name; unknown names are 404", example="demo.noop"),
@@ -150,6 +161,10 @@ def _paths() -> dict[str, Schema]:
             "publish: send an event to a target on every frontend",
             {202: _json(_ref("PublishResponse"), "accepted")}, (400, 413),
             body="PublishRequest")},
+        "/api/publish/batch": {"post": _op(
+            f"publishBatch: up to {PUBLISH_BATCH_MAX} publishes in one request, in order",
+            {202: _json(_ref("PublishBatchResponse"), "accepted")}, (400, 413),
+            body="PublishBatchRequest")},
         "/api/tasks": {"post": _op(
             "startTask: enqueue a public task whose state goes to a target",
             {202: _json(_ref("TaskCreated"), "queued")}, (400, 404, 413), body="TaskRequest")},

@@ -36,6 +36,7 @@ from .envelope import (
     encode,
     raw_json,
 )
+from .errors import BadRequest
 from .presence import MonitorState, PresenceData
 from .presence import decode as decode_presence
 
@@ -77,6 +78,18 @@ class Herald:
                 durable: bool = True) -> int | None:
         """Publish to every matching socket on every frontend; durable ones are logged first."""
         return self.log.publish(target, event, raw_json(data), durable)
+
+    def publish_many(self, messages: list[tuple[Target, str, Any]], *,
+                     durable: bool = True) -> list[int | None]:
+        """Publish several ``(target, event, data)`` messages in order, in as few log
+        inserts and bus messages as they fit in; returns their ids (None when transient).
+        Raises BadRequest if Postgres refused one (the others are published)."""
+        results = self.log.publish_many(
+            [messagelog.Entry(t, e, raw_json(d)) for t, e, d in messages], durable)
+        for r in results:
+            if isinstance(r, BadRequest):
+                raise r
+        return [r for r in results if not isinstance(r, BadRequest)]
 
     def monitor(self, scope: str, group: str) -> Iterator[PresenceData]:
         """Yield the current members (as joins), then every join and leave, each once.

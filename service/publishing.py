@@ -74,6 +74,17 @@ class Publishing:
             raise result
         return result
 
+    def publish_many(self, entries: Sequence[Entry], *, durable: bool
+                     ) -> list[int | BadRequest | None]:
+        """Publish several messages in order, as one batch when they fit in one: an id (or
+        None when transient) per entry, or the BadRequest that entry alone earned."""
+        for entry in entries:
+            self.meter.publishes[entry.target.kind] += 1
+        if not durable:
+            self._transient.submit_many(entries)
+            return [None] * len(entries)
+        return list(self._durable.submit_many(entries))
+
     def _run_durable(self, entries: Sequence[Entry]) -> list[int | BadRequest]:
         ids = messagelog.append_many(self.engine, self.id, entries)
         logged = [(e, i) for e, i in zip(entries, ids, strict=True) if isinstance(i, int)]

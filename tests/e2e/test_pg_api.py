@@ -83,3 +83,34 @@ def test_monitor_yields_snapshot_then_changes(pair: Any, token: Any, herald: Her
     assert [m["connection_id"] for m in changes[0].joins] == [first_id]
     assert [m["connection_id"] for m in changes[1].joins] == [second_id]
     assert [m["connection_id"] for m in changes[2].leaves] == [first_id]
+
+
+def test_publish_many_and_concurrent_publishes_arrive_once_in_id_order(
+        pair: Any, token: Any, herald: Herald) -> None:
+    """Backend publishes share inserts and bus messages; a socket on each frontend still
+    gets every one exactly once, in log-id order."""
+    pa, pb = pair
+    on_a, on_b = Client(pa.ws_url), Client(pb.ws_url)
+    on_a.hello(token("many-a"))
+    on_b.hello(token("many-b"))
+    tag = uuid.uuid4().hex[:6]
+    ids = herald.publish_many([(Target.all(), f"many-{tag}", {"i": i}) for i in range(50)])
+    assert len(ids) == 50 and ids == sorted(ids) and len(set(ids)) == 50
+    threaded: list[int] = []
+
+    def work(t: int) -> None:
+        for i in range(20):
+            msg_id = herald.publish(Target.all(), f"many-{tag}", {"t": t, "i": i})
+            assert msg_id is not None
+            threaded.append(msg_id)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    expected = sorted(ids + threaded)
+    for c in (on_a, on_b):
+        wait_until(lambda c=c: len(c.events(f"many-{tag}")) >= len(expected))
+        got = [e["id"] for e in c.events(f"many-{tag}")]
+        assert got == expected
