@@ -6,11 +6,16 @@ import logging
 import signal
 from typing import Any
 
+import gevent
 from gunicorn.app.base import BaseApplication
 
 from .config import Settings
 
 log = logging.getLogger(__name__)
+
+# gevent records, for every greenlet, who spawned it and a copy of the spawning stack
+# (for debugging tools): a few hundred bytes per socket and CPU on every spawn. Off here.
+gevent.config.track_greenlet_tree = False
 
 #: Sockets one gevent worker may hold (gunicorn's default of 1000 is too low).
 WORKER_CONNECTIONS = 20000
