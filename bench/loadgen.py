@@ -1,10 +1,10 @@
 """Load generator process: holds sockets, counts deliveries, reports latency and its own CPU.
 
-Run by the scenarios, one process per share of sockets (asyncio + websockets), so the
-client side is never the bottleneck on its own core share. Two protocols over the same
-harness: Herald's (`hello`/`welcome`, `join`/`ack`, `event` frames) and Socket.IO v5 over
-Engine.IO v4 on a raw websocket (the peer): open packet ``0{...}``, ``40`` → ``40{...}``,
-events ``42["tick",{...}]``, pings ``2`` answered with ``3``.
+Run by the scenarios, one process per share of sockets (picows on uvloop; the socket layer
+is bench/wsclient.py), so the client side is never the bottleneck on its own core share.
+Two protocols over the same harness: Herald's (`hello`/`welcome`, `join`/`ack`, `event`
+frames) and Socket.IO v5 over Engine.IO v4 on a raw websocket (the peer): open packet
+``0{...}``, ``40`` → ``40{...}``, events ``42["tick",{...}]``, pings ``2`` answered with ``3``.
 
 Modes (one JSON line out per step, commands in on stdin; every wait bounded by --timeout):
 
@@ -26,41 +26,17 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from websockets.asyncio.client import ClientConnection, connect
+import msgspec
+import uvloop
 
 from bench.common import raise_nofile
+from bench.wsclient import Socket, Stats, open_socket
 
 CONNECT_CONCURRENCY = 50
-
-
-@dataclass
-class Stats:
-    target: int
-    connected: int = 0
-    failed: int = 0
-    ended: int = 0
-    received: int = 0
-    ops: int = 0
-    lat: list[float] = field(default_factory=list)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def opened(self, ok: bool) -> None:
-        if ok:
-            self.connected += 1
-        else:
-            self.failed += 1
-        if self.connected + self.failed == self.target:
-            self.ready.set()
-
-    def end(self) -> None:
-        self.ended += 1
-        if self.ended == self.connected:
-            self.done.set()
+_encode = msgspec.json.encode
 
 
 def cpu_now() -> float:
@@ -68,23 +44,17 @@ def cpu_now() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def ws_connect(url: str) -> ClientConnection:
-    # no client keepalive pings (the server's protocol decides), no compression
-    return await connect(url, max_size=None, open_timeout=60, compression=None,
-                         ping_interval=None, close_timeout=2)
-
-
 # --- the two protocols ------------------------------------------------------------------------
 
-async def open_herald(url: str, token: str, join: str | None) -> ClientConnection:
-    ws = await ws_connect(url)
-    await ws.send(json.dumps({"op": "hello", "token": token}))
+async def open_herald(url: str, token: str, join: str | None) -> Socket:
+    ws = await open_socket(url)
+    ws.send(_encode({"op": "hello", "token": token}))
     reply = json.loads(await ws.recv())
     if reply.get("op") != "welcome":
         await ws.close()
         raise RuntimeError(f"no welcome: {reply}")
     if join:
-        await ws.send(json.dumps({"op": "join", "group": join, "ref": 1}))
+        ws.send(_encode({"op": "join", "group": join, "ref": 1}))
         while (reply := json.loads(await ws.recv())).get("ref") != 1:
             pass
         if reply.get("op") != "ack":
@@ -93,65 +63,36 @@ async def open_herald(url: str, token: str, join: str | None) -> ClientConnectio
     return ws
 
 
-async def open_sio(url: str, join: str | None) -> ClientConnection:
+async def open_sio(url: str, join: str | None) -> Socket:
     """Engine.IO open, then the Socket.IO connect to the default namespace (the peer's
-    connect handler joins the room named by ``group`` before it answers)."""
-    ws = await ws_connect(url + (f"&group={quote(join)}" if join else ""))
+    connect handler joins the room named by ``group`` before it answers). The socket
+    answers Engine.IO pings itself."""
+    ws = await open_socket(url + (f"&group={quote(join)}" if join else ""))
     opened = await ws.recv()
-    if not isinstance(opened, str) or not opened.startswith("0{"):
-        raise RuntimeError(f"no engine.io open packet: {opened!r}")
-    await ws.send("40")
-    while True:
-        reply = await ws.recv()
-        if reply == "2":
-            await ws.send("3")
-            continue
-        if isinstance(reply, str) and reply.startswith("40"):
-            return ws
+    if not opened.startswith(b"0{"):
         await ws.close()
-        raise RuntimeError(f"socket.io connect refused: {reply!r}")
-
-
-async def consume_herald(ws: ClientConnection, stats: Stats) -> None:
-    async for raw in ws:
-        now = time.time()
-        frame = json.loads(raw)
-        if frame.get("op") != "event":
-            continue
-        if frame["event"] == "end":
-            stats.end()
-            continue
-        stats.received += 1
-        stats.lat.append(now - frame["ts"])
-
-
-async def consume_sio(ws: ClientConnection, stats: Stats) -> None:
-    async for raw in ws:
-        now = time.time()
-        if raw == "2":  # engine.io ping
-            await ws.send("3")
-            continue
-        if not isinstance(raw, str) or not raw.startswith("42"):
-            continue
-        event, data = json.loads(raw[2:])[:2]
-        if event == "end":
-            stats.end()
-            continue
-        stats.received += 1
-        stats.lat.append(now - data["ts"])
+        raise RuntimeError(f"no engine.io open packet: {opened!r}")
+    ws.send(b"40")
+    reply = await ws.recv()
+    if reply.startswith(b"40"):
+        return ws
+    await ws.close()
+    raise RuntimeError(f"socket.io connect refused: {reply!r}")
 
 
 # --- one socket -------------------------------------------------------------------------------
 
 class Client:
-    """Opens and then reads one socket in the chosen protocol."""
+    """Opens one socket in the chosen protocol and hands it to the counting path."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.urls = args.urls.split(",")
+        self.sio = args.protocol == "socketio"
         self.tokens: list[str] = []
-        if args.protocol == "herald":
+        if not self.sio:
             self.tokens = mint_tokens(args)
+        self.sockets: list[Socket] = []
 
     def join_of(self, i: int) -> str | None:
         if self.args.join_all:
@@ -160,9 +101,9 @@ class Client:
             return str(self.args.join_half)
         return None
 
-    async def open(self, i: int) -> ClientConnection:
+    async def open(self, i: int) -> Socket:
         url = self.urls[i % len(self.urls)]
-        if self.args.protocol == "socketio":
+        if self.sio:
             return await open_sio(url, self.join_of(i))
         return await open_herald(url, self.tokens[i], self.join_of(i))
 
@@ -175,14 +116,12 @@ class Client:
             if stats.failed <= 3:
                 print(f"loadgen: socket {i} failed: {exc!r}", file=sys.stderr)
             return
+        ws.count(stats, self.sio)
+        self.sockets.append(ws)
         stats.opened(True)
-        consume = consume_sio if self.args.protocol == "socketio" else consume_herald
-        try:
-            with contextlib.suppress(Exception):
-                await consume(ws, stats)
-        finally:
-            with contextlib.suppress(Exception):
-                await ws.close()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
 
 
 def mint_tokens(args: argparse.Namespace) -> list[str]:
@@ -230,11 +169,13 @@ async def main_sockets(args: argparse.Namespace) -> None:
         cpu0 = cpu_now()
         with contextlib.suppress(TimeoutError):  # the parent publishes `end` when it is done
             await asyncio.wait_for(stats.done.wait(), args.timeout)
+        cpu = cpu_now() - cpu0
         emit({"received": stats.received, "ended": stats.ended, "connected": stats.connected,
-              "lat": [round(x, 6) for x in stats.lat], "cpu_s": cpu_now() - cpu0})
+              "lat": [round(x, 6) for x in stats.lat], "cpu_s": cpu})
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await client.close()
 
 
 async def churn(url: str, token: str, rounds: int, stats: Stats, go: asyncio.Event,
@@ -247,7 +188,7 @@ async def churn(url: str, token: str, rounds: int, stats: Stats, go: asyncio.Eve
     group = f"churn-{stats.connected % 50}"
     for i in range(rounds):
         for op in ("join", "leave"):
-            await ws.send(json.dumps({"op": op, "group": group, "ref": i}))
+            ws.send(_encode({"op": op, "group": group, "ref": i}))
             reply = json.loads(await ws.recv())
             if reply.get("op") == "ack":
                 stats.ops += 1
@@ -295,7 +236,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     raise_nofile()
-    asyncio.run(main_churn(args) if args.churn else main_sockets(args))
+    uvloop.run(main_churn(args) if args.churn else main_sockets(args))
 
 
 if __name__ == "__main__":
