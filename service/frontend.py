@@ -62,7 +62,8 @@ class Frontend(Publishing):
         self.id = settings.frontend_id_for(port)
         self.host = socket.gethostname()
         self.engine = get_engine(settings.database_url, settings.db_pool_size)
-        self.hub = Hub()
+        self.meter = Meter()
+        self.hub = Hub(self.meter)
         self.registry = registry.RegistryWriter(self.engine)
         self.publisher = BusPublisher(settings.broker_url, settings.exchange,
                                       lock=threading.RLock())
@@ -72,7 +73,6 @@ class Frontend(Publishing):
                                     sleep=gevent.sleep)
         self.registered = False
         self.draining = False
-        self.meter = Meter()
         self.init_publishing()
         self._bus_lost_at: datetime | None = None
         self._greenlets: list[gevent.Greenlet[Any]] = []

@@ -167,14 +167,40 @@ class Conn:
     def _push(self, data: bytes, stamps: list[float]) -> None:
         if self._close is not None or self.closed:
             return
-        if not self._outbox and self._try_write_now(data, stamps):
-            return
+        if not self._outbox and self._held is None:
+            sent = self._write_now(data)
+            if sent == len(data):
+                self._account(stamps)
+                return
+            if sent is not None:
+                if sent > 0:
+                    self._queue(data[sent:], stamps)
+                return  # sent < 0: the peer is gone; its handler notices and cleans up
         # the limit counts frames (a stamp each), however they were chunked
         if len(self._stamps) + len(stamps) > self._limit:
             if self.on_overflow is not None:
                 self.on_overflow(self)
             self.close(CLOSE_BEHIND, "outbound buffer full, resume")
             return
+        self._queue(data, stamps)
+
+    def deliver_now(self, frame: bytes, ts: float) -> bool:
+        """The hub's fan-out path: True when the whole frame went out right now, and then
+        it is not counted yet (the hub counts a fan-out's immediate writes in one go);
+        anything else (held, queued, partly written) is handled as by ``deliver``."""
+        if (self._close is None and not self.closed and not self._outbox
+                and self._held is None):
+            sent = self._write_now(frame)
+            if sent == len(frame):
+                return True
+            if sent is not None:
+                if sent > 0:
+                    self._queue(frame[sent:], [ts])
+                return False
+        self.deliver(frame, ts)
+        return False
+
+    def _queue(self, data: bytes, stamps: list[float]) -> None:
         self._outbox.append(data)
         self._stamps.extend(stamps)
         self._kick()
@@ -234,35 +260,30 @@ class Conn:
                 self._outbox.clear()
                 self._stamps.clear()
 
-    def _try_write_now(self, frame: bytes, stamps: list[float]) -> bool:
+    def _write_now(self, data: bytes) -> int | None:
         """Fast path: nothing queued and nobody writing, so write from this greenlet into
-        the non-blocking OS socket. No writer wake-up, no greenlet switch; a partial write
-        queues the rest for the writer. True when the frame is fully handled."""
+        the non-blocking OS socket. No writer wake-up, no greenlet switch.
+
+        Returns None when it could not try (no raw socket, a write in flight), -1 when the
+        peer is gone, else the bytes written. After a partial write the lock stays taken,
+        so no other write (a pong, a close) can land inside the frame: the caller queues
+        the rest and the writer finishes it and releases the lock."""
         sock = self.sock
         raw = sock.raw
-        if raw is None or self._held is not None or not sock.lock.acquire(blocking=False):
-            return False
+        if raw is None or not sock.lock.acquire(blocking=False):
+            return None
         try:
-            sent = raw.send(frame)
+            sent: int = raw.send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
             sock.lock.release()
-            return True  # the peer is gone; its handler notices and cleans up
-        if sent == len(frame):
+            return -1
+        if sent == len(data) or sent == 0:
             sock.lock.release()
-            self._account(stamps)
-            return True
-        if sent == 0:
-            sock.lock.release()
-            return False
-        # part of the frame is on the wire: keep the lock, so no other write (a pong, a
-        # close) can land inside it; the writer finishes the frame and releases the lock
-        self._outbox.append(frame[sent:])
-        self._stamps.extend(stamps)
-        self._owns_lock = True
-        self._kick()
-        return True
+        else:
+            self._owns_lock = True
+        return sent
 
     def _account(self, stamps: list[float]) -> None:
         meter = self.meter
@@ -286,7 +307,8 @@ class Conn:
 class Hub:
     """Index of this frontend's sockets; delivers a ready frame to every matching one."""
 
-    def __init__(self) -> None:
+    def __init__(self, meter: Meter | None = None) -> None:
+        self.meter = meter or Meter()
         self.conns: dict[str, Conn] = {}
         self.by_user: dict[str, set[Conn]] = {}
         self.by_group: dict[GroupKey, set[Conn]] = {}
@@ -355,13 +377,16 @@ class Hub:
 
         ``opened_by``: only sockets opened by then (a replay must not hand a socket what
         was published before it existed)."""
-        n = 0
+        n = written = 0
         for conn in self.matching(target):
             if opened_by is not None and conn.opened_at > opened_by:
                 continue
             if conn.id != exclude:
-                conn.deliver(frame, ts)
                 n += 1
+                if conn.deliver_now(frame, ts):
+                    written += 1
+        if written:
+            self.meter.count_sent(written, ts)
         return n
 
     def deliver_batch(self, items: list[Delivery]) -> int:

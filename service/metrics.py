@@ -7,6 +7,7 @@ writer. prometheus-client only meets the numbers at scrape time, through a colle
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,9 +40,15 @@ class Meter:
         self.latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self.latency_sum = 0.0
 
-    def observe_latency(self, seconds: float) -> None:
-        self.latency_counts[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
-        self.latency_sum += seconds
+    def observe_latency(self, seconds: float, n: int = 1) -> None:
+        self.latency_counts[bisect_left(LATENCY_BUCKETS_S, seconds)] += n
+        self.latency_sum += seconds * n
+
+    def count_sent(self, n: int, ts: float) -> None:
+        """``n`` frames of one message (published at ``ts``; 0.0: no latency) written."""
+        self.frames_out += n
+        if ts:
+            self.observe_latency(time.time() - ts, n)
 
 
 class HeraldCollector(Collector):

@@ -310,3 +310,56 @@ def test_the_outbox_limit_counts_frames_inside_chunks(hub: Hub) -> None:
     sock.gate.set()
     settle()
     assert conn.ws.closes and conn.ws.closes[0][0] == CLOSE_BEHIND
+
+
+class RealWS:
+    """A connected gevent socket pair: the server end under a Conn, the client end read."""
+
+    def __init__(self) -> None:
+        import gevent.socket
+
+        self.sock, self.peer = gevent.socket.socketpair()
+        self.closes: list[tuple[int, str]] = []
+
+    def close(self, reason: int = 1000, message: str = "") -> None:
+        self.closes.append((reason, message))
+
+    def read(self, n: int) -> bytes:
+        out = b""
+        with gevent.Timeout(5):
+            while len(out) < n:
+                out += self.peer.recv(n - len(out))
+        return out
+
+
+def test_the_fan_out_fast_path_writes_at_once_and_counts_once(hub: Hub) -> None:
+    import time
+
+    wss = [RealWS() for _ in range(3)]
+    conns = [Conn(f"r{i}", f"u{i}", ws, 100, meter=hub.meter) for i, ws in enumerate(wss)]
+    for conn in conns:
+        _made.append(conn)
+        hub.add(conn)
+    frame = ws_text_frame(b'{"op":"event"}')
+    assert hub.deliver(Target.all(), frame, ts=time.time()) == 3
+    assert all(conn._writer is None for conn in conns)  # written inline, no writer spawned
+    assert [ws.read(len(frame)) for ws in wss] == [frame] * 3
+    assert hub.meter.frames_out == 3
+    assert sum(hub.meter.latency_counts) == 3
+
+
+def test_a_partial_fast_write_is_finished_by_the_writer_intact(hub: Hub) -> None:
+    ws = RealWS()
+    conn = Conn("r", "u", ws, 100, meter=hub.meter)
+    _made.append(conn)
+    hub.add(conn)
+    big = ws_text_frame(b"x" * 3_000_000)  # more than the socket buffers take at once
+    small = ws_text_frame(b"after")
+    assert hub.deliver(Target.all(), big, ts=0.0) == 1
+    assert conn._owns_lock  # half on the wire: the lock stays held for the rest
+    hub.deliver(Target.all(), small, ts=0.0)
+    got = ws.read(len(big) + len(small))
+    assert got == big + small  # never interleaved
+    settle()
+    assert hub.meter.frames_out == 2
+    assert not conn._owns_lock and conn._writer is None
