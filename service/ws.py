@@ -32,7 +32,7 @@ from .frontend import Frontend
 from .hub import CLOSE_BEHIND, CLOSE_DRAINING, CLOSE_POLICY, CLOSE_UNAUTHORIZED, Conn
 from .limits import TokenBucket
 from .welcome import ResumeUnavailable, open_session, send_opened
-from .wsio import linger, receive
+from .wsio import drop_handshake, linger, receive
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ class Session:
             return False
         self.conn = opened.conn
         send_opened(opened)
+        drop_handshake(self.ws)
         return True
 
     def _user_connections(self) -> int:
