@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from sqlalchemy import Engine, Text, bindparam, cast, literal, select
+from sqlalchemy import Connection, Engine, Text, bindparam, cast, literal, select
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import DataError
 
@@ -51,6 +51,18 @@ def append(engine: Engine, origin: str, target: Target, event: str, data: msgspe
     so a task that runs again after a crash re-publishes under the same id and clients
     drop the copy.
     """
+    try:
+        with engine.begin() as db:
+            return append_in(db, origin, target, event, data, dedupe_key)
+    except DataError:
+        # Postgres' jsonb has no \u0000; tell the publisher rather than fail inside
+        raise BadRequest(_NUL_ERROR) from None
+
+
+def append_in(db: Connection, origin: str, target: Target, event: str, data: msgspec.Raw,
+              dedupe_key: str | None = None) -> int:
+    """``append`` inside the caller's transaction (a task's outcome commits with its
+    record in one round trip)."""
     values = {
         "target_kind": target.kind,
         "target_key": target.log_key(),
@@ -59,18 +71,13 @@ def append(engine: Engine, origin: str, target: Target, event: str, data: msgspe
         "origin": origin,
         "dedupe_key": dedupe_key,
     }
-    try:
-        with engine.begin() as db:
-            stmt = insert(Message).values(**values)
-            if dedupe_key is not None:
-                stmt = stmt.on_conflict_do_nothing(index_elements=[Message.dedupe_key])
-            msg_id = db.execute(stmt.returning(Message.id)).scalar()
-            if msg_id is None:
-                msg_id = db.execute(
-                    select(Message.id).where(Message.dedupe_key == dedupe_key)).scalar_one()
-    except DataError:
-        # Postgres' jsonb has no \u0000; tell the publisher rather than fail inside
-        raise BadRequest(_NUL_ERROR) from None
+    stmt = insert(Message).values(**values)
+    if dedupe_key is not None:
+        stmt = stmt.on_conflict_do_nothing(index_elements=[Message.dedupe_key])
+    msg_id = db.execute(stmt.returning(Message.id)).scalar()
+    if msg_id is None:
+        msg_id = db.execute(
+            select(Message.id).where(Message.dedupe_key == dedupe_key)).scalar_one()
     return int(msg_id)
 
 
@@ -159,6 +166,10 @@ class LogPublisher:
             self._transient.submit_many(entries)
             return [None] * len(entries)
         return list(self._durable.submit_many(entries))
+
+    def send_logged(self, target: Target, event: str, data: msgspec.Raw, msg_id: int) -> None:
+        """Publish a message the caller has already logged under ``msg_id``."""
+        self._send([make_envelope(self.origin, target, event, data, msg_id)], True)
 
     def _run_durable(self, entries: Sequence[Entry]) -> list[int | BadRequest]:
         ids = append_many(self.engine, self.origin, entries)

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from celery import Task
-from sqlalchemy import func, update
+from sqlalchemy import Connection, func, update
 from sqlalchemy.dialects.postgresql import insert
 
 from service.db import get_engine
@@ -39,16 +39,29 @@ class HeraldTask(Task):  # type: ignore[misc]  # Celery ships no type hints
     def _record(self, task_id: str, **values: Any) -> None:
         from workers.celery_app import settings
 
-        engine = get_engine(settings.database_url, pool_size=2)
+        with get_engine(settings.database_url, pool_size=2).begin() as db:
+            self._record_in(db, task_id, **values)
+
+    def _record_in(self, db: Connection, task_id: str, **values: Any) -> None:
         target = self._target()
-        with engine.begin() as db:
-            result = db.execute(update(TaskRecord).where(TaskRecord.id == task_id)
-                                .values(updated_at=func.now(), **values))
-            if not result.rowcount:
-                # enqueued by a process without Herald's signal handler: record it now
-                db.execute(insert(TaskRecord).values(
-                    id=task_id, name=self.name, notify=target.as_json() if target else None,
-                    **values).on_conflict_do_nothing())
+        result = db.execute(update(TaskRecord).where(TaskRecord.id == task_id)
+                            .values(updated_at=func.now(), **values))
+        if not result.rowcount:
+            # enqueued by a process without Herald's signal handler: record it now
+            db.execute(insert(TaskRecord).values(
+                id=task_id, name=self.name, notify=target.as_json() if target else None,
+                **values).on_conflict_do_nothing())
+
+    def _outcome(self, task_id: str, event: str, data: dict[str, Any],
+                 **values: Any) -> None:
+        """Record the outcome and publish it durably: one transaction for both."""
+        target = self._target()
+        if target is None:
+            self._record(task_id, **values)
+            return
+        payload = {"task_id": task_id, "name": self.name, **data}
+        notify.publish_outcome(target, event, payload, f"task:{task_id}:outcome",
+                               lambda db: self._record_in(db, task_id, **values))
 
     def _notify(self, event: str, data: dict[str, Any], durable: bool = False,
                 dedupe_key: str | None = None) -> int | None:
@@ -59,8 +72,8 @@ class HeraldTask(Task):  # type: ignore[misc]  # Celery ships no type hints
         return notify.publish(target, event, payload, durable=durable, dedupe_key=dedupe_key)
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        self._notify("task.started", {})  # the client hears first; the record follows
         self._record(task_id, state="started")
-        self._notify("task.started", {})
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Report progress (0..1) to the notify target and the task record."""
@@ -72,13 +85,10 @@ class HeraldTask(Task):  # type: ignore[misc]  # Celery ships no type hints
         self._notify("task.progress", data)
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        self._record(task_id, state="succeeded", progress=1.0, result=retval)
-        self._notify("task.succeeded", {"result": retval}, durable=True,
-                     dedupe_key=f"task:{task_id}:outcome")
+        self._outcome(task_id, "task.succeeded", {"result": retval}, state="succeeded",
+                      progress=1.0, result=retval)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
         error = f"{exc.__class__.__name__}: {exc}"[:ERROR_MAX_CHARS]
-        self._record(task_id, state="failed", error=error)
-        self._notify("task.failed", {"error": error}, durable=True,
-                     dedupe_key=f"task:{task_id}:outcome")
+        self._outcome(task_id, "task.failed", {"error": error}, state="failed", error=error)
