@@ -74,6 +74,7 @@ class Frontend(Publishing):
         self.registered = False
         self.draining = False
         self.init_publishing()
+        self.log_head = replay.LogHead()
         self._bus_lost_at: datetime | None = None
         self._greenlets: list[gevent.Greenlet[Any]] = []
 

@@ -34,6 +34,7 @@ from .groupcommit import GroupCommit
 from .hub import Delivery, GroupKey, Hub
 from .messagelog import Entry
 from .metrics import Meter
+from .replay import LogHead
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Publishing:
     hub: Hub
     publisher: BusPublisher
     meter: Meter
+    log_head: LogHead
 
     def init_publishing(self) -> None:
         # concurrent publishes share one log INSERT, one local fan-out and one bus message
@@ -98,6 +100,7 @@ class Publishing:
     def _send(self, entries: Sequence[Entry], ids: Sequence[int | None], durable: bool) -> None:
         if not entries:
             return
+        self.log_head.seen(max((i for i in ids if i is not None), default=None))
         envs = [make_envelope(self.id, e.target, e.event, e.data, i, e.exclude)
                 for e, i in zip(entries, ids, strict=True)]
         self.hub.deliver_batch([(e.target, ws_text_frame(event_frame(env)), e.exclude, env.ts)
@@ -137,6 +140,7 @@ class Publishing:
                     continue
                 try:
                     if env.kind == "event":
+                        self.log_head.seen(env.id)
                         run.append((target_of(env), ws_text_frame(event_frame(env)),
                                     env.exclude, env.ts))
                         continue

@@ -1,204 +1,25 @@
 """The registry in Postgres: who is connected where and who is in which group.
 
-Writes go through one ``RegistryWriter`` greenlet per frontend: callers queue operations
-and may wait for their commit, the writer applies what has queued in order inside one
-transaction. So a thousand sockets share one database connection, a connect storm
-becomes a few large transactions, and per-connection order (connect, join, leave,
-disconnect) is kept because one FIFO carries them all. While Postgres is down the queue
-holds the operations and the writer retries with capped backoff until they land.
+Writes from sockets (open, join, leave, disconnect) go through the frontend's batching
+``RegistryWriter`` (``registry_writer``); this module holds the frontends' own rows, the
+resume, server-side membership changes and the look-ups.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import gevent
-from gevent.event import AsyncResult
-from gevent.queue import Empty, Queue
 from sqlalchemy import Connection as DBConn
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from .errors import NotFound
 from .models import Connection, Frontend, Membership
-
-log = logging.getLogger(__name__)
-
-#: Largest number of operations applied in one transaction.
-MAX_BATCH = 500
-RETRY_MIN_S = 0.2
-RETRY_MAX_S = 5.0
-
-
-@dataclass(slots=True)
-class Op:
-    """One registry write. ``kind`` selects the statement; ``done`` reports the commit."""
-
-    kind: str
-    params: dict[str, Any]
-    done: AsyncResult
-
-
-def _connect(db: DBConn, rows: list[dict[str, Any]]) -> None:
-    db.execute(insert(Connection).on_conflict_do_nothing(), rows)
-
-
-def _disconnect(db: DBConn, rows: list[dict[str, Any]]) -> None:
-    # guarded by frontend: a connection resumed elsewhere meanwhile is not ours to delete
-    for r in rows:
-        db.execute(delete(Connection).where(Connection.id == r["id"],
-                                            Connection.frontend_id == r["frontend_id"]))
-
-
-def _detach(db: DBConn, rows: list[dict[str, Any]]) -> None:
-    # the socket dropped without a goodbye: keep the row and its groups for a resume
-    for r in rows:
-        db.execute(update(Connection).where(Connection.id == r["id"],
-                                            Connection.frontend_id == r["frontend_id"])
-                   .values(frontend_id=None, detached_at=func.now()))
-
-
-def _join(db: DBConn, rows: list[dict[str, Any]]) -> None:
-    db.execute(insert(Membership).on_conflict_do_nothing(),
-               [{"connection_id": r["connection_id"], "scope": r["scope"],
-                 "group_name": r["group"]} for r in rows])
-
-
-def _leave(db: DBConn, rows: list[dict[str, Any]]) -> None:
-    for r in rows:
-        db.execute(delete(Membership).where(
-            Membership.connection_id == r["connection_id"],
-            Membership.scope == r["scope"], Membership.group == r["group"]))
-
-
-#: Statement for each op kind; consecutive ops of one kind run as one executemany.
-APPLY: dict[str, Callable[[DBConn, list[dict[str, Any]]], None]] = {
-    "connect": _connect,
-    "disconnect": _disconnect,
-    "detach": _detach,
-    "join": _join,
-    "leave": _leave,
-}
-
-
-def _runs(batch: Sequence[Op]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Group consecutive operations of the same kind, keeping order."""
-    runs: list[tuple[str, list[dict[str, Any]]]] = []
-    for op in batch:
-        if runs and runs[-1][0] == op.kind:
-            runs[-1][1].append(op.params)
-        else:
-            runs.append((op.kind, [op.params]))
-    return runs
-
-
-class RegistryWriter:
-    """Applies queued registry writes in order, in batches, retrying through outages."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.queue: Queue[Op] = Queue()
-        self.healthy = True
-        self.should_stop = False
-        self._greenlet: gevent.Greenlet[Any] | None = None
-
-    def start(self) -> None:
-        self._greenlet = gevent.spawn(self._run)
-
-    def submit(self, kind: str, **params: Any) -> AsyncResult:
-        """Queue one write; the result is set once it has committed (or failed for good)."""
-        op = Op(kind, params, AsyncResult())
-        self.queue.put(op)
-        return op.done
-
-    def pending(self) -> int:
-        return int(self.queue.qsize())
-
-    def write(self, kind: str, timeout_s: float, **params: Any) -> bool:
-        """Queue a write and wait for it (bounded). True once committed; False while the
-        database is away (the write stays queued and lands later). Raises if rejected."""
-        done = self.submit(kind, **params)
-        if not done.wait(timeout_s) and not done.ready():
-            return False
-        if not done.successful():
-            raise done.exception
-        return True
-
-    def flush(self, timeout_s: float) -> None:
-        """Wait (bounded) until everything queued so far has been applied."""
-        self.submit("noop").wait(timeout_s)
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self.flush(timeout_s)
-        self.should_stop = True
-        if self._greenlet is not None:
-            self._greenlet.kill(block=True, timeout=1)
-
-    def _run(self) -> None:
-        while not self.should_stop:
-            first = self.queue.get()
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except Empty:
-                    break
-            self._apply_with_retry(batch)
-
-    def _apply_with_retry(self, batch: list[Op]) -> None:
-        """Apply a batch in one transaction, waiting out outages; when it fails on its
-        rows (or on a bug), fall back to one op at a time so only the bad one fails."""
-        try:
-            self._retry_outages(lambda: self._apply(batch))
-        except Exception:  # noqa: BLE001 - a row or a programming error: isolate it
-            self._apply_one_by_one(batch)
-
-    def _retry_outages(self, work: Callable[[], None]) -> None:
-        delay = RETRY_MIN_S
-        while True:
-            try:
-                work()
-                self.healthy = True
-                return
-            except SQLAlchemyError as exc:
-                if _is_data_error(exc):
-                    raise
-                self.healthy = False
-                log.warning("registry write failed (%s); retrying in %.1fs",
-                            exc.__class__.__name__, delay)
-                gevent.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-
-    def _apply(self, batch: list[Op]) -> None:
-        work = [op for op in batch if op.kind != "noop"]
-        if work:
-            with self.engine.begin() as db:
-                for kind, rows in _runs(work):
-                    APPLY[kind](db, rows)
-        for op in batch:
-            op.done.set(True)
-
-    def _apply_one_by_one(self, batch: list[Op]) -> None:
-        # A batch failed on its data (say, a join for a connection the sweeper removed):
-        # apply each op alone so one bad row does not sink the others.
-        for op in batch:
-            try:
-                self._retry_outages(lambda op=op: self._apply([op]))  # type: ignore[misc]
-            except Exception as exc:  # noqa: BLE001 - only this op fails; the writer lives on
-                log.warning("registry %s rejected: %r", op.kind, exc)
-                op.done.set_exception(exc)
-
-
-def _is_data_error(exc: SQLAlchemyError) -> bool:
-    """Integrity or data errors are about the rows, not the database being away."""
-    return isinstance(exc, (IntegrityError, DataError))
-
+from .registry_writer import Refused as Refused
+from .registry_writer import RegistryWriter as RegistryWriter
+from .registry_writer import settled as settled
 
 # --- frontends ---------------------------------------------------------------------------
 
@@ -318,12 +139,14 @@ def list_frontends(engine: Engine) -> list[dict[str, Any]]:
 
 # --- look-ups ----------------------------------------------------------------------------
 
-def count_user_connections(engine: Engine, user_id: str) -> int:
-    """How many sockets a user holds across the cluster."""
+def count_user_connections(engine: Engine, user_id: str, besides: str | None = None) -> int:
+    """How many sockets a user holds across the cluster (``besides`` one of them)."""
+    stmt = select(func.count()).select_from(Connection).where(
+        Connection.user_id == user_id, Connection.frontend_id.is_not(None))
+    if besides is not None:
+        stmt = stmt.where(Connection.id != besides)
     with engine.connect() as db:
-        return int(db.execute(select(func.count()).select_from(Connection)
-                              .where(Connection.user_id == user_id,
-                                     Connection.frontend_id.is_not(None))).scalar_one())
+        return int(db.execute(stmt).scalar_one())
 
 
 def get_members(engine: Engine, scope: str, group: str) -> list[dict[str, str]]:

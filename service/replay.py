@@ -10,12 +10,14 @@ again with the same id and the client drops them.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import msgspec
 from sqlalchemy import Engine, Text, and_, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from .envelope import Envelope, Target
 from .models import Message
@@ -92,6 +94,37 @@ def latest_id(engine: Engine) -> int:
     """The newest id in the log (0 when empty)."""
     with engine.connect() as db:
         return int(db.execute(select(func.coalesce(func.max(Message.id), 0))).scalar_one())
+
+
+class LogHead:
+    """The newest durable id a frontend knows of, for ``welcome.log_id``, without a query
+    per hello: read from the log once, then raised by every durable id the frontend logs
+    or receives.
+
+    It may trail the log (a message still on its way here), never lead it. A client that
+    has seen no durable id resumes from it; one that trails only makes the replay reach
+    back further, and the replay never goes past the client's own session start, so
+    nothing is lost and nothing older than the session is sent.
+    """
+
+    def __init__(self) -> None:
+        self.id: int | None = None  # None: not read from the log yet
+        self._reading = threading.Lock()  # one read, not one per hello of the first storm
+
+    def seen(self, msg_id: int | None) -> None:
+        if msg_id is not None and (self.id is None or msg_id > self.id):
+            self.id = msg_id
+
+    def current(self, engine: Engine) -> int | None:
+        """The newest id; reads the log the first time (None while it cannot)."""
+        if self.id is None:
+            with self._reading:
+                if self.id is None:
+                    try:
+                        self.seen(latest_id(engine))
+                    except SQLAlchemyError:
+                        return None
+        return self.id
 
 
 def since(engine: Engine, start: datetime) -> list[Envelope]:

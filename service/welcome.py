@@ -5,6 +5,10 @@ so its memberships) to this frontend; an older socket still holding the id, here
 another frontend, is closed with 4409 and leaves the registry alone. The welcome frame is
 followed by the replay of what the client missed, then by whatever arrived live
 meanwhile (the connection is held until then), so replayed messages come first.
+
+A fresh session costs one database write and no read: its row goes through the batching
+registry writer, which also enforces ``HERALD_MAX_USER_CONNECTIONS`` in the same
+statement, and ``welcome.log_id`` comes from the frontend's in-memory ``LogHead``.
 """
 
 from __future__ import annotations
@@ -12,18 +16,21 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from gevent.event import AsyncResult
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import registry, replay
 from .auth import ALGORITHM, Grants
 from .envelope import encode, event_frame, ws_text_frame
+from .errors import RateLimited
 from .frames import Hello
 from .frontend import REGISTRY_ACK_TIMEOUT_S, Frontend
-from .hub import CLOSE_REPLACED, Conn
+from .hub import CLOSE_POLICY, CLOSE_REPLACED, Conn
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,13 @@ RESUME_TOKEN_TTL_S = 24 * 3600
 
 class ResumeUnavailable(Exception):
     """The registry could not be reached to resume a session; the client should retry."""
+
+
+class TooManyConnections(RateLimited):
+    """The user already holds ``HERALD_MAX_USER_CONNECTIONS`` sockets (close 1008)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"too many connections for this user (max {limit})")
 
 
 @dataclass
@@ -72,20 +86,50 @@ def _take_over(node: Frontend, cid: str) -> None:
         node.kick(cid)
 
 
-def _latest_log_id(node: Frontend) -> int | None:
-    """The newest durable id now: a client that has seen none yet resumes from it."""
+def _check_resume_limit(node: Frontend, user_id: str, cid: str) -> None:
+    """A resume counts against the user's limit too (not the socket it replaces)."""
+    limit = node.settings.max_user_connections
     try:
-        return replay.latest_id(node.engine)
+        held = registry.count_user_connections(node.engine, user_id, besides=cid)
     except SQLAlchemyError:
-        return None
+        return  # Postgres is away: let the client in, its rows catch up later
+    if held >= limit:
+        raise TooManyConnections(limit)
+
+
+def _register(node: Frontend, conn: Conn) -> None:
+    """Write a fresh connection's row (awaited, bounded) within the user's limit."""
+    limit = node.settings.max_user_connections
+    done = node.registry.submit("open", id=conn.id, frontend_id=node.id,
+                                user_id=conn.user_id, limit=limit)
+    try:
+        landed = registry.settled(done, REGISTRY_ACK_TIMEOUT_S)
+    except registry.Refused:
+        node.hub.remove(conn)
+        raise TooManyConnections(limit) from None
+    if not landed:  # Postgres is away: let the client in; the row decides when it lands
+        done.rawlink(_close_when_refused(conn, limit))
+
+
+def _close_when_refused(conn: Conn, limit: int) -> Callable[[AsyncResult], None]:
+    def check(done: AsyncResult) -> None:
+        if isinstance(done.exception, registry.Refused):
+            exc = TooManyConnections(limit)
+            conn.send({"op": "error", "code": exc.code, "message": exc.message})
+            conn.close(CLOSE_POLICY, "too many connections")
+    return check
 
 
 def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opened:
-    """Register the connection (new or resumed) and build welcome and replay."""
+    """Register the connection (new or resumed) and build welcome and replay.
+
+    Raises TooManyConnections when the user is at its limit, ResumeUnavailable when a
+    resume cannot reach the registry."""
     secret = node.settings.secret_key
     reattached = None
     cid = resumable_id(secret, frame.resume, grants.user_id)
     if cid is not None:
+        _check_resume_limit(node, grants.user_id, cid)
         _take_over(node, cid)
         try:
             reattached = registry.reattach(node.engine, cid, grants.user_id, node.id)
@@ -101,8 +145,7 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
     conn.hold()
     node.hub.add(conn)
     if not resumed:
-        node.registry.write("connect", REGISTRY_ACK_TIMEOUT_S, id=conn.id,
-                            frontend_id=node.id, user_id=conn.user_id)
+        _register(node, conn)
     groups = []
     for scope, group in restored:
         if grants.may_join(scope, group):  # the new token decides, not the old one
@@ -114,7 +157,7 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
                            "frontend": node.id, "resume": resume_token(secret, conn),
                            "heartbeat": node.settings.heartbeat_s, "resumed": resumed,
                            "groups": groups, "replayed": 0, "gap": False,
-                           "log_id": _latest_log_id(node)})
+                           "log_id": node.log_head.current(node.engine)})
     if frame.last_id is not None:
         missed = replay.missed(node.engine, user_id=conn.user_id, connection_id=conn.id,
                                groups=[(g["scope"], g["group"]) for g in groups],

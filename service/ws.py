@@ -31,7 +31,7 @@ from .errors import (
 from .frontend import Frontend
 from .hub import CLOSE_BEHIND, CLOSE_DRAINING, CLOSE_POLICY, CLOSE_UNAUTHORIZED, Conn
 from .limits import TokenBucket
-from .welcome import ResumeUnavailable, open_session, send_opened
+from .welcome import ResumeUnavailable, TooManyConnections, open_session, send_opened
 from .wsio import drop_handshake, linger, receive
 
 log = logging.getLogger(__name__)
@@ -117,15 +117,13 @@ class Session:
         assert self.grants is not None
         node = self.node
         settings = node.settings
-        if self._user_connections() >= settings.max_user_connections:
-            self._send_early(error_frame(RateLimited(
-                f"too many connections for this user (max {settings.max_user_connections})"),
-                frame.ref))
-            self.ws.close(reason=CLOSE_POLICY, message="too many connections")
-            return False
         self.bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
         try:
             opened = open_session(node, self.grants, frame, self.ws)
+        except TooManyConnections as exc:
+            self._send_early(error_frame(exc, frame.ref))
+            self.ws.close(reason=CLOSE_POLICY, message="too many connections")
+            return False
         except ResumeUnavailable:
             self._send_early(error_frame(Unavailable("cannot resume now; retry"), frame.ref))
             self.ws.close(reason=CLOSE_BEHIND, message="resume unavailable, retry")
@@ -134,13 +132,6 @@ class Session:
         send_opened(opened)
         drop_handshake(self.ws)
         return True
-
-    def _user_connections(self) -> int:
-        assert self.grants is not None
-        try:
-            return registry.count_user_connections(self.node.engine, self.grants.user_id)
-        except SQLAlchemyError:
-            return 0  # Postgres is away: let the client in, its rows catch up later
 
     def _resumable(self) -> bool:
         """Keep the registry row for a resume unless the goodbye was deliberate."""

@@ -193,6 +193,75 @@ def test_flush_waits_for_queued_writes(engine: Engine, frontend: str,
         (5,)]
 
 
+def test_open_keeps_the_user_within_its_limit(engine: Engine, frontend: str,
+                                              writer: RegistryWriter) -> None:
+    other = uid("fe")
+    registry.register_frontend(engine, other, "host-o", None)
+    try:
+        user, gone = uid("user"), uid("c")
+        # one attached elsewhere counts; a detached one (waiting for a resume) does not
+        writer.start()
+        writer.write("connect", WAIT_S, id=uid("c"), frontend_id=other, user_id=user)
+        writer.write("connect", WAIT_S, id=gone, frontend_id=frontend, user_id=user)
+        writer.write("detach", WAIT_S, id=gone, frontend_id=frontend)
+        writer.stop(WAIT_S)
+
+        fresh = RegistryWriter(engine)  # all queued first, so they land in one batch
+        ids = [uid("c") for _ in range(4)]
+        results = [fresh.submit("open", id=c, frontend_id=frontend, user_id=user, limit=3)
+                   for c in ids[:3]]
+        results.append(fresh.submit("open", id=ids[3], frontend_id=frontend,
+                                    user_id=uid("user"), limit=3))  # someone else: fine
+        joins = [fresh.submit("join", connection_id=c, scope="s", group="g") for c in ids]
+        fresh.start()
+        try:
+            for r in results + joins:
+                r.wait(WAIT_S)
+            assert [r.ready() and r.successful() for r in results] == [True, True, False, True]
+            assert isinstance(results[2].exception, registry.Refused)
+            with pytest.raises(registry.Refused):
+                registry.settled(results[2], WAIT_S)
+            # the refused connection has no row, so its join fails alone
+            assert [j.ready() and j.successful() for j in joins] == [True, True, False, True]
+            assert registry.count_user_connections(engine, user) == 3
+            assert registry.count_user_connections(engine, user, besides=ids[0]) == 2
+
+            # a disconnect queued ahead of an open frees its slot within the same batch
+            fresh.submit("disconnect", id=ids[0], frontend_id=frontend)
+            assert fresh.write("open", WAIT_S, id=uid("c"), frontend_id=frontend,
+                               user_id=user, limit=3)
+            with pytest.raises(registry.Refused):
+                fresh.write("open", WAIT_S, id=uid("c"), frontend_id=frontend, user_id=user,
+                            limit=3)
+        finally:
+            fresh.stop(WAIT_S)
+    finally:
+        registry.deregister_frontend(engine, other)
+
+
+def test_a_mixed_batch_keeps_each_connections_order(engine: Engine, frontend: str,
+                                                    writer: RegistryWriter) -> None:
+    a, b = uid("c"), uid("c")
+    ops = [("open", {"id": a, "frontend_id": frontend, "user_id": "u", "limit": 20}),
+           ("join", {"connection_id": a, "scope": "s", "group": "g1"}),
+           ("open", {"id": b, "frontend_id": frontend, "user_id": "u", "limit": 20}),
+           ("leave", {"connection_id": a, "scope": "s", "group": "g1"}),
+           ("join", {"connection_id": b, "scope": "s", "group": "g1"}),
+           ("join", {"connection_id": a, "scope": "s", "group": "g2"}),
+           ("join", {"connection_id": a, "scope": "s", "group": "g1"}),
+           ("detach", {"id": b, "frontend_id": frontend}),
+           ("leave", {"connection_id": b, "scope": "s", "group": "g1"})]
+    results = [writer.submit(kind, **params) for kind, params in ops]
+    writer.start()
+    for r in results:
+        r.wait(WAIT_S)
+    assert all(r.ready() and r.successful() for r in results)
+    assert memberships(engine, a) == [("s", "g1"), ("s", "g2")]
+    assert memberships(engine, b) == []
+    assert attachment(engine, a) == [(frontend, False)]
+    assert attachment(engine, b) == [(None, True)]
+
+
 def test_lookups(engine: Engine, frontend: str, writer: RegistryWriter) -> None:
     other = uid("fe")
     registry.register_frontend(engine, other, "host-o", None)

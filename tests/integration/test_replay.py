@@ -87,3 +87,15 @@ def test_prune_removes_old_messages_and_unresumed_connections(engine: Any) -> No
         left = set(db.execute(select(Message.id).where(Message.id.in_([old, new]))).scalars())
         conn_left = db.execute(select(Connection.id).where(Connection.id == cid)).first()
     assert left == {new} and conn_left is None
+
+
+def test_log_head_reads_the_log_once_then_follows_what_it_sees(engine: Any) -> None:
+    head = replay.LogHead()
+    first = messagelog.append(engine, "t", Target.all(), "e", _raw(1))
+    assert head.current(engine) == first == replay.latest_id(engine)
+    later = messagelog.append(engine, "t", Target.all(), "e", _raw(2))
+    assert head.current(engine) == first  # no query per call: it trails until told
+    head.seen(later)
+    head.seen(first)  # an older id never moves it back
+    head.seen(None)  # a transient message has no id
+    assert head.current(engine) == later
