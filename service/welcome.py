@@ -25,7 +25,7 @@ from gevent.event import AsyncResult
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import registry, replay
-from .auth import ALGORITHM, Grants
+from .auth import ALGORITHM, Grants, plain_hs256_claims, sign_hs256
 from .envelope import encode, event_frame, ws_text_frame
 from .errors import RateLimited
 from .frames import Hello
@@ -57,18 +57,21 @@ class Opened:
 
 
 def resume_token(secret: str, conn: Conn) -> str:
-    return jwt.encode({"cid": conn.id, "sub": conn.user_id, "typ": "resume",
-                       "exp": int(time.time()) + RESUME_TOKEN_TTL_S}, secret, algorithm=ALGORITHM)
+    return sign_hs256(secret, {"cid": conn.id, "sub": conn.user_id, "typ": "resume",
+                               "exp": int(time.time()) + RESUME_TOKEN_TTL_S})
 
 
 def resumable_id(secret: str, token: str | None, user_id: str) -> str | None:
     """The connection id a resume token names, if it is valid and the same user's."""
     if not token:
         return None
-    try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp"]})
-    except jwt.InvalidTokenError:
-        return None
+    claims = plain_hs256_claims(secret, token)
+    if claims is None:
+        try:
+            claims = jwt.decode(token, secret, algorithms=[ALGORITHM],
+                                options={"require": ["exp"]})
+        except jwt.InvalidTokenError:
+            return None
     if claims.get("typ") != "resume" or claims.get("sub") != user_id:
         return None
     cid = claims.get("cid")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from typing import Any
 
 import jwt
 import pytest
@@ -15,6 +16,8 @@ from service.auth import (
     group_allowed,
     issue_token,
     pattern_matches,
+    plain_hs256_claims,
+    sign_hs256,
     verify_token,
 )
 from service.envelope import Target
@@ -180,6 +183,57 @@ def test_garbage_token() -> None:
     for token in ("", "abc", "a.b.c", "a.b"):
         with pytest.raises(Unauthorized):
             verify_token(SECRET, token)
+
+
+def test_the_fast_check_accepts_what_pyjwt_accepts() -> None:
+    token = issue_token(SECRET, "user-1", join=["chat:*"], ttl_s=120)
+    decoded = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert plain_hs256_claims(SECRET, token) == decoded
+    now = int(time.time())
+    signed = sign_hs256(SECRET, {"sub": "u", "exp": now + 60, "iat": now, "cid": "c1"})
+    assert jwt.decode(signed, SECRET, algorithms=["HS256"]) == plain_hs256_claims(
+        SECRET, signed) == {"sub": "u", "exp": now + 60, "iat": now, "cid": "c1"}
+
+
+@pytest.mark.parametrize("claims", [
+    lambda now: {"sub": "u", "exp": now - 60},                  # expired
+    lambda now: {"sub": "u", "exp": now - 2},                   # within the leeway
+    lambda now: {"sub": "u", "exp": now + 60.5},                # a float time
+    lambda now: {"sub": "u", "exp": True},
+    lambda now: {"sub": "u", "exp": now + 60, "nbf": now + 30},  # not valid yet
+    lambda now: {"sub": "u", "exp": now + 60, "iat": now + 30},  # issued in the future
+    lambda now: {"sub": "u", "exp": now + 60, "aud": "someone"},  # a claim it does not know
+    lambda now: {"sub": 5, "exp": now + 60},
+    lambda now: {"exp": now + 60},
+])
+def test_the_fast_check_leaves_everything_unusual_to_pyjwt(claims: Any) -> None:
+    c = claims(int(time.time()))
+    assert plain_hs256_claims(SECRET, sign_hs256(SECRET, c)) is None
+    assert plain_hs256_claims(SECRET, _signed(c)) is None
+
+
+def test_the_fast_check_never_refuses_a_token_pyjwt_accepts() -> None:
+    now = int(time.time())
+    # within the leeway, a float expiry, a header PyJWT writes differently: all accepted
+    for claims in ({"sub": "u", "exp": now - 2}, {"sub": "u", "exp": now + 60.5}):
+        assert verify_token(SECRET, _signed(claims)).user_id == "u"
+    other_header = jwt.encode({"sub": "u", "exp": now + 60}, SECRET, algorithm="HS256",
+                              headers={"kid": "k1"})
+    assert plain_hs256_claims(SECRET, other_header) is None
+    assert verify_token(SECRET, other_header).user_id == "u"
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda h, p, s: f"{h}.{p}.{s[:-2]}",          # signature cut short
+    lambda h, p, s: f"{h}.{p}.{s}=",              # not canonical
+    lambda h, p, s: f"{h}.{p}x.{s}",              # payload changed
+    lambda h, p, s: f"{h}.{p}.{s}.extra",
+    lambda h, p, s: f"{h}.{p}",
+])
+def test_the_fast_check_refuses_a_mangled_token(mangle: Any) -> None:
+    token = issue_token(SECRET, "u")
+    assert plain_hs256_claims(SECRET, mangle(*token.split("."))) is None
+    assert plain_hs256_claims("another-" + SECRET, token) is None
 
 
 def test_api_key_valid() -> None:
