@@ -7,7 +7,6 @@ raise ``HeraldError`` subclasses, which become `error` frames; the socket stays 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from .frontend import Frontend
 from .hub import CLOSE_BEHIND, CLOSE_DRAINING, CLOSE_POLICY, CLOSE_UNAUTHORIZED, Conn
 from .limits import TokenBucket
 from .welcome import ResumeUnavailable, TooManyConnections, open_session, send_opened
-from .wsio import HeraldServer, TakenOver, drop_handshake, linger, receive
+from .wsio import PlainUpgrades, drop_handshake, linger, receive, serve
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,8 @@ class Session:
             linger(self.ws)
 
     def _run(self) -> None:
-        if not origin_allowed(request.headers.get("Origin"), self.node.settings.allowed_origins):
+        origin = self.ws.environ.get("HTTP_ORIGIN")
+        if not origin_allowed(origin, self.node.settings.allowed_origins):
             self.ws.close(reason=CLOSE_POLICY, message="origin not allowed")
             return
         if self.node.draining:
@@ -315,15 +315,14 @@ def publish_target(f: frames.Publish) -> Target:
 
 
 def init_app(app: Flask) -> None:
-    """Register the `/ws` route: flask-sock's glue, with Herald's cheaper handshake."""
+    """Serve `/ws`: plain upgrades straight from WSGI, anything else through a route."""
     options = app.config["SOCK_SERVER_OPTIONS"]
+
+    def handle(ws: Any) -> None:
+        Session(app.extensions["herald"], ws).run()
 
     @app.route("/ws", websocket=True)
     def ws_endpoint() -> Response:
-        node: Frontend = app.extensions["herald"]
-        ws = HeraldServer(request.environ, **options)
-        with contextlib.suppress(ConnectionClosed):
-            Session(node, ws).run()
-        with contextlib.suppress(Exception):
-            ws.close()
-        return TakenOver(ws.mode)
+        return serve(request.environ, options, handle)
+
+    app.wsgi_app = PlainUpgrades(app.wsgi_app, "/ws", options, handle)  # type: ignore[method-assign]

@@ -16,9 +16,10 @@ deflate offer, a malformed request) still goes through wsproto.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import gevent
@@ -88,6 +89,40 @@ class TakenOver(Response):
         if self.mode == "werkzeug":
             return super().__call__(environ, start_response)
         return []
+
+
+def serve(environ: dict[str, Any], options: dict[str, Any],
+          handler: Callable[[Any], None]) -> TakenOver:
+    """Accept the WebSocket, run ``handler`` for its whole life, close it (flask-sock's
+    glue, with ``HeraldServer``); returns what the WSGI server must be answered."""
+    ws = HeraldServer(environ, **options)
+    with contextlib.suppress(ConnectionClosed):
+        handler(ws)
+    with contextlib.suppress(Exception):  # already closed, or the peer is gone
+        ws.close()
+    return TakenOver(ws.mode)
+
+
+class PlainUpgrades:
+    """WSGI middleware: a plain upgrade to ``path`` is served here, before Flask, which
+    has nothing to add to a socket's life (request context, session, response) but its
+    cost; anything else (another path, a deflate offer, a malformed upgrade) goes on to
+    the app, whose route for ``path`` serves it the same way."""
+
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]], path: str,
+                 options: dict[str, Any], handler: Callable[[Any], None]) -> None:
+        self.wsgi_app = wsgi_app
+        self.path = path
+        self.options = options
+        self.handler = handler
+
+    def __call__(self, environ: dict[str, Any],
+                 start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == self.path and plain_upgrade_key(environ) is not None:
+            answer: Iterable[bytes] = serve(environ, self.options, self.handler)(
+                environ, start_response)
+            return answer
+        return self.wsgi_app(environ, start_response)
 
 
 def receive(ws: Any, timeout: float | None) -> str | bytes | None:
