@@ -4,9 +4,9 @@ Callers queue operations and may wait for their commit; the writer applies what 
 queued inside one transaction. So a thousand sockets share one database connection and a
 connect storm becomes a few large transactions. Each connection's operations (open, join,
 leave, disconnect) keep their order; unrelated operations of one kind share one statement
-(a multi-row insert or an executemany), so a batch costs a handful of round trips however
-many sockets it carries. While Postgres is down the queue holds the operations and the
-writer retries with capped backoff until they land.
+(``registry_sql``), and the whole transaction goes to Postgres in one pipelined round
+trip, however many sockets it carries. While Postgres is down the queue holds the
+operations and the writer retries with capped backoff until they land.
 """
 
 from __future__ import annotations
@@ -15,14 +15,17 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import gevent
+import psycopg
 from gevent.event import AsyncResult
 from gevent.queue import Empty, Queue
 from sqlalchemy import Connection as DBConn
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
+
+from .registry_sql import APPLY
 
 log = logging.getLogger(__name__)
 
@@ -45,128 +48,6 @@ class Op:
     done: AsyncResult
 
 
-#: What a statement says about its rows: None when it took them all, else one flag per row.
-Taken = list[bool] | None
-
-# Every kind is ONE statement whatever the number of rows: the rows travel as arrays and
-# `unnest` turns them back into a table. The SQL text never changes, so psycopg prepares
-# it once; executemany (a round of Python per row) or a multi-row VALUES (compiled anew
-# for each row count) cost several times as much for the batches a storm makes.
-
-_CONNECT = text("""
-INSERT INTO connections (id, frontend_id, user_id)
-SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:frontends AS text[]), CAST(:users AS text[]))
-ON CONFLICT DO NOTHING
-""")
-
-# Serialises opens of one user across frontends until commit, so two frontends cannot
-# both count the same free slot (keys taken in order: no deadlock between batches).
-_LOCK_USERS = text("""
-SELECT pg_advisory_xact_lock(k) FROM (
-    SELECT DISTINCT hashtextextended(u, 0) AS k FROM unnest(CAST(:users AS text[])) AS u
-    ORDER BY k) AS keys
-""")
-
-# A new connection's row, inserted only while its user holds fewer attached connections
-# than its limit: the ones already committed plus those earlier in this same statement.
-_OPEN = text("""
-WITH new AS (
-    SELECT n.id, n.frontend_id, n.user_id, n.max_n,
-           row_number() OVER (PARTITION BY n.user_id ORDER BY n.ord) AS nth
-    FROM unnest(CAST(:ids AS text[]), CAST(:frontends AS text[]), CAST(:users AS text[]),
-                CAST(:limits AS bigint[]))
-         WITH ORDINALITY AS n(id, frontend_id, user_id, max_n, ord)
-), held AS (
-    SELECT user_id, count(*) AS n FROM connections
-    WHERE frontend_id IS NOT NULL AND user_id IN (SELECT user_id FROM new)
-    GROUP BY user_id
-)
-INSERT INTO connections (id, frontend_id, user_id)
-SELECT new.id, new.frontend_id, new.user_id FROM new LEFT JOIN held USING (user_id)
-WHERE coalesce(held.n, 0) + new.nth <= new.max_n
-ON CONFLICT DO NOTHING
-RETURNING id
-""")
-
-# guarded by frontend: a connection resumed elsewhere meanwhile is not ours to touch
-_DISCONNECT = text("""
-DELETE FROM connections AS c
-USING unnest(CAST(:ids AS text[]), CAST(:frontends AS text[])) AS x(id, frontend_id)
-WHERE c.id = x.id AND c.frontend_id = x.frontend_id
-""")
-
-# the socket dropped without a goodbye: keep the row and its groups for a resume
-_DETACH = text("""
-UPDATE connections AS c SET frontend_id = NULL, detached_at = now()
-FROM unnest(CAST(:ids AS text[]), CAST(:frontends AS text[])) AS x(id, frontend_id)
-WHERE c.id = x.id AND c.frontend_id = x.frontend_id
-""")
-
-_JOIN = text("""
-INSERT INTO memberships (connection_id, scope, group_name)
-SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:scopes AS text[]), CAST(:groups AS text[]))
-ON CONFLICT DO NOTHING
-""")
-
-_LEAVE = text("""
-DELETE FROM memberships AS m
-USING unnest(CAST(:ids AS text[]), CAST(:scopes AS text[]), CAST(:groups AS text[]))
-      AS x(connection_id, scope, group_name)
-WHERE m.connection_id = x.connection_id AND m.scope = x.scope
-  AND m.group_name = x.group_name
-""")
-
-
-def _columns(rows: list[dict[str, Any]], **names: str) -> dict[str, list[Any]]:
-    """Rows as one array per column: ``_columns(rows, ids="id")`` → ``{"ids": [...]}``."""
-    return {array: [r[key] for r in rows] for array, key in names.items()}
-
-
-def _connect(db: DBConn, rows: list[dict[str, Any]]) -> Taken:
-    # unconditional: a resync writing back the rows of sockets this frontend already holds
-    db.execute(_CONNECT, _columns(rows, ids="id", frontends="frontend_id", users="user_id"))
-    return None
-
-
-def _open(db: DBConn, rows: list[dict[str, Any]]) -> Taken:
-    """A hello's connection row, within ``HERALD_MAX_USER_CONNECTIONS`` cluster-wide."""
-    params = _columns(rows, ids="id", frontends="frontend_id", users="user_id",
-                      limits="limit")
-    db.execute(_LOCK_USERS, {"users": sorted(set(params["users"]))})
-    inserted = set(db.execute(_OPEN, params).scalars())
-    return [r["id"] in inserted for r in rows]
-
-
-def _disconnect(db: DBConn, rows: list[dict[str, Any]]) -> Taken:
-    db.execute(_DISCONNECT, _columns(rows, ids="id", frontends="frontend_id"))
-    return None
-
-
-def _detach(db: DBConn, rows: list[dict[str, Any]]) -> Taken:
-    db.execute(_DETACH, _columns(rows, ids="id", frontends="frontend_id"))
-    return None
-
-
-def _join(db: DBConn, rows: list[dict[str, Any]]) -> Taken:
-    db.execute(_JOIN, _columns(rows, ids="connection_id", scopes="scope", groups="group"))
-    return None
-
-
-def _leave(db: DBConn, rows: list[dict[str, Any]]) -> Taken:
-    db.execute(_LEAVE, _columns(rows, ids="connection_id", scopes="scope", groups="group"))
-    return None
-
-
-#: Statement for each op kind, in the order kinds run within one wave (see ``_runs``):
-#: what frees a slot or a row before what takes one.
-APPLY: dict[str, Callable[[DBConn, list[dict[str, Any]]], Taken]] = {
-    "disconnect": _disconnect,
-    "detach": _detach,
-    "leave": _leave,
-    "connect": _connect,
-    "open": _open,
-    "join": _join,
-}
 _KIND_RANK = {kind: rank for rank, kind in enumerate(APPLY)}
 
 
@@ -261,9 +142,10 @@ class RegistryWriter:
 
     def _connection(self) -> DBConn:
         """The writer's database connection, kept from one batch to the next while work
-        keeps coming (no pool check-out and ping per batch), given back when idle."""
+        keeps coming (no pool check-out and ping per batch), given back when idle. In
+        autocommit mode: ``_apply`` says BEGIN and COMMIT itself, inside its pipeline."""
         if self._held is None:
-            self._held = self.engine.connect()
+            self._held = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         return self._held
 
     def _release(self) -> None:
@@ -297,18 +179,30 @@ class RegistryWriter:
                 delay = min(delay * 2, RETRY_MAX_S)
 
     def _apply(self, batch: list[Op]) -> None:
-        work = [op for op in batch if op.kind != "noop"]
+        """One transaction, sent as one pipeline: BEGIN, a statement per kind and wave,
+        COMMIT, then a single wait for all of it."""
+        runs = _runs([op for op in batch if op.kind != "noop"])
         refused: list[Op] = []
-        if work:
-            db = self._connection()
+        if runs:
+            pg = cast("psycopg.Connection[Any]", self._connection().connection.driver_connection)
+            returning = []
             try:
-                with db.begin():
-                    for kind, ops in _runs(work):
-                        taken = APPLY[kind](db, [op.params for op in ops])
-                        if taken is not None:
-                            refused += [op for op, ok in zip(ops, taken, strict=True) if not ok]
-            except BaseException:
-                self._release()  # whatever went wrong, the next try starts from the pool
+                with pg.pipeline():
+                    pg.execute("BEGIN")
+                    for kind, ops in runs:
+                        cursor = APPLY[kind](pg, [op.params for op in ops])
+                        if cursor is not None:
+                            returning.append((ops, cursor))
+                    pg.execute("COMMIT")
+                for ops, cursor in returning:
+                    taken = {row[0] for row in cursor.fetchall()}
+                    refused += [op for op in ops if op.params["id"] not in taken]
+            except BaseException as exc:
+                with contextlib.suppress(psycopg.Error):
+                    pg.rollback()  # a statement failed: its transaction is still open
+                self._release()  # and whatever went wrong, the next try starts afresh
+                if isinstance(exc, psycopg.Error):  # as SQLAlchemy would have raised it
+                    raise DBAPIError.instance(None, None, exc, psycopg.Error) from None
                 raise
         for op in refused:
             op.done.set_exception(Refused(f"{op.kind} refused"))

@@ -262,6 +262,20 @@ def test_a_mixed_batch_keeps_each_connections_order(engine: Engine, frontend: st
     assert attachment(engine, b) == [(None, True)]
 
 
+def test_a_batch_survives_its_connection_dying(engine: Engine, frontend: str,
+                                               writer: RegistryWriter) -> None:
+    held = writer._connection()  # what the writer keeps between batches of a storm
+    backend = held.connection.driver_connection.info.backend_pid
+    with engine.connect() as db:
+        db.execute(text("SELECT pg_terminate_backend(:p)"), {"p": backend})
+    c = uid("c")
+    done = writer.submit("open", id=c, frontend_id=frontend, user_id="u", limit=20)
+    writer.start()  # the first try fails on the dead connection; the retry takes a new one
+    assert registry.settled(done, WAIT_S)
+    assert attachment(engine, c) == [(frontend, False)]
+    assert writer.healthy is True
+
+
 def test_lookups(engine: Engine, frontend: str, writer: RegistryWriter) -> None:
     other = uid("fe")
     registry.register_frontend(engine, other, "host-o", None)

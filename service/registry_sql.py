@@ -1,0 +1,132 @@
+"""The registry writer's statements: one per kind of operation, whatever the row count.
+
+The rows travel as arrays and ``unnest`` turns them back into a table, so the SQL text
+never changes and psycopg prepares it once; executemany (a round of Python per row) or a
+multi-row VALUES (compiled anew for each row count) cost several times as much for the
+batches a storm makes. Each function queues its statement on the writer's psycopg
+connection, in pipeline mode (see ``RegistryWriter._apply``): a whole batch, from BEGIN
+to COMMIT, is one round trip to Postgres.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from psycopg import Connection, Cursor
+
+Rows = list[dict[str, Any]]
+PG = Connection[Any]
+
+CONNECT = """
+INSERT INTO connections (id, frontend_id, user_id)
+SELECT * FROM unnest(CAST(%(ids)s AS text[]), CAST(%(frontends)s AS text[]),
+                     CAST(%(users)s AS text[]))
+ON CONFLICT DO NOTHING
+"""
+
+# Serialises opens of one user across frontends until commit, so two frontends cannot
+# both count the same free slot (keys taken in order: no deadlock between batches).
+LOCK_USERS = """
+SELECT pg_advisory_xact_lock(k) FROM (
+    SELECT DISTINCT hashtextextended(u, 0) AS k FROM unnest(CAST(%(users)s AS text[])) AS u
+    ORDER BY k) AS keys
+"""
+
+# A new connection's row, inserted only while its user holds fewer attached connections
+# than its limit: the ones already committed plus those earlier in this same statement.
+OPEN = """
+WITH new AS (
+    SELECT n.id, n.frontend_id, n.user_id, n.max_n,
+           row_number() OVER (PARTITION BY n.user_id ORDER BY n.ord) AS nth
+    FROM unnest(CAST(%(ids)s AS text[]), CAST(%(frontends)s AS text[]),
+                CAST(%(users)s AS text[]), CAST(%(limits)s AS bigint[]))
+         WITH ORDINALITY AS n(id, frontend_id, user_id, max_n, ord)
+), held AS (
+    SELECT user_id, count(*) AS n FROM connections
+    WHERE frontend_id IS NOT NULL AND user_id IN (SELECT user_id FROM new)
+    GROUP BY user_id
+)
+INSERT INTO connections (id, frontend_id, user_id)
+SELECT new.id, new.frontend_id, new.user_id FROM new LEFT JOIN held USING (user_id)
+WHERE coalesce(held.n, 0) + new.nth <= new.max_n
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+
+# guarded by frontend: a connection resumed elsewhere meanwhile is not ours to touch
+DISCONNECT = """
+DELETE FROM connections AS c
+USING unnest(CAST(%(ids)s AS text[]), CAST(%(frontends)s AS text[])) AS x(id, frontend_id)
+WHERE c.id = x.id AND c.frontend_id = x.frontend_id
+"""
+
+# the socket dropped without a goodbye: keep the row and its groups for a resume
+DETACH = """
+UPDATE connections AS c SET frontend_id = NULL, detached_at = now()
+FROM unnest(CAST(%(ids)s AS text[]), CAST(%(frontends)s AS text[])) AS x(id, frontend_id)
+WHERE c.id = x.id AND c.frontend_id = x.frontend_id
+"""
+
+JOIN = """
+INSERT INTO memberships (connection_id, scope, group_name)
+SELECT * FROM unnest(CAST(%(ids)s AS text[]), CAST(%(scopes)s AS text[]),
+                     CAST(%(groups)s AS text[]))
+ON CONFLICT DO NOTHING
+"""
+
+LEAVE = """
+DELETE FROM memberships AS m
+USING unnest(CAST(%(ids)s AS text[]), CAST(%(scopes)s AS text[]),
+             CAST(%(groups)s AS text[])) AS x(connection_id, scope, group_name)
+WHERE m.connection_id = x.connection_id AND m.scope = x.scope
+  AND m.group_name = x.group_name
+"""
+
+
+def columns(rows: Rows, **names: str) -> dict[str, list[Any]]:
+    """Rows as one array per column: ``columns(rows, ids="id")`` → ``{"ids": [...]}``."""
+    return {array: [r[key] for r in rows] for array, key in names.items()}
+
+
+def connect(pg: PG, rows: Rows) -> None:
+    # unconditional: a resync writing back the rows of sockets this frontend already holds
+    pg.execute(CONNECT, columns(rows, ids="id", frontends="frontend_id", users="user_id"))
+
+
+def open_(pg: PG, rows: Rows) -> Cursor[Any]:
+    """A hello's row, within ``HERALD_MAX_USER_CONNECTIONS`` cluster-wide; the cursor
+    returns the ids inserted (once the pipeline has synced)."""
+    params = columns(rows, ids="id", frontends="frontend_id", users="user_id",
+                     limits="limit")
+    pg.execute(LOCK_USERS, {"users": sorted(set(params["users"]))})
+    return pg.execute(OPEN, params)
+
+
+def disconnect(pg: PG, rows: Rows) -> None:
+    pg.execute(DISCONNECT, columns(rows, ids="id", frontends="frontend_id"))
+
+
+def detach(pg: PG, rows: Rows) -> None:
+    pg.execute(DETACH, columns(rows, ids="id", frontends="frontend_id"))
+
+
+def join(pg: PG, rows: Rows) -> None:
+    pg.execute(JOIN, columns(rows, ids="connection_id", scopes="scope", groups="group"))
+
+
+def leave(pg: PG, rows: Rows) -> None:
+    pg.execute(LEAVE, columns(rows, ids="connection_id", scopes="scope", groups="group"))
+
+
+#: The statement for each op kind, in the order kinds run within one wave (see
+#: ``registry_writer._runs``): what frees a slot or a row before what takes one. One that
+#: returns a cursor refuses the rows whose ids the cursor does not return.
+APPLY: dict[str, Callable[[PG, Rows], Cursor[Any] | None]] = {
+    "disconnect": disconnect,
+    "detach": detach,
+    "leave": leave,
+    "connect": connect,
+    "open": open_,
+    "join": join,
+}
