@@ -34,6 +34,7 @@ from .groupcommit import GroupCommit
 from .hub import Delivery, GroupKey, Hub
 from .messagelog import Entry
 from .metrics import Meter
+from .nexttick import NextTick
 from .replay import LogHead
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class Publishing:
         # concurrent publishes share one log INSERT, one local fan-out and one bus message
         self._durable: GroupCommit[Entry, int | BadRequest] = GroupCommit(self._run_durable)
         self._transient: GroupCommit[Entry, None] = GroupCommit(self._run_transient)
+        # presence changes made in one turn of the loop leave in one bus message
+        self._presence: NextTick[Envelope] = NextTick(self._send_presence)
 
     def _apply_control(self, env: Envelope) -> None:
         raise NotImplementedError  # the host applies server-side joins, leaves and kicks
@@ -187,8 +190,10 @@ class Publishing:
                          leaves: list[dict[str, str]]) -> None:
         """Tell monitors of a group, here and on every other frontend, who joined or left."""
         self._deliver_presence(key, presence.PresenceData(joins=joins, leaves=leaves))
-        env = presence_envelope(self.id, key[0], key[1], joins, leaves)
+        self._presence.add(presence_envelope(self.id, key[0], key[1], joins, leaves))
+
+    def _send_presence(self, envs: list[Envelope]) -> None:
         try:
-            self.publisher.publish(encode(env))
+            self.publisher.publish(encode_bus(envs))
         except BROKER_ERRORS as exc:
-            log.warning("presence not published (broker away): %s", exc)
+            log.warning("%d presence changes not published (broker away): %s", len(envs), exc)
