@@ -167,7 +167,7 @@ class Conn:
     def _push(self, data: bytes, stamps: list[float]) -> None:
         if self._close is not None or self.closed:
             return
-        if not self._outbox and self._held is None:
+        if not self._outbox:  # held or not: deliveries are parked in _held, not here
             sent = self._write_now(data)
             if sent == len(data):
                 self._account(stamps)

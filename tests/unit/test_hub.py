@@ -348,6 +348,21 @@ def test_the_fan_out_fast_path_writes_at_once_and_counts_once(hub: Hub) -> None:
     assert sum(hub.meter.latency_counts) == 3
 
 
+def test_a_held_sockets_direct_reply_still_takes_the_fast_path(hub: Hub) -> None:
+    ws = RealWS()
+    conn = Conn("r", "u", ws, 100, meter=hub.meter)
+    _made.append(conn)
+    hub.add(conn)
+    conn.hold()  # a welcome being prepared
+    hub.deliver(Target.all(), b"live")
+    welcome = ws_text_frame(b'{"op":"welcome"}')
+    conn.push(welcome)
+    assert conn._writer is None  # written inline, no writer spawned
+    assert ws.read(len(welcome)) == welcome
+    conn.release()
+    assert ws.read(4) == b"live"
+
+
 def test_a_partial_fast_write_is_finished_by_the_writer_intact(hub: Hub) -> None:
     ws = RealWS()
     conn = Conn("r", "u", ws, 100, meter=hub.meter)
