@@ -172,7 +172,7 @@ class Conn:
             if sent == len(data):
                 self._account(stamps)
                 return
-            if sent is not None:
+            if sent:  # 0 (the buffer is full) or None: queue it below like any other
                 if sent > 0:
                     self._queue(data[sent:], stamps)
                 return  # sent < 0: the peer is gone; its handler notices and cleans up
@@ -193,7 +193,7 @@ class Conn:
             sent = self._write_now(frame)
             if sent == len(frame):
                 return True
-            if sent is not None:
+            if sent:  # 0 (the buffer is full) or None: delivered below like any other
                 if sent > 0:
                     self._queue(frame[sent:], [ts])
                 return False

@@ -363,6 +363,27 @@ def test_a_held_sockets_direct_reply_still_takes_the_fast_path(hub: Hub) -> None
     assert ws.read(4) == b"live"
 
 
+@pytest.mark.parametrize("path", ["push", "deliver"])
+def test_a_full_socket_buffer_queues_the_frame_instead_of_dropping_it(hub: Hub,
+                                                                     path: str) -> None:
+    ws = RealWS()
+    conn = Conn("r", "u", ws, 100, meter=hub.meter)
+    _made.append(conn)
+    hub.add(conn)
+    raw, filled = conn.sock.raw, 0
+    while True:  # fill the socket buffer exactly, so the next write gets EAGAIN at once
+        try:
+            filled += raw.send(b"x")
+        except BlockingIOError:
+            break
+    frame = ws_text_frame(b'{"op":"ack"}')
+    if path == "push":
+        conn.push(frame)
+    else:
+        hub.deliver(Target.all(), frame, ts=0.0)
+    assert ws.read(filled + len(frame)) == b"x" * filled + frame
+
+
 def test_a_partial_fast_write_is_finished_by_the_writer_intact(hub: Hub) -> None:
     ws = RealWS()
     conn = Conn("r", "u", ws, 100, meter=hub.meter)
