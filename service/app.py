@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask
+from flask_sock import Sock
 
 from . import api, ws
 from .config import Settings
@@ -51,7 +52,7 @@ def create_app(test_config: dict[str, Any] | None = None, *, port: int | None = 
     )
     node = Frontend(settings, port)
     app.extensions["herald"] = node
-    ws.init_app(app)
+    ws.init_app(app, Sock(app))
     api.init_app(app)
     from . import demo
     demo.init_app(app)
