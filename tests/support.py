@@ -250,3 +250,12 @@ class ResumingClient:
                 seen.add(i)
                 out.append(i)
         return out
+
+
+def in_threads(work: Callable[[int], None], n: int, timeout: float = WAIT_S) -> None:
+    """Run ``work(0) … work(n-1)`` in n threads at once and wait for all of them."""
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout)

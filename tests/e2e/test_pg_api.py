@@ -12,7 +12,7 @@ from service.envelope import Target
 from service.errors import NotFound
 from service.pg import Herald
 from service.presence import PresenceData
-from tests.support import Client, wait_until
+from tests.support import Client, in_threads, wait_until
 
 
 @pytest.fixture
@@ -104,11 +104,7 @@ def test_publish_many_and_concurrent_publishes_arrive_once_in_id_order(
             assert msg_id is not None
             threaded.append(msg_id)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
+    in_threads(work, 6)
     expected = sorted(ids + threaded)
     for c in (on_a, on_b):
         wait_until(lambda c=c: len(c.events(f"many-{tag}")) >= len(expected))

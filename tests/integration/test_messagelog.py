@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 
 from service.envelope import Target
 from service.messagelog import append
+from tests.support import in_threads
 
 
 def origin() -> str:
@@ -125,8 +126,6 @@ def test_append_many_writes_in_order_and_a_bad_entry_fails_alone(engine: Engine)
 def test_concurrent_durable_publishes_share_inserts_and_bus_messages(engine: Engine) -> None:
     """LogPublisher from 8 threads: every message logged once with its own id, and what
     reached the bus (batches included) is exactly the logged messages, in id order."""
-    import threading
-
     from service.envelope import decode_bus
     from service.messagelog import LogPublisher
 
@@ -147,11 +146,7 @@ def test_concurrent_durable_publishes_share_inserts_and_bus_messages(engine: Eng
             assert msg_id is not None
             ids.append(msg_id)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
+    in_threads(work, 8)
     assert len(set(ids)) == 200
     envs = [e for body in bus.bodies for e in decode_bus(body)]
     assert [e.id for e in envs] == sorted(ids)  # one bus order, the log's order
