@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import frames, presence, registry
 from .auth import Grants, verify_token
+from .detached import Detached, can_detach
 from .envelope import Target, encode
 from .errors import (
     BadRequest,
@@ -67,25 +68,41 @@ class Session:
     # --- life cycle ----------------------------------------------------------------------
 
     def run(self) -> None:
+        detached = False
         try:
-            self._run()
+            detached = self._run()
         finally:
-            linger(self.ws)
+            if not detached:
+                linger(self.ws)
 
-    def _run(self) -> None:
+    def _run(self) -> bool:
+        """Serve the socket; True when it was handed to a ``Detached`` reader."""
         origin = self.ws.environ.get("HTTP_ORIGIN")
         if not origin_allowed(origin, self.node.settings.allowed_origins):
             self.ws.close(reason=CLOSE_POLICY, message="origin not allowed")
-            return
+            return False
         if self.node.draining:
             self.ws.close(reason=CLOSE_DRAINING, message="draining; retry_ms=0")
-            return
+            return False
         if not self._hello():
-            return
+            return False
+        if can_detach(self.ws):
+            # this greenlet (and the request it carries) can go: the event loop reads on
+            Detached(self).start()
+            return True
         try:
             self._loop()
         finally:
             self._cleanup()
+        return False
+
+    def handle(self, raw: str | bytes) -> None:
+        """One client frame of an established session (the detached reader's entry)."""
+        self._handle(raw)
+
+    def cleanup(self) -> None:
+        """Forget the socket: index, registry, presence (the detached reader's exit)."""
+        self._cleanup()
 
     def _send_early(self, obj: dict[str, Any]) -> None:
         # before hello there is no writer yet, so this greenlet is the only one writing

@@ -25,6 +25,7 @@ from typing import Any
 import gevent
 from flask import Response
 from simple_websocket import ConnectionClosed, Server
+from simple_websocket.ws import Base
 from wsproto.connection import Connection, ConnectionType
 from wsproto.utilities import LocalProtocolError
 
@@ -59,7 +60,19 @@ def plain_upgrade_key(environ: dict[str, Any]) -> bytes | None:
 
 
 class HeraldServer(Server):  # type: ignore[misc]  # simple-websocket ships no types
-    """simple-websocket's server side with the plain upgrade answered directly."""
+    """simple-websocket's server side with the plain upgrade answered directly, and able to
+    be taken over by ``detached.Detached`` once established."""
+
+    can_detach = True
+    detached: Any = None
+
+    def close(self, reason: int | None = None, message: str | None = None) -> None:
+        if self.detached is None:
+            super().close(reason=reason, message=message)
+            return
+        # send the close frame only; the detached reader lingers and closes the socket
+        Base.close(self, reason=reason, message=message)
+        self.detached.server_closed()
 
     def handshake(self) -> None:
         key = plain_upgrade_key(self.environ)
@@ -98,8 +111,9 @@ def serve(environ: dict[str, Any], options: dict[str, Any],
     ws = HeraldServer(environ, **options)
     with contextlib.suppress(ConnectionClosed):
         handler(ws)
-    with contextlib.suppress(Exception):  # already closed, or the peer is gone
-        ws.close()
+    if ws.detached is None:  # else the socket lives on, read from the event loop
+        with contextlib.suppress(Exception):  # already closed, or the peer is gone
+            ws.close()
     return TakenOver(ws.mode)
 
 

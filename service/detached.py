@@ -1,0 +1,161 @@
+"""An established socket read by a libev watcher instead of a parked greenlet.
+
+Until ``welcome`` a socket is served by its request greenlet (gunicorn's handler, the WSGI
+call, the session). Afterwards that greenlet would sit in ``recv`` for the socket's whole
+life, keeping its saved stack and the request's state (environ, parser, response): about a
+third of an idle socket's memory. ``Detached`` takes the socket over instead:
+
+* the file descriptor is duplicated, so the request can return and gunicorn close its own
+  copy while the connection stays open;
+* one io watcher waits for input; when something arrives a greenlet is spawned that
+  reads everything there is, handles the frames in order and ends;
+* one timer closes the socket with 4401 when the token expires (re-armed after refresh);
+* a close from the server (4401, 1012, 1013, 4409, 1008) or the client, or a dead peer,
+  ends it the same way the request greenlet would have: session cleanup, then a bounded
+  lingering close.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from wsproto.utilities import LocalProtocolError
+
+from .hub import CLOSE_UNAUTHORIZED
+from .wsio import linger
+
+if TYPE_CHECKING:
+    from .ws import Session
+
+log = logging.getLogger(__name__)
+
+#: Bytes one read takes from the socket.
+RECV_BYTES = 65536
+
+
+def can_detach(ws: Any) -> bool:
+    """True for a socket ``serve`` accepted (not flask-sock's) on a non-blocking OS socket."""
+    raw = getattr(ws.sock, "raw", None)
+    return bool(getattr(ws, "can_detach", False)) and raw is not None and raw.gettimeout() == 0
+
+
+class Detached:
+    """Reads one established socket from the event loop; see the module docstring."""
+
+    __slots__ = ("busy", "done", "finished", "session", "sock", "timer", "watcher", "ws")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.ws = session.ws
+        guard = self.ws.sock
+        dup = guard._sock.dup()  # our own descriptor: gunicorn closes the request's
+        guard._sock = dup
+        guard.raw = dup._sock
+        self.sock = dup
+        loop = gevent.get_hub().loop
+        self.watcher = loop.io(dup.fileno(), 1)
+        self.timer: Any = None
+        self.busy = False  # a pump greenlet is running
+        self.done = False  # no more reading: the socket is closing
+        self.finished = False
+        self.ws.detached = self
+
+    def start(self) -> None:
+        """Take over: handle what is already buffered, then wait for input."""
+        self._arm_expiry()
+        self._spawn_pump()
+
+    # --- reading -------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        self.watcher.stop()
+        self._spawn_pump()
+
+    def _spawn_pump(self) -> None:
+        if not self.busy and not self.done:
+            self.busy = True
+            gevent.spawn(self._pump)
+
+    def _pump(self) -> None:
+        ended = True
+        try:
+            ended = self._read_all()
+        except Exception:
+            log.exception("reading a socket failed")
+        finally:
+            self.busy = False
+        if ended or self.done:
+            self._finish()
+        else:
+            self.watcher.start(self._on_readable)
+
+    def _read_all(self) -> bool:
+        """Handle every frame there is; True when the socket is over."""
+        ws, session = self.ws, self.session
+        raw = self.sock._sock
+        while True:
+            while ws.input_buffer and not self.done:
+                session.handle(ws.input_buffer.pop(0))
+            if self.done:
+                return True
+            if not ws.connected:
+                return True
+            try:
+                data = raw.recv(RECV_BYTES)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            if not data:
+                return True
+            try:
+                ws.ws.receive_data(data)
+                ws.connected = ws._handle_events()  # pongs and close replies go out here
+            except LocalProtocolError:
+                return True
+
+    # --- token expiry --------------------------------------------------------------------
+
+    def _arm_expiry(self) -> None:
+        grants = self.session.grants
+        if grants is None or self.done:
+            return
+        self.timer = gevent.get_hub().loop.timer(max(0.0, grants.expires_at - time.time()))
+        self.timer.start(self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        grants, conn = self.session.grants, self.session.conn
+        if self.done or grants is None or conn is None:
+            return
+        if grants.expires_at > time.time():  # refreshed meanwhile
+            self._arm_expiry()
+            return
+        conn.close(CLOSE_UNAUTHORIZED, "token expired")
+
+    # --- the end -------------------------------------------------------------------------
+
+    def server_closed(self) -> None:
+        """The server sent its close frame: stop reading and finish (after the frame being
+        handled, if any)."""
+        self.done = True
+        self.watcher.stop()
+        if not self.busy:
+            gevent.spawn(self._finish)
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = self.done = True
+        self.watcher.stop()
+        self.watcher.close()
+        if self.timer is not None:
+            self.timer.stop()
+        try:
+            self.session.cleanup()
+        finally:
+            linger(self.ws)
+            self.sock.close()
+            self.ws.detached = None  # break the cycle: the socket's objects can go
