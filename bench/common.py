@@ -171,6 +171,20 @@ def med_min_max(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
 
+def print_summary(title: str, results: list[dict[str, float]],
+                  rows: Sequence[tuple[str, str, str]], digits: int = 1) -> None:
+    """One Herald-only table: per row (key in each run's results, label, target) the
+    median, min and max over the runs."""
+    width = max(len(label) for _, label, _ in rows) + 2
+    print(title)
+    print(f"{'metric':<{width}} {'median':>9} {'min':>9} {'max':>9}  target")
+    for key, label, target in rows:
+        med, lo, hi = med_min_max([r[key] for r in results])
+        print(f"{label:<{width}} {med:>9.{digits}f} {lo:>9.{digits}f} {hi:>9.{digits}f}  "
+              f"{target}")
+    sys.stdout.flush()
+
+
 def retry(fn: Callable[[], bool], timeout: float, pause: float = 0.2) -> bool:
     """Call ``fn`` until it returns True or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout

@@ -27,7 +27,15 @@ from bench.common import (
     retry,
     spread,
 )
-from bench.fanout import HeraldCluster, PeerSide, Side, finish, read_line, start_loadgens, tell
+from bench.fanout import (
+    HeraldCluster,
+    Side,
+    finish,
+    read_line,
+    start_loadgens,
+    started_sides,
+    tell,
+)
 
 LOADGENS = 2
 ROWS_WAIT_S = 60.0
@@ -113,16 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.sockets, args.runs = 300, 1
     exit_on_sigterm()
-    sides: list[Side] = []
-    try:
-        if args.side in ("both", "herald"):
-            sides.append(HeraldCluster())
-        if args.side in ("both", "peer"):
-            sides.append(PeerSide(publisher=False))
+    with started_sides(args.side, publisher=False) as sides:
         res = run(sides, args.sockets, args.concurrency, args.runs)
-    finally:
-        for s in sides:
-            s.close()
     table(res, args.sockets, args.concurrency, args.runs)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from bench.common import ROOT, cpu_seconds, med_min_max, percentile
+from bench.common import ROOT, cpu_seconds, percentile, print_summary
 from bench.fanout import HeraldCluster
 
 Send = Callable[[list[dict[str, Any]]], object]
@@ -195,14 +195,8 @@ def one_run(bench: Bench, n: int, threads: int, n_lat: int, rate: float) -> dict
     return out
 
 
-def print_table(title: str, results: list[dict[str, float]]) -> None:
-    print(title)
-    print(f"{'metric':<40} {'median':>9} {'min':>9} {'max':>9}  target")
-    for key in results[0]:
-        med, lo, hi = med_min_max([r[key] for r in results])
-        target = ">= 5000" if key.endswith("durable msg/s") else "0" if key == "lost" else ""
-        print(f"{key:<40} {med:>9.1f} {lo:>9.1f} {hi:>9.1f}  {target}")
-    sys.stdout.flush()
+def target_of(key: str) -> str:
+    return ">= 5000" if key.endswith("durable msg/s") else "0" if key == "lost" else ""
 
 
 def main() -> None:
@@ -223,9 +217,10 @@ def main() -> None:
         bench.phase_run("backend", True, 50, 2, None)  # warm-up: connections, pools
         bench.phase_run("http", True, 50, args.threads, None)
         results = [one_run(bench, n, args.threads, n_lat, args.rate) for _ in range(args.runs)]
-        print_table(f"Durable publishing ({n} msgs x {args.threads} threads per throughput "
-                    f"phase, latency: {n_lat} msgs at {args.rate:.0f}/s, 1 subscriber socket "
-                    f"on the other frontend; {args.runs} runs)", results)
+        print_summary(f"Durable publishing ({n} msgs x {args.threads} threads per throughput "
+                      f"phase, latency: {n_lat} msgs at {args.rate:.0f}/s, 1 subscriber socket "
+                      f"on the other frontend; {args.runs} runs)", results,
+                      [(key, key, target_of(key)) for key in results[0]])
     finally:
         bench.close()
 

@@ -13,12 +13,14 @@ generator (bench/loadgen.py) and take turns within each run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from bench.common import (
@@ -148,6 +150,22 @@ class PeerSide:
     def close(self) -> None:
         self.cluster.close()
 
+
+
+@contextlib.contextmanager
+def started_sides(which: str, publisher: bool = True) -> Iterator[list[Side]]:
+    """The sides ``--side`` names (both, herald, peer), started in that order; whichever
+    were started are closed afterwards, whatever happens."""
+    sides: list[Side] = []
+    try:
+        if which in ("both", "herald"):
+            sides.append(HeraldCluster())
+        if which in ("both", "peer"):
+            sides.append(PeerSide(publisher=publisher))
+        yield sides
+    finally:
+        for side in sides:
+            side.close()
 
 def start_loadgens(side: Side, n: int, extra: list[str], per: int = SOCKETS_PER_LOADGEN,
                    stdin: bool = False) -> list[subprocess.Popen[str]]:
@@ -286,16 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.sockets, args.messages, args.rates, args.runs = [200], 20, "50,max", 1
     exit_on_sigterm()
-    sides: list[Side] = []
-    try:
-        if args.side in ("both", "herald"):
-            sides.append(HeraldCluster())
-        if args.side in ("both", "peer"):
-            sides.append(PeerSide())
+    with started_sides(args.side) as sides:
         res = run(sides, args.sockets, args.messages, args.rates.split(","), args.runs)
-    finally:
-        for s in sides:
-            s.close()
     table(res, args.runs)
 
 

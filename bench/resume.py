@@ -16,7 +16,6 @@ import json
 import os
 import resource
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bench.common import Role, cpu_seconds, free_port, med_min_max
+from bench.common import Role, cpu_seconds, free_port, print_summary
 from bench.fanout import HeraldCluster
 
 GROUP = "bench-resume"
@@ -177,15 +176,6 @@ async def run_once(cluster: HeraldCluster, herald: Any, n: int, pre: int, rate: 
 TARGETS = {"all welcomed (s)": "<= 10", "all caught up (s)": "<= 10", "lost": "0"}
 
 
-def print_table(title: str, results: list[dict[str, float]]) -> None:
-    print(title)
-    print(f"{'metric':<32} {'median':>9} {'min':>9} {'max':>9}  target")
-    for key in results[0]:
-        med, lo, hi = med_min_max([r[key] for r in results])
-        print(f"{key:<32} {med:>9.2f} {lo:>9.2f} {hi:>9.2f}  {TARGETS.get(key, '')}")
-    sys.stdout.flush()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--runs", type=int, default=3)
@@ -208,9 +198,10 @@ def main() -> None:
                 cluster.frontends[0].wait_ready()
             results.append(asyncio.run(run_once(cluster, herald, n, 10, args.rate, seconds,
                                                 args.concurrency, run)))
-        print_table(f"Resume after SIGKILL of frontend A ({n} sockets, half in a group; "
-                    f"{args.rate:.0f} durable msg/s for {seconds:.0f} s around the kill; "
-                    f"{args.concurrency} reconnects at once; {args.runs} runs)", results)
+        print_summary(f"Resume after SIGKILL of frontend A ({n} sockets, half in a group; "
+                      f"{args.rate:.0f} durable msg/s for {seconds:.0f} s around the kill; "
+                      f"{args.concurrency} reconnects at once; {args.runs} runs)", results,
+                      [(key, key, TARGETS.get(key, "")) for key in results[0]], digits=2)
     finally:
         herald.close()
         cluster.close()

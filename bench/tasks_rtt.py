@@ -22,7 +22,15 @@ from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.common import ROOT, Role, bench_env, cpu_seconds, free_port, med_min_max, percentile
+from bench.common import (
+    ROOT,
+    Role,
+    bench_env,
+    cpu_seconds,
+    free_port,
+    percentile,
+    print_summary,
+)
 
 WAIT_S = 120.0  # upper bound of any single wait
 
@@ -162,15 +170,6 @@ ROWS = [("rtt_p50", "round trip p50 (ms)", "<= 15"), ("rtt_p99", "round trip p99
         ("worker_ms", "  worker CPU ms/task", "")]
 
 
-def print_table(title: str, results: list[dict[str, float]]) -> None:
-    print(title)
-    print(f"{'metric':<28} {'median':>9} {'min':>9} {'max':>9}  target")
-    for key, label, target in ROWS:
-        med, lo, hi = med_min_max([r[key] for r in results])
-        print(f"{label:<28} {med:>9.1f} {lo:>9.1f} {hi:>9.1f}  {target}")
-    sys.stdout.flush()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--runs", type=int, default=3)
@@ -186,9 +185,9 @@ def main() -> None:
             # the first run also waits for the worker to come up (its warm-up tasks)
             results.append(asyncio.run(session(stack.ws_url, stack.token(), 10 if run else 20,
                                                seq, burst, f"r{run}", stack.cpu)))
-        print_table(f"Task round trip (demo.noop via the task op; {seq} sequential, burst of "
-                    f"{burst}; 1 worker, concurrency {args.concurrency}; {args.runs} runs)",
-                    results)
+        print_summary(f"Task round trip (demo.noop via the task op; {seq} sequential, burst of "
+                      f"{burst}; 1 worker, concurrency {args.concurrency}; {args.runs} runs)",
+                      results, ROWS)
     finally:
         stack.close()
 

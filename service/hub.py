@@ -144,60 +144,55 @@ class Conn:
     def release(self) -> None:
         held, self._held = self._held or [], None
         for data, stamps in held:
-            self._push(data, stamps)
+            if self._push(data, stamps):
+                self._account(stamps)
 
     def deliver(self, frame: bytes, ts: float = 0.0) -> None:
-        """A delivery from the hub: parked while held, else queued."""
+        """A delivery from the hub: parked while held, else written or queued."""
         self.deliver_chunk(frame, [ts])
 
     def deliver_chunk(self, chunk: bytes, stamps: list[float]) -> None:
         """Several ready frames back to back (one write for a batch); ``stamps`` has each
-        frame's publish time. Parked while held, else queued."""
+        frame's publish time. Parked while held, else written or queued."""
+        if self.deliver_now(chunk, stamps):
+            self._account(stamps)
+
+    def deliver_now(self, data: bytes, stamps: list[float]) -> bool:
+        """The hub's fan-out path: True when ``data`` went out whole right now, and then it
+        is not counted yet (the hub counts a fan-out's immediate writes in one go); else it
+        is parked (held), queued or dropped (closing) and counted when it leaves."""
         if self._held is not None:
-            self._held.append((chunk, stamps))
-        else:
-            self._push(chunk, stamps)
+            self._held.append((data, stamps))
+            return False
+        return self._push(data, stamps)
 
     def push(self, frame: bytes, ts: float = 0.0) -> None:
         """Queue one ready WebSocket frame; on overflow close with 1013 (the client resumes).
 
         ``ts``: the message's publish time, for the delivery latency histogram."""
-        self._push(frame, [ts])
+        if self._push(frame, [ts]):
+            self._account([ts])
 
-    def _push(self, data: bytes, stamps: list[float]) -> None:
+    def _push(self, data: bytes, stamps: list[float]) -> bool:
+        """Write now when nothing is queued, else queue. True when written whole now
+        (the caller counts it)."""
         if self._close is not None or self.closed:
-            return
-        if not self._outbox:  # held or not: deliveries are parked in _held, not here
+            return False
+        if not self._outbox:
             sent = self._write_now(data)
             if sent == len(data):
-                self._account(stamps)
-                return
+                return True
             if sent:  # 0 (the buffer is full) or None: queue it below like any other
                 if sent > 0:
                     self._queue(data[sent:], stamps)
-                return  # sent < 0: the peer is gone; its handler notices and cleans up
+                return False  # sent < 0: the peer is gone; its handler notices and cleans up
         # the limit counts frames (a stamp each), however they were chunked
         if len(self._stamps) + len(stamps) > self._limit:
             if self.on_overflow is not None:
                 self.on_overflow(self)
             self.close(CLOSE_BEHIND, "outbound buffer full, resume")
-            return
+            return False
         self._queue(data, stamps)
-
-    def deliver_now(self, frame: bytes, ts: float) -> bool:
-        """The hub's fan-out path: True when the whole frame went out right now, and then
-        it is not counted yet (the hub counts a fan-out's immediate writes in one go);
-        anything else (held, queued, partly written) is handled as by ``deliver``."""
-        if (self._close is None and not self.closed and not self._outbox
-                and self._held is None):
-            sent = self._write_now(frame)
-            if sent == len(frame):
-                return True
-            if sent:  # 0 (the buffer is full) or None: delivered below like any other
-                if sent > 0:
-                    self._queue(frame[sent:], [ts])
-                return False
-        self.deliver(frame, ts)
         return False
 
     def _queue(self, data: bytes, stamps: list[float]) -> None:
@@ -286,12 +281,7 @@ class Conn:
         return sent
 
     def _account(self, stamps: list[float]) -> None:
-        meter = self.meter
-        meter.frames_out += len(stamps)
-        now = time.time()
-        for ts in stamps:
-            if ts:
-                meter.observe_latency(now - ts)
+        self.meter.count_sent(1, stamps)
 
     def stop(self) -> None:
         """End the writer. A requested close is flushed first (bounded), so the client
@@ -377,16 +367,16 @@ class Hub:
 
         ``opened_by``: only sockets opened by then (a replay must not hand a socket what
         was published before it existed)."""
+        stamps = [ts]  # one list for the whole fan-out
         n = written = 0
         for conn in self.matching(target):
             if opened_by is not None and conn.opened_at > opened_by:
                 continue
             if conn.id != exclude:
                 n += 1
-                if conn.deliver_now(frame, ts):
+                if conn.deliver_now(frame, stamps):
                     written += 1
-        if written:
-            self.meter.count_sent(written, ts)
+        self.meter.count_sent(written, stamps)
         return n
 
     def deliver_batch(self, items: list[Delivery]) -> int:
@@ -399,27 +389,30 @@ class Hub:
             target, frame, exclude, ts = items[0]
             return self.deliver(target, frame, exclude, ts=ts)
         if all(t.kind == "all" and ex is None for t, _, ex, _ in items):
-            chunk = b"".join([frame for _, frame, _, _ in items])
-            stamps = [ts for _, _, _, ts in items]
-            conns = list(self.conns.values())
-            for conn in conns:
-                conn.deliver_chunk(chunk, stamps)
-            return len(conns) * len(items)
-        wanted: dict[Conn, list[int]] = {}
-        for i, (target, _, exclude, _) in enumerate(items):
-            for conn in self.matching(target):
-                if conn.id != exclude:
-                    wanted.setdefault(conn, []).append(i)
+            wanted: dict[Conn, tuple[int, ...]] = dict.fromkeys(self.conns.values(),
+                                                                 tuple(range(len(items))))
+        else:
+            lists: dict[Conn, list[int]] = {}
+            for i, (target, _, exclude, _) in enumerate(items):
+                for conn in self.matching(target):
+                    if conn.id != exclude:
+                        lists.setdefault(conn, []).append(i)
+            wanted = {conn: tuple(idx) for conn, idx in lists.items()}
+        # chunk, stamps and immediate writes per distinct set of messages
         chunks: dict[tuple[int, ...], tuple[bytes, list[float]]] = {}
+        written: dict[tuple[int, ...], int] = {}
         n = 0
-        for conn, idx in wanted.items():
-            key = tuple(idx)
+        for conn, key in wanted.items():
             chunk_stamps = chunks.get(key)
             if chunk_stamps is None:
-                chunk_stamps = chunks[key] = (b"".join([items[i][1] for i in idx]),
-                                              [items[i][3] for i in idx])
-            conn.deliver_chunk(*chunk_stamps)
-            n += len(idx)
+                chunk_stamps = chunks[key] = (b"".join([items[i][1] for i in key]),
+                                              [items[i][3] for i in key])
+                written[key] = 0
+            if conn.deliver_now(*chunk_stamps):
+                written[key] += 1
+            n += len(key)
+        for key, count in written.items():
+            self.meter.count_sent(count, chunks[key][1])
         return n
 
     def local_members(self, key: GroupKey) -> list[Conn]:

@@ -4,7 +4,7 @@ write-only publishers' batched path into it and onto the bus."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,32 +128,37 @@ def _append_one(engine: Engine, origin: str, entry: Entry) -> int | BadRequest:
 
 
 class LogPublisher:
-    """The write-only publishers' path (workers, backends): log first when durable, then
-    publish. Concurrent publishes share one INSERT and one bus message (``GroupCommit``),
-    so a publisher with confirms waits for one confirm per batch, not per message.
+    """Log first when durable, then publish: the one publish path, for write-only
+    publishers (workers, backends) and, with ``before_send``, for frontends.
 
-    A broker outage is survivable for a durable message (it is in the log and frontends
-    replay it when they reconnect), not for a transient one.
+    Concurrent publishes share one INSERT and one bus message (``GroupCommit``), so a
+    publisher with confirms waits for one confirm per batch, not per message.
+    ``before_send(envelopes)`` runs on each batch before it goes to the bus (a frontend
+    delivers to its own sockets there). A broker outage is survivable for a durable message
+    (it is in the log and frontends replay it when they reconnect), not for a transient one.
     """
 
-    def __init__(self, engine: Engine, bus: Any, origin: str) -> None:
+    def __init__(self, engine: Engine, bus: Any, origin: str,
+                 before_send: Callable[[list[Envelope]], None] | None = None) -> None:
         self.engine = engine
         self.bus = bus
         self.origin = origin
+        self.before_send = before_send
         self._durable: GroupCommit[Entry, int | BadRequest] = GroupCommit(self._run_durable)
         self._transient: GroupCommit[Entry, None] = GroupCommit(self._run_transient)
 
     def publish(self, target: Target, event: str, data: msgspec.Raw, durable: bool,
-                dedupe_key: str | None = None) -> int | None:
+                dedupe_key: str | None = None, exclude: str | None = None) -> int | None:
         """Publish one message; returns its log id when durable."""
+        entry = Entry(target, event, data, exclude)
         if dedupe_key is not None:  # a task outcome: logged once per key, never batched
             msg_id = append(self.engine, self.origin, target, event, data, dedupe_key)
-            self._send([make_envelope(self.origin, target, event, data, msg_id)], True)
+            self._send([entry], [msg_id], True)
             return msg_id
         if not durable:
-            self._transient.submit(Entry(target, event, data))
+            self._transient.submit(entry)
             return None
-        result = self._durable.submit(Entry(target, event, data))
+        result = self._durable.submit(entry)
         if isinstance(result, BadRequest):
             raise result
         return result
@@ -169,24 +174,27 @@ class LogPublisher:
 
     def send_logged(self, target: Target, event: str, data: msgspec.Raw, msg_id: int) -> None:
         """Publish a message the caller has already logged under ``msg_id``."""
-        self._send([make_envelope(self.origin, target, event, data, msg_id)], True)
+        self._send([Entry(target, event, data)], [msg_id], True)
 
     def _run_durable(self, entries: Sequence[Entry]) -> list[int | BadRequest]:
         ids = append_many(self.engine, self.origin, entries)
-        self._send([make_envelope(self.origin, e.target, e.event, e.data, i)
-                    for e, i in zip(entries, ids, strict=True) if isinstance(i, int)], True)
+        logged = [(e, i) for e, i in zip(entries, ids, strict=True) if isinstance(i, int)]
+        self._send([e for e, _ in logged], [i for _, i in logged], True)
         return ids
 
     def _run_transient(self, entries: Sequence[Entry]) -> list[None]:
-        self._send([make_envelope(self.origin, e.target, e.event, e.data) for e in entries],
-                   False)
+        self._send(entries, [None] * len(entries), False)
         return [None] * len(entries)
 
-    def _send(self, envs: list[Envelope], durable: bool) -> None:
+    def _send(self, entries: Sequence[Entry], ids: Sequence[int | None], durable: bool) -> None:
         from .bus import BROKER_ERRORS
 
-        if not envs:
+        if not entries:
             return
+        envs = [make_envelope(self.origin, e.target, e.event, e.data, i, e.exclude)
+                for e, i in zip(entries, ids, strict=True)]
+        if self.before_send is not None:
+            self.before_send(envs)
         try:
             self.bus.publish(encode_bus(envs))
         except BROKER_ERRORS as exc:

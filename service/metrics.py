@@ -44,11 +44,16 @@ class Meter:
         self.latency_counts[bisect_left(LATENCY_BUCKETS_S, seconds)] += n
         self.latency_sum += seconds * n
 
-    def count_sent(self, n: int, ts: float) -> None:
-        """``n`` frames of one message (published at ``ts``; 0.0: no latency) written."""
-        self.frames_out += n
-        if ts:
-            self.observe_latency(time.time() - ts, n)
+    def count_sent(self, n: int, stamps: list[float]) -> None:
+        """``n`` sockets were written the same frames (their publish times in ``stamps``;
+        0.0: a reply, no latency): one clock read for the lot."""
+        if not n:
+            return
+        self.frames_out += n * len(stamps)
+        now = time.time()
+        for ts in stamps:
+            if ts:
+                self.observe_latency(now - ts, n)
 
 
 class HeraldCollector(Collector):

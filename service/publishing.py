@@ -24,13 +24,11 @@ from .envelope import (
     encode,
     encode_bus,
     event_frame,
-    make_envelope,
     presence_envelope,
     target_of,
     ws_text_frame,
 )
 from .errors import BadRequest
-from .groupcommit import GroupCommit
 from .hub import Delivery, GroupKey, Hub
 from .messagelog import Entry
 from .metrics import Meter
@@ -52,8 +50,8 @@ class Publishing:
 
     def init_publishing(self) -> None:
         # concurrent publishes share one log INSERT, one local fan-out and one bus message
-        self._durable: GroupCommit[Entry, int | BadRequest] = GroupCommit(self._run_durable)
-        self._transient: GroupCommit[Entry, None] = GroupCommit(self._run_transient)
+        self.log = messagelog.LogPublisher(self.engine, self.publisher, self.id,
+                                           before_send=self._deliver_own)
         # presence changes made in one turn of the loop leave in one bus message
         self._presence: NextTick[Envelope] = NextTick(self._send_presence)
 
@@ -66,18 +64,7 @@ class Publishing:
 
         Concurrent callers are batched (see ``GroupCommit``): a lone publish runs at once."""
         self.meter.publishes[target.kind] += 1
-        entry = Entry(target, event, data, exclude)
-        if dedupe_key is not None:  # a task outcome: logged once per key, never batched
-            msg_id = messagelog.append(self.engine, self.id, target, event, data, dedupe_key)
-            self._send([entry], [msg_id], durable=True)
-            return msg_id
-        if not durable:
-            self._transient.submit(entry)
-            return None
-        result = self._durable.submit(entry)
-        if isinstance(result, BadRequest):
-            raise result
-        return result
+        return self.log.publish(target, event, data, durable, dedupe_key, exclude)
 
     def publish_many(self, entries: Sequence[Entry], *, durable: bool
                      ) -> list[int | BadRequest | None]:
@@ -85,36 +72,13 @@ class Publishing:
         None when transient) per entry, or the BadRequest that entry alone earned."""
         for entry in entries:
             self.meter.publishes[entry.target.kind] += 1
-        if not durable:
-            self._transient.submit_many(entries)
-            return [None] * len(entries)
-        return list(self._durable.submit_many(entries))
+        return self.log.publish_many(entries, durable)
 
-    def _run_durable(self, entries: Sequence[Entry]) -> list[int | BadRequest]:
-        ids = messagelog.append_many(self.engine, self.id, entries)
-        logged = [(e, i) for e, i in zip(entries, ids, strict=True) if isinstance(i, int)]
-        self._send([e for e, _ in logged], [i for _, i in logged], durable=True)
-        return ids
-
-    def _run_transient(self, entries: Sequence[Entry]) -> list[None]:
-        self._send(entries, [None] * len(entries), durable=False)
-        return [None] * len(entries)
-
-    def _send(self, entries: Sequence[Entry], ids: Sequence[int | None], durable: bool) -> None:
-        if not entries:
-            return
-        self.log_head.seen(max((i for i in ids if i is not None), default=None))
-        envs = [make_envelope(self.id, e.target, e.event, e.data, i, e.exclude)
-                for e, i in zip(entries, ids, strict=True)]
-        self.hub.deliver_batch([(e.target, ws_text_frame(event_frame(env)), e.exclude, env.ts)
-                                for e, env in zip(entries, envs, strict=True)])
-        try:
-            self.publisher.publish(encode_bus(envs))
-        except BROKER_ERRORS as exc:
-            if not durable:
-                raise
-            log.warning("broker unavailable; %d durable messages stay in the log: %s",
-                        len(envs), exc)
+    def _deliver_own(self, envs: list[Envelope]) -> None:
+        """A batch we publish reaches our own sockets first (the bus skips our origin)."""
+        self.log_head.seen(max((e.id for e in envs if e.id is not None), default=None))
+        self.hub.deliver_batch([(target_of(env), ws_text_frame(event_frame(env)),
+                                 env.exclude, env.ts) for env in envs])
 
     def publish_hook(self, target: Target, event: str, data: msgspec.Raw, durable: bool,
                      dedupe_key: str | None) -> int | None:

@@ -124,33 +124,46 @@ def test_append_many_writes_in_order_and_a_bad_entry_fails_alone(engine: Engine)
 
 
 def test_concurrent_durable_publishes_share_inserts_and_bus_messages(engine: Engine) -> None:
-    """LogPublisher from 8 threads: every message logged once with its own id, and what
-    reached the bus (batches included) is exactly the logged messages, in id order."""
+    """LogPublisher from 8 threads on the real broker: every message logged once with its
+    own id, and what reached the exchange (batches included) is exactly the logged
+    messages, in id order."""
+    from kombu import Connection, Queue
+
+    from service.bus import BusPublisher, fanout_exchange
     from service.envelope import decode_bus
     from service.messagelog import LogPublisher
+    from tests.conftest import ENV
 
-    class Bus:
-        def __init__(self) -> None:
-            self.bodies: list[bytes] = []
+    url, name = ENV["HERALD_BROKER_URL"], f"herald_test_{ENV['HERALD_NS']}.log.{origin()}"
+    with Connection(url) as conn:
+        channel = conn.channel()
+        exchange = fanout_exchange(name)
+        exchange(channel).declare()
+        queue = Queue("", exchange=exchange, exclusive=True, auto_delete=True, channel=channel)
+        queue.declare()
+        bus, o = BusPublisher(url, name, confirm=True), origin()  # routed when it returns
+        pub = LogPublisher(engine, bus, o)
+        ids: list[int] = []
 
-        def publish(self, body: bytes) -> None:
-            self.bodies.append(body)
+        def work(t: int) -> None:
+            for i in range(25):
+                msg_id = pub.publish(Target.all(), "e", msgspec.Raw(b'[%d, %d]' % (t, i)),
+                                     True)
+                assert msg_id is not None
+                ids.append(msg_id)
 
-    bus, o = Bus(), origin()
-    pub = LogPublisher(engine, bus, o)
-    ids: list[int] = []
-
-    def work(t: int) -> None:
-        for i in range(25):
-            msg_id = pub.publish(Target.all(), "e", msgspec.Raw(b'[%d, %d]' % (t, i)), True)
-            assert msg_id is not None
-            ids.append(msg_id)
-
-    in_threads(work, 8)
+        try:
+            in_threads(work, 8)
+            bodies = []
+            while (message := queue.get(no_ack=True)) is not None:
+                bodies.append(message.body)
+        finally:
+            bus.close()
+            exchange(channel).delete()
     assert len(set(ids)) == 200
-    envs = [e for body in bus.bodies for e in decode_bus(body)]
+    envs = [e for body in bodies for e in decode_bus(body)]
     assert [e.id for e in envs] == sorted(ids)  # one bus order, the log's order
-    assert len(bus.bodies) < 200  # some publishes shared a batch
+    assert len(bodies) < 200  # some publishes shared a batch
     with engine.connect() as db:
         n = db.execute(text("SELECT count(*) FROM messages WHERE origin = :o"), {"o": o}).scalar()
     assert n == 200
