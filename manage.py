@@ -75,15 +75,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         schedule = var / f"beat-schedule-{settings.task_queue}"
         return _exec_celery("beat", "-l", "info", "-s", str(schedule))
     if args.role == "flower":
-        auth = []
         if settings.flower_basic_auth:
-            auth = [f"--basic_auth={settings.flower_basic_auth}"]
+            # Flower reads FLOWER_* variables as its options: the password stays out of
+            # argv, which every user of the machine can read (ps)
+            os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
         elif settings.production:
             raise ConfigError("production mode refuses to run Flower without "
                               "HERALD_FLOWER_BASIC_AUTH (user:password)")
+        # the broker API URL carries the RabbitMQ password: out of argv as well
+        os.environ["FLOWER_BROKER_API"] = settings.rabbitmq_api_url
         return _exec_celery("flower", f"--port={args.port or settings.flower_port}",
-                            "--address=" + settings.host,
-                            f"--broker_api={settings.rabbitmq_api_url}", *auth)
+                            "--address=" + settings.host)
     raise SystemExit(f"unknown role {args.role}")
 
 

@@ -61,6 +61,7 @@ def bench_env() -> dict[str, str]:
     ns = uuid.uuid4().hex[:8]
     return {
         **os.environ,
+        "HERALD_ENV": "development",
         "HERALD_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/herald_bench_{ns}",
         "HERALD_BROKER_URL": BROKER_URL,
         "HERALD_EXCHANGE": f"herald_bench_{ns}.fanout",
@@ -68,6 +69,12 @@ def bench_env() -> dict[str, str]:
         "HERALD_SECRET_KEY": "bench-" + uuid.uuid4().hex,
         "HERALD_API_KEYS": "bench-key",
         "HERALD_OUTBOX_LIMIT": "100000",
+        "HERALD_OUTBOX_BYTES": str(256 << 20),
+        # the bench's one user replays, publishes and resumes far more than a person would
+        "HERALD_USER_REPLAY_PER_MIN": "100000000",
+        "HERALD_USER_DURABLE_PER_MIN": "100000000",
+        "HERALD_USER_TASKS_PER_MIN": "100000000",
+        "HERALD_REPLAY_LIMIT": "100000",
         "HERALD_LOG_LEVEL": "WARNING",
         # scenarios that share one token (groups, tasks) hold more sockets than a user may
         "HERALD_MAX_USER_CONNECTIONS": "1000000",

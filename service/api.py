@@ -73,6 +73,8 @@ def _body(schema: type[Any]) -> Any:
         raise BadRequest("body must be JSON (Content-Type: application/json)")
     try:
         return msgspec.json.decode(request.get_data(cache=False), type=schema)
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise BadRequest(str(exc)) from None
 
@@ -149,7 +151,8 @@ def start_task() -> tuple[Response, int]:
 
     body: _TaskBody = _body(_TaskBody)
     target = _target(body.notify, "notify")
-    return jsonify({"task_id": enqueue(body.name, body.args, target)}), 202
+    return jsonify({"task_id": enqueue(body.name, body.args, target,
+                                       settings=node().settings)}), 202
 
 
 @api.get("/tasks/<task_id>")

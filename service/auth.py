@@ -104,7 +104,12 @@ def _b64url(raw: bytes) -> str:
 HS256_HEADER = _b64url(b'{"alg":"HS256","typ":"JWT"}')
 #: Claims the fast check knows; a token with any other (aud, iss, jti, …) goes to PyJWT.
 _PLAIN_CLAIMS = frozenset({"sub", "exp", "iat", "nbf", "join", "publish", "tasks", "cid",
-                           "typ"})
+                           "typ", "gen"})
+#: Claims only Herald's own resume tokens carry: a client token with one is refused, so a
+#: resume token (or anything shaped like one) can never open or refresh a session.
+RESERVED_CLAIMS = frozenset({"typ", "cid", "gen"})
+#: How long a resume token stays valid (a client must come back within it).
+RESUME_TOKEN_TTL_S = 24 * 3600
 
 
 def sign_hs256(secret: str, claims: dict[str, Any]) -> str:
@@ -150,8 +155,8 @@ def plain_hs256_claims(secret: str, token: str) -> dict[str, Any] | None:
     return claims
 
 
-def verify_token(secret: str, token: str) -> Grants:
-    """Check signature, algorithm and expiry; return the grants. Raise Unauthorized."""
+def _decode(secret: str, token: str) -> dict[str, Any]:
+    """Signature, algorithm and expiry checked (``LEEWAY_S``); the claims, or Unauthorized."""
     claims = plain_hs256_claims(secret, token)
     if claims is None:  # anything unusual, or wrong: PyJWT decides and says why
         try:
@@ -161,12 +166,63 @@ def verify_token(secret: str, token: str) -> Grants:
             raise Unauthorized("token expired") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
+    return claims
+
+
+def verify_token(secret: str, token: str) -> Grants:
+    """Check a client token (signature, algorithm, expiry); return its grants.
+
+    Raise Unauthorized, also for a token carrying a resume token's claims: only a client
+    token opens (``hello.token``) or refreshes (``refresh.token``) a session."""
+    claims = _decode(secret, token)
+    if not claims.keys().isdisjoint(RESERVED_CLAIMS):
+        raise Unauthorized("not a client token: a resume token goes in hello.resume, and "
+                           "only a client token opens or refreshes a session")
     sub = claims["sub"]
     if not isinstance(sub, str) or not 0 < len(sub) <= 128:
         raise Unauthorized("token sub must be a user id string")
     return Grants(user_id=sub, expires_at=float(claims["exp"]),
                   join=_str_list(claims, "join"), publish=_str_list(claims, "publish"),
                   tasks=_str_list(claims, "tasks"), claims=claims)
+
+
+def resume_key(secret: str) -> str:
+    """The key resume tokens are signed with: derived from the secret for that one use, so
+    a resume token's signature is never valid as a client token's (domain separation)."""
+    return hmac.new(secret.encode(), b"herald resume token v1", hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class ResumeClaim:
+    """What a valid resume token names: a connection, its user, and the generation of the
+    session it was issued for (a resume bumps it, so each token works once)."""
+
+    connection_id: str
+    user_id: str
+    gen: int
+
+
+def issue_resume_token(secret: str, claim: ResumeClaim,
+                       ttl_s: int = RESUME_TOKEN_TTL_S) -> str:
+    return sign_hs256(resume_key(secret), {
+        "cid": claim.connection_id, "sub": claim.user_id, "gen": claim.gen, "typ": "resume",
+        "exp": int(time.time()) + ttl_s})
+
+
+def verify_resume_token(secret: str, token: str | None, user_id: str) -> ResumeClaim | None:
+    """The claim of a valid resume token of ``user_id``; None for anything else (the
+    client then gets a fresh session)."""
+    if not token:
+        return None
+    try:
+        claims = _decode(resume_key(secret), token)
+    except Unauthorized:
+        return None
+    cid, gen = claims.get("cid"), claims.get("gen")
+    if (claims.get("typ") != "resume" or claims.get("sub") != user_id
+            or not isinstance(cid, str) or not _is_int(gen)):
+        return None
+    return ResumeClaim(cid, user_id, gen)
 
 
 def api_key_valid(presented: str, keys: Iterable[str]) -> bool:

@@ -97,6 +97,19 @@ def _dev_value(filename: str, what: str) -> str:
     return value
 
 
+#: Production's shortest accepted HS256 secret and API key.
+MIN_SECRET_LEN = 32
+MIN_API_KEY_LEN = 32
+#: Words that mark a value copied from Herald's examples (compose/, k8s/, the README).
+PLACEHOLDER_MARKERS = ("example", "replace-with", "change-me", "changeme", "placeholder")
+
+
+def is_placeholder(value: str) -> bool:
+    """True for a value that looks copied from a published example, not generated."""
+    low = value.lower()
+    return any(marker in low for marker in PLACEHOLDER_MARKERS)
+
+
 @dataclass(frozen=True)
 class Settings:
     """All of Herald's settings. Field docs name the environment variable."""
@@ -110,6 +123,8 @@ class Settings:
     hello_timeout_s: float = 10.0  # HERALD_HELLO_TIMEOUT
     max_frame_bytes: int = 64 * 1024  # HERALD_MAX_FRAME
     outbox_limit: int = 1024  # HERALD_OUTBOX_LIMIT: queued frames per socket before 1013
+    outbox_bytes: int = 1 << 20  # HERALD_OUTBOX_BYTES: queued bytes per socket before 1013
+    hello_max_frames: int = 3  # HERALD_HELLO_MAX_FRAMES: frames before a valid hello, else 4401
     history_ttl_s: int = 24 * 3600  # HERALD_HISTORY_TTL: durable log retention
     heartbeat_s: float = 10.0  # HERALD_HEARTBEAT: frontend liveness and client ping hint
     exchange: str = "herald.fanout"  # HERALD_EXCHANGE: the fanout exchange name
@@ -123,7 +138,19 @@ class Settings:
     rate_limit: float = 50.0  # HERALD_RATE_LIMIT: client frames per second per socket
     rate_burst: int = 100  # HERALD_RATE_BURST: frames a socket may send at once
     max_groups: int = 100  # HERALD_MAX_GROUPS: memberships per connection
-    max_user_connections: int = 20  # HERALD_MAX_USER_CONNECTIONS: sockets per user, cluster-wide
+    max_monitors: int = 100  # HERALD_MAX_MONITORS: monitored groups per connection
+    # members a connection's monitors may track in all (each one is state it holds)
+    max_monitored_members: int = 10_000  # HERALD_MAX_MONITORED_MEMBERS
+    members_limit: int = 1000  # HERALD_MEMBERS_LIMIT: entries per members reply / presence frame
+    replay_limit: int = 1000  # HERALD_REPLAY_LIMIT: messages replayed per hello, then gap
+    # per-user quotas, per frontend (each is a bucket holding a minute's worth)
+    user_replay_per_min: int = 10_000  # HERALD_USER_REPLAY_PER_MIN: replayed messages
+    user_durable_per_min: int = 600  # HERALD_USER_DURABLE_PER_MIN: client durable publishes
+    user_tasks_per_min: int = 60  # HERALD_USER_TASKS_PER_MIN: task starts by clients
+    user_queries_per_min: int = 120  # HERALD_USER_QUERIES_PER_MIN: members / monitor reads
+    # sockets per user, cluster-wide; 0: no limit (the default, as Centrifugo's)
+    max_user_connections: int = 0  # HERALD_MAX_USER_CONNECTIONS
+    public_tasks: tuple[str, ...] = ()  # HERALD_PUBLIC_TASKS: task names clients may start
     worker_concurrency: int = 2  # HERALD_WORKER_CONCURRENCY
     flower_port: int = 5555  # HERALD_FLOWER_PORT
     flower_basic_auth: str = ""  # HERALD_FLOWER_BASIC_AUTH: "user:password" for Flower
@@ -136,7 +163,17 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """Read every setting from the environment and check it is usable."""
-        env = os.environ.get("HERALD_ENV", "development").strip().lower()
+        env = os.environ.get("HERALD_ENV", "").strip().lower()
+        if not env:
+            given = [n for n in ("HERALD_SECRET_KEY", "HERALD_API_KEYS") if os.environ.get(n)]
+            if given:
+                # secrets without a mode look like a deployment that forgot its mode: never
+                # guess development there (it hands out demo tokens for any user)
+                raise ConfigError(
+                    f"{' and '.join(given)} set but HERALD_ENV is not: set "
+                    "HERALD_ENV=production for a deployment, or HERALD_ENV=development to "
+                    "run the development mode (demo tokens for any user) with these secrets")
+            env = "development"
         if env not in {"development", "production"}:
             raise ConfigError(f"HERALD_ENV must be development or production, got {env!r}")
         settings = cls(
@@ -149,6 +186,8 @@ class Settings:
             hello_timeout_s=_float("HERALD_HELLO_TIMEOUT", cls.hello_timeout_s),
             max_frame_bytes=_int("HERALD_MAX_FRAME", cls.max_frame_bytes),
             outbox_limit=_int("HERALD_OUTBOX_LIMIT", cls.outbox_limit),
+            outbox_bytes=_int("HERALD_OUTBOX_BYTES", cls.outbox_bytes),
+            hello_max_frames=_int("HERALD_HELLO_MAX_FRAMES", cls.hello_max_frames),
             history_ttl_s=_int("HERALD_HISTORY_TTL", cls.history_ttl_s),
             heartbeat_s=_float("HERALD_HEARTBEAT", cls.heartbeat_s),
             exchange=os.environ.get("HERALD_EXCHANGE") or cls.exchange,
@@ -162,7 +201,17 @@ class Settings:
             rate_limit=_float("HERALD_RATE_LIMIT", cls.rate_limit),
             rate_burst=_int("HERALD_RATE_BURST", cls.rate_burst),
             max_groups=_int("HERALD_MAX_GROUPS", cls.max_groups),
+            max_monitors=_int("HERALD_MAX_MONITORS", cls.max_monitors),
+            max_monitored_members=_int("HERALD_MAX_MONITORED_MEMBERS",
+                                       cls.max_monitored_members),
+            members_limit=_int("HERALD_MEMBERS_LIMIT", cls.members_limit),
+            replay_limit=_int("HERALD_REPLAY_LIMIT", cls.replay_limit),
+            user_replay_per_min=_int("HERALD_USER_REPLAY_PER_MIN", cls.user_replay_per_min),
+            user_durable_per_min=_int("HERALD_USER_DURABLE_PER_MIN", cls.user_durable_per_min),
+            user_tasks_per_min=_int("HERALD_USER_TASKS_PER_MIN", cls.user_tasks_per_min),
+            user_queries_per_min=_int("HERALD_USER_QUERIES_PER_MIN", cls.user_queries_per_min),
             max_user_connections=_int("HERALD_MAX_USER_CONNECTIONS", cls.max_user_connections),
+            public_tasks=_list("HERALD_PUBLIC_TASKS"),
             worker_concurrency=_int("HERALD_WORKER_CONCURRENCY", cls.worker_concurrency),
             flower_port=_int("HERALD_FLOWER_PORT", cls.flower_port),
             flower_basic_auth=os.environ.get("HERALD_FLOWER_BASIC_AUTH", ""),
@@ -180,9 +229,20 @@ class Settings:
                             ("HERALD_RATE_LIMIT", self.rate_limit),
                             ("HERALD_RATE_BURST", self.rate_burst),
                             ("HERALD_MAX_GROUPS", self.max_groups),
-                            ("HERALD_MAX_USER_CONNECTIONS", self.max_user_connections)):
+                            ("HERALD_OUTBOX_BYTES", self.outbox_bytes),
+                            ("HERALD_HELLO_MAX_FRAMES", self.hello_max_frames),
+                            ("HERALD_MAX_MONITORS", self.max_monitors),
+                            ("HERALD_MAX_MONITORED_MEMBERS", self.max_monitored_members),
+                            ("HERALD_MEMBERS_LIMIT", self.members_limit),
+                            ("HERALD_REPLAY_LIMIT", self.replay_limit),
+                            ("HERALD_USER_REPLAY_PER_MIN", self.user_replay_per_min),
+                            ("HERALD_USER_DURABLE_PER_MIN", self.user_durable_per_min),
+                            ("HERALD_USER_TASKS_PER_MIN", self.user_tasks_per_min),
+                            ("HERALD_USER_QUERIES_PER_MIN", self.user_queries_per_min)):
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive finite number")
+        if self.max_user_connections < 0:
+            raise ConfigError("HERALD_MAX_USER_CONNECTIONS must be 0 (no limit) or positive")
         for name, count in (("HERALD_DB_POOL_SIZE", self.db_pool_size),
                             ("HERALD_WORKER_CONCURRENCY", self.worker_concurrency)):
             if count < 1:
@@ -198,9 +258,28 @@ class Settings:
                 raise ConfigError(
                     "production mode (HERALD_ENV=production) refuses to start without "
                     + ", ".join(missing))
-            if len(self.secret_key) < 32:
-                raise ConfigError("HERALD_SECRET_KEY must be at least 32 characters in production")
+            if len(self.secret_key) < MIN_SECRET_LEN:
+                raise ConfigError(f"HERALD_SECRET_KEY must be at least {MIN_SECRET_LEN} "
+                                  "characters in production")
+            short = [i for i, key in enumerate(self.api_keys, 1) if len(key) < MIN_API_KEY_LEN]
+            if short:
+                raise ConfigError(f"HERALD_API_KEYS: key {short[0]} is shorter than "
+                                  f"{MIN_API_KEY_LEN} characters; production needs random keys")
+            given: list[tuple[str, str]] = [
+                ("HERALD_SECRET_KEY", self.secret_key),
+                *(("HERALD_API_KEYS", key) for key in self.api_keys),
+                ("HERALD_FLOWER_BASIC_AUTH", self.flower_basic_auth)]
+            for name, secret in given:
+                if is_placeholder(secret):
+                    raise ConfigError(f"{name} holds a published example value; production "
+                                      "needs a secret of your own (e.g. openssl rand -hex 32)")
             return self
+        if "development" not in _warned:
+            _warned.add("development")
+            log.warning(
+                "DEVELOPMENT MODE (HERALD_ENV=development or unset): POST /demo/token hands "
+                "out tokens for any user and the demo tasks can be started. Never expose "
+                "this process; a deployment sets HERALD_ENV=production.")
         return dataclasses.replace(
             self,
             secret_key=self.secret_key or _dev_value("dev-secret-key", "HERALD_SECRET_KEY"),
@@ -223,5 +302,9 @@ ENV_VARS = (
     "HERALD_DB_POOL_SIZE", "HERALD_LOG_JSON", "HERALD_WORKER_CONCURRENCY",
     "HERALD_FLOWER_PORT", "HERALD_RABBITMQ_API", "HERALD_VAR_DIR", "HERALD_RATE_LIMIT",
     "HERALD_RATE_BURST", "HERALD_MAX_GROUPS", "HERALD_MAX_USER_CONNECTIONS",
-    "HERALD_FLOWER_BASIC_AUTH", "HERALD_LOG_LEVEL",
+    "HERALD_FLOWER_BASIC_AUTH", "HERALD_LOG_LEVEL", "HERALD_OUTBOX_BYTES",
+    "HERALD_HELLO_MAX_FRAMES", "HERALD_MAX_MONITORS", "HERALD_MEMBERS_LIMIT",
+    "HERALD_REPLAY_LIMIT", "HERALD_USER_REPLAY_PER_MIN", "HERALD_USER_DURABLE_PER_MIN",
+    "HERALD_USER_TASKS_PER_MIN", "HERALD_USER_QUERIES_PER_MIN", "HERALD_PUBLIC_TASKS",
+    "HERALD_MAX_MONITORED_MEMBERS",
 )

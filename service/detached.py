@@ -9,7 +9,8 @@ third of an idle socket's memory. ``Detached`` takes the socket over instead:
   copy while the connection stays open;
 * one io watcher waits for input; when something arrives a greenlet is spawned that
   reads everything there is, handles the frames in order and ends;
-* one timer closes the socket with 4401 when the token expires (re-armed after refresh);
+* one timer closes the socket with 4401 when the token expires (re-armed by every refresh,
+  to a sooner expiry as well as a later one);
 * a close from the server (4401, 1012, 1013, 4409, 1008) or the client, or a dead peer,
   ends it the same way the request greenlet would have: session cleanup, then a bounded
   lingering close.
@@ -62,6 +63,7 @@ class Detached:
         self.done = False  # no more reading: the socket is closing
         self.finished = False
         self.ws.detached = self
+        session.on_refresh = self._arm_expiry
 
     def start(self) -> None:
         """Take over: handle what is already buffered, then wait for input."""
@@ -120,9 +122,12 @@ class Detached:
     # --- token expiry --------------------------------------------------------------------
 
     def _arm_expiry(self) -> None:
+        """(Re)start the expiry timer for the session's current token."""
         grants = self.session.grants
         if grants is None or self.done:
             return
+        if self.timer is not None:
+            self.timer.stop()
         self.timer = gevent.get_hub().loop.timer(max(0.0, grants.expires_at - time.time()))
         self.timer.start(self._on_expiry)
 
@@ -153,6 +158,7 @@ class Detached:
         self.watcher.close()
         if self.timer is not None:
             self.timer.stop()
+        self.session.on_refresh = None
         try:
             self.session.cleanup()
         finally:

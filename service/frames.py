@@ -60,6 +60,10 @@ class Members(Frame, kw_only=True):
     group: Name
     scope: Scope = "default"
     local: bool = False
+    #: A page: at most ``limit`` entries (capped by ``HERALD_MEMBERS_LIMIT``), those whose
+    #: connection id sorts after ``after`` (the previous page's ``next``).
+    limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    after: Annotated[str, msgspec.Meta(max_length=NAME_MAX)] | None = None
 
 
 class Monitor(Join):
@@ -103,11 +107,17 @@ _head = msgspec.json.Decoder(_Head)
 _decoders = {op: msgspec.json.Decoder(schema) for op, schema in SCHEMAS.items()}
 
 
+#: What a decode of hostile input can raise besides msgspec's own errors: nesting deeper
+#: than the interpreter's recursion limit raises RecursionError inside msgspec.
+DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
+                 RecursionError)
+
+
 def peek_ref(raw: bytes | str) -> Ref:
     """Best-effort ``ref`` of a frame, so even a rejected frame's error can echo it."""
     try:
         ref = _head.decode(raw).ref
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except DECODE_ERRORS:
         return None
     return ref if isinstance(ref, (str, int, float, bool)) else None
 
@@ -121,6 +131,8 @@ def parse(raw: bytes | str) -> Frame:
             raise BadRequest("frame is not valid UTF-8") from None
     try:
         head = _head.decode(raw)
+    except RecursionError:
+        raise BadRequest("frame is nested too deeply") from None
     except msgspec.ValidationError as exc:
         raise BadRequest(f"frame must be a JSON object: {exc}") from None
     except msgspec.DecodeError as exc:
@@ -132,5 +144,7 @@ def parse(raw: bytes | str) -> Frame:
         raise UnknownOp(f"unknown op {head.op[:64]!r}")
     try:
         return decoder.decode(raw)
+    except RecursionError:
+        raise BadRequest("frame is nested too deeply") from None
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise BadRequest(str(exc)) from None

@@ -34,6 +34,7 @@ from .envelope import (
     ws_text_frame,
 )
 from .hub import CLOSE_DRAINING, CLOSE_REPLACED, Conn, GroupKey, Hub
+from .limits import UserQuotas
 from .metrics import Meter
 from .publishing import Publishing
 
@@ -75,6 +76,10 @@ class Frontend(Publishing):
         self.draining = False
         self.init_publishing()
         self.log_head = replay.LogHead()
+        self.quotas = UserQuotas(replay_per_min=settings.user_replay_per_min,
+                                 durable_per_min=settings.user_durable_per_min,
+                                 tasks_per_min=settings.user_tasks_per_min,
+                                 queries_per_min=settings.user_queries_per_min)
         self._bus_lost_at: datetime | None = None
         self._greenlets: list[gevent.Greenlet[Any]] = []
 

@@ -39,6 +39,10 @@ Delivery = tuple[Target, bytes, str | None, float]
 
 #: How long a closing socket's writer may take to flush its queue and close frame.
 CLOSE_FLUSH_TIMEOUT_S = 5.0
+#: Default bytes a socket may have queued (``HERALD_OUTBOX_BYTES``; Centrifugo's 1 MB).
+DEFAULT_OUTBOX_BYTES = 1 << 20
+#: The close reason of an overflow: it names both limits, so an operator knows what to raise.
+OVERFLOW_REASON = "outbound buffer full (HERALD_OUTBOX_LIMIT/_BYTES); resume"
 
 
 class GuardedSocket:
@@ -87,8 +91,11 @@ class Conn:
 
     __slots__ = (
         "__weakref__",
+        "_byte_limit",
+        "_bytes",
         "_close",
         "_held",
+        "_held_bytes",
         "_limit",
         "_outbox",
         "_owns_lock",
@@ -109,7 +116,8 @@ class Conn:
 
     def __init__(self, conn_id: str, user_id: str, ws: Any, outbox_limit: int,
                  on_overflow: Callable[[Conn], None] | None = None,
-                 meter: Meter | None = None) -> None:
+                 meter: Meter | None = None,
+                 outbox_bytes: int = DEFAULT_OUTBOX_BYTES) -> None:
         self.id = conn_id
         self.user_id = user_id
         self.ws = ws
@@ -121,7 +129,12 @@ class Conn:
         self._outbox: list[bytes] = []
         self._stamps: list[float] = []  # publish time per queued frame, 0.0: a reply
         self.meter = meter or Meter()
+        # both bounds hold for what is queued and for what is parked while held: frames
+        # (a slow reader of many small events) and bytes (a few large replies)
         self._limit = outbox_limit
+        self._byte_limit = outbox_bytes
+        self._bytes = 0
+        self._held_bytes = 0
         self._close: tuple[int, str] | None = None
         self.closed = False
         self.on_overflow = on_overflow
@@ -136,13 +149,24 @@ class Conn:
         """The close code this server asked for, if it is closing the socket."""
         return self._close[0] if self._close is not None else None
 
+    @property
+    def byte_limit(self) -> int:
+        return self._byte_limit
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the outbox (not yet handed to the kernel)."""
+        return self._bytes
+
     def hold(self) -> None:
         """Park deliveries (not direct replies) until release(): a resume sends its
         welcome and replay first, then what arrived live meanwhile."""
         self._held = []
+        self._held_bytes = 0
 
     def release(self) -> None:
         held, self._held = self._held or [], None
+        self._held_bytes = 0
         for data, stamps in held:
             if self._push(data, stamps):
                 self._account(stamps)
@@ -161,8 +185,14 @@ class Conn:
         """The hub's fan-out path: True when ``data`` went out whole right now, and then it
         is not counted yet (the hub counts a fan-out's immediate writes in one go); else it
         is parked (held), queued or dropped (closing) and counted when it leaves."""
-        if self._held is not None:
-            self._held.append((data, stamps))
+        held = self._held
+        if held is not None:
+            if (len(held) >= self._limit
+                    or self._held_bytes + len(data) > self._byte_limit):
+                self._overflow()
+                return False
+            held.append((data, stamps))
+            self._held_bytes += len(data)
             return False
         return self._push(data, stamps)
 
@@ -186,18 +216,23 @@ class Conn:
                 if sent > 0:
                     self._queue(data[sent:], stamps)
                 return False  # sent < 0: the peer is gone; its handler notices and cleans up
-        # the limit counts frames (a stamp each), however they were chunked
-        if len(self._stamps) + len(stamps) > self._limit:
-            if self.on_overflow is not None:
-                self.on_overflow(self)
-            self.close(CLOSE_BEHIND, "outbound buffer full, resume")
+        # the limits count frames (a stamp each), however they were chunked, and bytes
+        if (len(self._stamps) + len(stamps) > self._limit
+                or self._bytes + len(data) > self._byte_limit):
+            self._overflow()
             return False
         self._queue(data, stamps)
         return False
 
+    def _overflow(self) -> None:
+        if self._close is None and self.on_overflow is not None:
+            self.on_overflow(self)
+        self.close(CLOSE_BEHIND, OVERFLOW_REASON)
+
     def _queue(self, data: bytes, stamps: list[float]) -> None:
         self._outbox.append(data)
         self._stamps.extend(stamps)
+        self._bytes += len(data)
         self._kick()
 
     def send(self, obj: Any) -> None:
@@ -225,6 +260,7 @@ class Conn:
                 outbox, stamps = self._outbox, self._stamps
                 chunk = outbox[0] if len(outbox) == 1 else b"".join(outbox)
                 outbox.clear()
+                self._bytes = 0
                 sent = stamps[:]
                 stamps.clear()
                 if self._owns_lock:  # finishing a frame the fast path started
@@ -254,6 +290,7 @@ class Conn:
             if self.closed:
                 self._outbox.clear()
                 self._stamps.clear()
+                self._bytes = 0
 
     def _write_now(self, data: bytes) -> int | None:
         """Fast path: nothing queued and nobody writing, so write from this greenlet into
@@ -279,6 +316,13 @@ class Conn:
         else:
             self._owns_lock = True
         return sent
+
+    def writer_idle(self, timeout_s: float) -> bool:
+        """Wait (bounded) until no writer greenlet is running; True when none is."""
+        writer = self._writer
+        if writer is not None and writer is not gevent.getcurrent():
+            writer.join(timeout=timeout_s)
+        return self._writer is None
 
     def _account(self, stamps: list[float]) -> None:
         self.meter.count_sent(1, stamps)

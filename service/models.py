@@ -16,6 +16,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Text,
@@ -74,6 +75,9 @@ class Connection(Base):
     connected_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now())
     detached_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    #: Bumped by every resume; a resume token names the generation it was issued for, so
+    #: each one resumes at most once and an old one cannot replay a session that moved on.
+    resume_gen: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class Membership(Base):

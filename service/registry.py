@@ -43,27 +43,32 @@ def detach_frontends(db: DBConn, frontend_ids: list[str]) -> None:
                .values(frontend_id=None, detached_at=func.now()))
 
 
-def reattach(engine: Engine, connection_id: str, user_id: str,
-             frontend_id: str) -> tuple[list[tuple[str, str]], datetime] | None:
-    """Move a connection of ``user_id`` to ``frontend_id`` (a resume); return its groups
-    and when it first connected.
+def reattach(engine: Engine, connection_id: str, user_id: str, frontend_id: str,
+             gen: int) -> tuple[list[tuple[str, str]], datetime, int] | None:
+    """Move a connection of ``user_id`` to ``frontend_id`` (a resume); return its groups,
+    when it first connected, and its new resume generation.
 
-    None when there is nothing to resume (unknown, another user's, or pruned). The row may
-    still be attached to a frontend that has not noticed the socket is gone: it moves all
-    the same, and that frontend's clean-up is a no-op because it is guarded by frontend.
+    ``gen`` is the generation the client's resume token was issued for: the row moves only
+    if it still is the current one, and the move bumps it, so a resume token works once.
+    None when there is nothing to resume (unknown, another user's, pruned, or a token
+    already used). The row may still be attached to a frontend that has not noticed the
+    socket is gone: it moves all the same, and that frontend's clean-up is a no-op because
+    it is guarded by frontend.
     """
     with engine.begin() as db:
-        connected_at = db.execute(
+        row = db.execute(
             update(Connection).where(Connection.id == connection_id,
-                                     Connection.user_id == user_id)
-            .values(frontend_id=frontend_id, detached_at=None)
-            .returning(Connection.connected_at)).scalar()
-        if connected_at is None:
+                                     Connection.user_id == user_id,
+                                     Connection.resume_gen == gen)
+            .values(frontend_id=frontend_id, detached_at=None,
+                    resume_gen=Connection.resume_gen + 1)
+            .returning(Connection.connected_at, Connection.resume_gen)).first()
+        if row is None:
             return None
         rows = db.execute(select(Membership.scope, Membership.group)
                           .where(Membership.connection_id == connection_id)
                           .order_by(Membership.joined_at)).all()
-    return [(s, g) for s, g in rows], connected_at
+    return [(s, g) for s, g in rows], row[0], row[1]
 
 
 def memberships_of_frontends(db: DBConn, frontend_ids: list[str]) -> list[dict[str, str]]:
@@ -149,13 +154,19 @@ def count_user_connections(engine: Engine, user_id: str, besides: str | None = N
         return int(db.execute(stmt).scalar_one())
 
 
-def get_members(engine: Engine, scope: str, group: str) -> list[dict[str, str]]:
-    """Cluster-wide members of a group (pg:get_members)."""
+def get_members(engine: Engine, scope: str, group: str, *, limit: int | None = None,
+                after: str | None = None) -> list[dict[str, str]]:
+    """Cluster-wide members of a group (pg:get_members), by connection id: at most
+    ``limit`` of them, those after the connection id ``after`` (a page)."""
     stmt = (select(Membership.connection_id, Connection.user_id, Connection.frontend_id)
             .join(Connection, Connection.id == Membership.connection_id)
             .where(Membership.scope == scope, Membership.group == group,
                    Connection.frontend_id.is_not(None))
-            .order_by(Membership.joined_at, Membership.connection_id))
+            .order_by(Membership.connection_id))
+    if after is not None:
+        stmt = stmt.where(Membership.connection_id > after)
+    if limit is not None:
+        stmt = stmt.limit(limit)
     with engine.connect() as db:
         return [{"connection_id": c, "user_id": u, "frontend": f or ""}
                 for c, u, f in db.execute(stmt)]

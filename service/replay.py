@@ -11,7 +11,7 @@ again with the same id and the client drops them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,14 +24,31 @@ from .models import Message
 
 #: How far before ``last_id``'s own row a replay looks for rows that committed late.
 LATE_COMMIT_GRACE_S = 5.0
-#: Most messages replayed to one client; beyond it the client is told to resync.
-MAX_REPLAY = 10_000
+#: Default most messages replayed to one hello (``HERALD_REPLAY_LIMIT``); beyond it the
+#: client is told ``gap: true`` and resyncs.
+DEFAULT_REPLAY_LIMIT = 1000
+#: Rows read and queued at a time while a replay streams (the rest are only ids).
+REPLAY_SLICE = 100
+#: Cap of the frontend's own bus-gap replay (``since``), not a client's.
+MAX_SINCE = 100_000
 
 
 @dataclass(frozen=True)
 class Replay:
     envelopes: list[Envelope]
     gap: bool  # True: some of what the client missed is gone (retention) or not replayed
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one client is to be replayed: only the ids (8 bytes each), read in slices."""
+
+    ids: list[int]
+    gap: bool
+
+    def slices(self, size: int = REPLAY_SLICE) -> Iterator[list[int]]:
+        for i in range(0, len(self.ids), size):
+            yield self.ids[i:i + size]
 
 
 def _target_json(kind: str, key: str) -> dict[str, object]:
@@ -55,10 +72,12 @@ _COLUMNS = (Message.id, Message.target_kind, Message.target_key, Message.event,
 OPEN_MARGIN_S = 1.0
 
 
-def missed(engine: Engine, *, user_id: str, connection_id: str | None,
-           groups: Iterable[tuple[str, str]], last_id: int,
-           session_start: datetime | None = None) -> Replay:
-    """Durable messages for this client's targets that it has not seen, in log order.
+def plan(engine: Engine, *, user_id: str, connection_id: str | None,
+         groups: Iterable[tuple[str, str]], last_id: int,
+         session_start: datetime | None = None,
+         limit: int = DEFAULT_REPLAY_LIMIT) -> Plan:
+    """The ids of the durable messages for this client's targets that it has not seen, in
+    log order, at most ``limit`` of them (``gap`` when there were more).
 
     ``session_start``: when the resumed connection first connected; nothing older is
     replayed, however far the late-commit grace reaches back."""
@@ -80,14 +99,35 @@ def missed(engine: Engine, *, user_id: str, connection_id: str | None,
         if session_start is not None:
             newer = and_(newer, Message.created_at >= session_start - timedelta(
                 seconds=OPEN_MARGIN_S))
-        rows = db.execute(select(*_COLUMNS).where(or_(*addressed), newer)
-                          .order_by(Message.id).limit(MAX_REPLAY + 1)).all()
+        ids = list(db.execute(select(Message.id).where(or_(*addressed), newer)
+                              .order_by(Message.id).limit(limit + 1)).scalars())
         oldest = db.execute(select(func.min(Message.id))).scalar()
     # last_id's row pruned while newer ones remain: some of what followed it may be gone
     gap = last_id > 0 and anchor is None and oldest is not None and oldest > last_id + 1
-    if len(rows) > MAX_REPLAY:
-        rows, gap = rows[:MAX_REPLAY], True
-    return Replay(_envelopes(rows), gap)
+    if len(ids) > limit:
+        ids, gap = ids[:limit], True
+    return Plan(ids, gap)
+
+
+def fetch(engine: Engine, ids: list[int]) -> list[Envelope]:
+    """The messages with these ids, in log order (one slice of a replay; a row pruned
+    since the plan was made is simply not there)."""
+    if not ids:
+        return []
+    with engine.connect() as db:
+        rows = db.execute(select(*_COLUMNS).where(Message.id.in_(ids))
+                          .order_by(Message.id)).all()
+    return _envelopes(rows)
+
+
+def missed(engine: Engine, *, user_id: str, connection_id: str | None,
+           groups: Iterable[tuple[str, str]], last_id: int,
+           session_start: datetime | None = None,
+           limit: int = DEFAULT_REPLAY_LIMIT) -> Replay:
+    """``plan`` and every slice of it at once (for callers that want the whole list)."""
+    p = plan(engine, user_id=user_id, connection_id=connection_id, groups=groups,
+             last_id=last_id, session_start=session_start, limit=limit)
+    return Replay([env for ids in p.slices() for env in fetch(engine, ids)], p.gap)
 
 
 def latest_id(engine: Engine) -> int:
@@ -133,5 +173,5 @@ def since(engine: Engine, start: datetime) -> list[Envelope]:
     cutoff = start - timedelta(seconds=LATE_COMMIT_GRACE_S)
     with engine.connect() as db:
         rows = db.execute(select(*_COLUMNS).where(Message.created_at >= cutoff)
-                          .order_by(Message.id).limit(MAX_REPLAY * 10)).all()
+                          .order_by(Message.id).limit(MAX_SINCE)).all()
     return _envelopes(rows)

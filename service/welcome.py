@@ -17,15 +17,17 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-import jwt
+import gevent
 from gevent.event import AsyncResult
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import registry, replay
-from .auth import ALGORITHM, Grants, plain_hs256_claims, sign_hs256
+from .auth import Grants, ResumeClaim, issue_resume_token, verify_resume_token
 from .envelope import encode, event_frame, ws_text_frame
 from .errors import RateLimited
 from .frames import Hello
@@ -33,10 +35,6 @@ from .frontend import REGISTRY_ACK_TIMEOUT_S, Frontend
 from .hub import CLOSE_POLICY, CLOSE_REPLACED, Conn
 
 log = logging.getLogger(__name__)
-
-#: How long a resume token stays valid (a client must come back within it).
-RESUME_TOKEN_TTL_S = 24 * 3600
-
 
 class ResumeUnavailable(Exception):
     """The registry could not be reached to resume a session; the client should retry."""
@@ -46,36 +44,30 @@ class TooManyConnections(RateLimited):
     """The user already holds ``HERALD_MAX_USER_CONNECTIONS`` sockets (close 1008)."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"too many connections for this user (max {limit})")
+        super().__init__(f"too many connections for this user (HERALD_MAX_USER_CONNECTIONS="
+                         f"{limit}; 0 turns the limit off)")
+
+    @property
+    def close_reason(self) -> str:
+        return self.message[:MAX_CLOSE_REASON]
+
+
+#: Bytes a WebSocket close reason may hold (125 for the payload, less 2 for the code).
+MAX_CLOSE_REASON = 123
+#: A streaming replay waits for the socket's outbox to drain below this share of
+#: ``HERALD_OUTBOX_BYTES`` before it queues more; it waits at most ``REPLAY_DRAIN_WAIT_S``
+#: (then the outbox limit decides: a client that does not read is closed with 1013).
+REPLAY_LOW_WATER = 0.5
+REPLAY_DRAIN_WAIT_S = 10.0
+REPLAY_DRAIN_POLL_S = 0.005
 
 
 @dataclass
 class Opened:
     conn: Conn
     welcome: dict[str, Any]
-    replay_frames: list[bytes] = field(default_factory=list)
-
-
-def resume_token(secret: str, conn: Conn) -> str:
-    return sign_hs256(secret, {"cid": conn.id, "sub": conn.user_id, "typ": "resume",
-                               "exp": int(time.time()) + RESUME_TOKEN_TTL_S})
-
-
-def resumable_id(secret: str, token: str | None, user_id: str) -> str | None:
-    """The connection id a resume token names, if it is valid and the same user's."""
-    if not token:
-        return None
-    claims = plain_hs256_claims(secret, token)
-    if claims is None:
-        try:
-            claims = jwt.decode(token, secret, algorithms=[ALGORITHM],
-                                options={"require": ["exp"]})
-        except jwt.InvalidTokenError:
-            return None
-    if claims.get("typ") != "resume" or claims.get("sub") != user_id:
-        return None
-    cid = claims.get("cid")
-    return cid if isinstance(cid, str) else None
+    replay: replay.Plan | None = None
+    engine: Engine | None = None  # where the replay's slices are read from
 
 
 def _take_over(node: Frontend, cid: str) -> None:
@@ -92,6 +84,8 @@ def _take_over(node: Frontend, cid: str) -> None:
 def _check_resume_limit(node: Frontend, user_id: str, cid: str) -> None:
     """A resume counts against the user's limit too (not the socket it replaces)."""
     limit = node.settings.max_user_connections
+    if not limit:
+        return
     try:
         held = registry.count_user_connections(node.engine, user_id, besides=cid)
     except SQLAlchemyError:
@@ -103,8 +97,12 @@ def _check_resume_limit(node: Frontend, user_id: str, cid: str) -> None:
 def _register(node: Frontend, conn: Conn) -> None:
     """Write a fresh connection's row (awaited, bounded) within the user's limit."""
     limit = node.settings.max_user_connections
-    done = node.registry.submit("open", id=conn.id, frontend_id=node.id,
-                                user_id=conn.user_id, limit=limit)
+    if limit:
+        done = node.registry.submit("open", id=conn.id, frontend_id=node.id,
+                                    user_id=conn.user_id, limit=limit)
+    else:  # no limit: nothing to count, no per-user lock
+        done = node.registry.submit("connect", id=conn.id, frontend_id=node.id,
+                                    user_id=conn.user_id)
     try:
         landed = registry.settled(done, REGISTRY_ACK_TIMEOUT_S)
     except registry.Refused:
@@ -119,35 +117,49 @@ def _close_when_refused(conn: Conn, limit: int) -> Callable[[AsyncResult], None]
         if isinstance(done.exception, registry.Refused):
             exc = TooManyConnections(limit)
             conn.send({"op": "error", "code": exc.code, "message": exc.message})
-            conn.close(CLOSE_POLICY, "too many connections")
+            conn.close(CLOSE_POLICY, exc.close_reason)
     return check
 
 
+def _resume(node: Frontend, grants: Grants, frame: Hello
+            ) -> tuple[str, list[tuple[str, str]], datetime, int] | None:
+    """Re-attach the connection a valid, unused resume token names; None: start fresh.
+
+    Raises ResumeUnavailable when the registry cannot be reached."""
+    claim = verify_resume_token(node.settings.secret_key, frame.resume, grants.user_id)
+    if claim is None:
+        return None
+    _check_resume_limit(node, grants.user_id, claim.connection_id)
+    try:
+        reattached = registry.reattach(node.engine, claim.connection_id, grants.user_id,
+                                       node.id, claim.gen)
+    except SQLAlchemyError as exc:
+        # starting fresh would silently drop the groups and what they missed: refuse,
+        # and the client tries the resume again (1013: try again later)
+        log.warning("resume of %s failed (%s)", claim.connection_id, exc.__class__.__name__)
+        raise ResumeUnavailable from exc
+    if reattached is None:  # unknown, pruned, or this token was used already
+        return None
+    # only now: a spent or forged-looking token must not close the socket that holds it
+    _take_over(node, claim.connection_id)
+    return (claim.connection_id, *reattached)
+
+
 def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opened:
-    """Register the connection (new or resumed) and build welcome and replay.
+    """Register the connection (new or resumed) and plan welcome and replay.
 
     Raises TooManyConnections when the user is at its limit, ResumeUnavailable when a
     resume cannot reach the registry."""
-    secret = node.settings.secret_key
-    reattached = None
-    cid = resumable_id(secret, frame.resume, grants.user_id)
-    if cid is not None:
-        _check_resume_limit(node, grants.user_id, cid)
-        _take_over(node, cid)
-        try:
-            reattached = registry.reattach(node.engine, cid, grants.user_id, node.id)
-        except SQLAlchemyError as exc:
-            # starting fresh would silently drop the groups and what they missed: refuse,
-            # and the client tries the resume again (1013: try again later)
-            log.warning("resume of %s failed (%s)", cid, exc.__class__.__name__)
-            raise ResumeUnavailable from exc
-    resumed = reattached is not None
-    restored, session_start = reattached if reattached is not None else ([], None)
-    conn = Conn(cid if resumed and cid else uuid.uuid4().hex, grants.user_id, ws,
-                node.settings.outbox_limit, on_overflow=node.count_overflow, meter=node.meter)
+    settings = node.settings
+    resumed = _resume(node, grants, frame)
+    cid, restored, session_start, gen = (resumed if resumed is not None
+                                         else (uuid.uuid4().hex, [], None, 0))
+    conn = Conn(cid, grants.user_id, ws, settings.outbox_limit,
+                on_overflow=node.count_overflow, meter=node.meter,
+                outbox_bytes=settings.outbox_bytes)
     conn.hold()
     node.hub.add(conn)
-    if not resumed:
+    if resumed is None:
         _register(node, conn)
     groups = []
     for scope, group in restored:
@@ -156,25 +168,53 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
             groups.append({"scope": scope, "group": group})
         else:
             node.registry.submit("leave", connection_id=conn.id, scope=scope, group=group)
+    token = issue_resume_token(settings.secret_key, ResumeClaim(conn.id, conn.user_id, gen))
     opened = Opened(conn, {"op": "welcome", "ref": frame.ref, "connection_id": conn.id,
-                           "frontend": node.id, "resume": resume_token(secret, conn),
-                           "heartbeat": node.settings.heartbeat_s, "resumed": resumed,
+                           "frontend": node.id, "resume": token,
+                           "heartbeat": settings.heartbeat_s, "resumed": resumed is not None,
                            "groups": groups, "replayed": 0, "gap": False,
-                           "log_id": node.log_head.current(node.engine)})
+                           "log_id": node.log_head.current(node.engine)}, engine=node.engine)
     if frame.last_id is not None:
-        missed = replay.missed(node.engine, user_id=conn.user_id, connection_id=conn.id,
-                               groups=[(g["scope"], g["group"]) for g in groups],
-                               last_id=frame.last_id, session_start=session_start)
-        opened.replay_frames = [ws_text_frame(event_frame(env)) for env in missed.envelopes]
-        opened.welcome.update(replayed=len(missed.envelopes), gap=missed.gap)
-        node.count_replayed(len(missed.envelopes))
+        quota = node.quotas.replay
+        # the replay may not exceed the hello's limit nor what is left of the user's quota
+        allowed = min(settings.replay_limit, quota.available(conn.user_id))
+        plan = replay.plan(node.engine, user_id=conn.user_id, connection_id=conn.id,
+                           groups=[(g["scope"], g["group"]) for g in groups],
+                           last_id=frame.last_id, session_start=session_start,
+                           limit=allowed)
+        quota.spend(conn.user_id, len(plan.ids))
+        opened.replay = plan
+        opened.welcome.update(replayed=len(plan.ids), gap=plan.gap)
+        node.count_replayed(len(plan.ids))
     return opened
 
 
 def send_opened(opened: Opened) -> None:
-    """Welcome first, then the replay, then what arrived live while it was prepared."""
+    """Welcome first, then the replay, then what arrived live while it was prepared.
+
+    The replay streams: a slice of rows is read and queued at a time, and each frame waits
+    until the socket's outbox has drained below ``REPLAY_LOW_WATER`` of its byte limit, so
+    a replay never holds more than one slice and about one outbox of memory."""
     conn = opened.conn
     conn.push(ws_text_frame(encode(opened.welcome)))
-    for frame in opened.replay_frames:
-        conn.push(frame)
+    if opened.replay is not None and opened.engine is not None:
+        low_water = int(conn.byte_limit * REPLAY_LOW_WATER)
+        reading = True  # False once the client stopped reading: the outbox bound decides
+        for ids in opened.replay.slices():
+            for env in replay.fetch(opened.engine, ids):
+                if conn.closed or conn.close_code is not None:
+                    return
+                if reading:
+                    reading = _wait_drained(conn, low_water)
+                conn.push(ws_text_frame(event_frame(env)))
     conn.release()
+
+
+def _wait_drained(conn: Conn, low_water: int) -> bool:
+    """Wait (bounded) until the outbox is below ``low_water``; False if it never got there."""
+    deadline = time.monotonic() + REPLAY_DRAIN_WAIT_S
+    while conn.queued_bytes > low_water and not conn.closed:
+        if time.monotonic() >= deadline:
+            return False
+        gevent.sleep(REPLAY_DRAIN_POLL_S)
+    return True

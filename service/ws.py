@@ -37,6 +37,8 @@ from .wsio import PlainUpgrades, drop_handshake, linger, receive
 
 log = logging.getLogger(__name__)
 
+#: How long an established socket waits for its writer to go idle before it is detached.
+DETACH_WAIT_S = 1.0
 #: Close codes a client sends when it means to go (no resume expected).
 CLIENT_GOODBYES = (1000, 1001)
 
@@ -64,6 +66,8 @@ class Session:
         self.conn: Conn | None = None
         self.grants: Grants | None = None
         self.bucket: TokenBucket | None = None
+        #: Called after a refresh swapped the grants (the detached reader re-arms expiry).
+        self.on_refresh: Callable[[], None] | None = None
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -86,7 +90,11 @@ class Session:
             return False
         if not self._hello():
             return False
-        if can_detach(self.ws):
+        assert self.conn is not None
+        # a writer blocked on the request's socket object (a slow client still taking its
+        # welcome and replay) would die with it when the request ends: such a socket stays
+        # on this greenlet, which serves it as well, only at a greenlet's cost
+        if can_detach(self.ws) and self.conn.writer_idle(DETACH_WAIT_S):
             # this greenlet (and the request it carries) can go: the event loop reads on
             Detached(self).start()
             return True
@@ -109,12 +117,16 @@ class Session:
         self.ws.send(encode(obj).decode())
 
     def _hello(self) -> bool:
+        """Wait for a valid hello: within ``HERALD_HELLO_TIMEOUT`` (a deadline, whatever
+        arrives meanwhile) and ``HERALD_HELLO_MAX_FRAMES`` frames, else close 4401."""
         settings = self.node.settings
         deadline = time.monotonic() + settings.hello_timeout_s
-        while True:
+        for _ in range(settings.hello_max_frames):
             raw = receive(self.ws, max(0.0, deadline - time.monotonic()))
             if raw is None:
-                self.ws.close(reason=CLOSE_UNAUTHORIZED, message="no hello in time")
+                self.ws.close(reason=CLOSE_UNAUTHORIZED,
+                              message=f"no hello in time (HERALD_HELLO_TIMEOUT="
+                                      f"{settings.hello_timeout_s:g} s)")
                 return False
             self.node.meter.frames_in += 1
             try:
@@ -130,6 +142,10 @@ class Session:
                 self._send_early(error_frame(exc, frames.peek_ref(raw)))
                 continue
             return self._welcome(frame)
+        self.ws.close(reason=CLOSE_UNAUTHORIZED,
+                      message=f"no valid hello in {settings.hello_max_frames} frames "
+                              "(HERALD_HELLO_MAX_FRAMES)")
+        return False
 
     def _welcome(self, frame: frames.Hello) -> bool:
         assert self.grants is not None
@@ -140,7 +156,7 @@ class Session:
             opened = open_session(node, self.grants, frame, self.ws)
         except TooManyConnections as exc:
             self._send_early(error_frame(exc, frame.ref))
-            self.ws.close(reason=CLOSE_POLICY, message="too many connections")
+            self.ws.close(reason=CLOSE_POLICY, message=exc.close_reason)
             return False
         except ResumeUnavailable:
             self._send_early(error_frame(Unavailable("cannot resume now; retry"), frame.ref))
@@ -180,11 +196,13 @@ class Session:
         self.node.meter.frames_in += 1
         ref = None
         if not self.bucket.take():
+            settings = self.node.settings
             if self.bucket.abused:
-                self.conn.close(CLOSE_POLICY, "rate limit abused")
+                self.conn.close(CLOSE_POLICY, "rate limit abused (HERALD_RATE_LIMIT)")
                 return
-            self.conn.send(error_frame(RateLimited("slow down: too many frames"),
-                                       frames.peek_ref(raw)))
+            self.conn.send(error_frame(RateLimited(
+                f"slow down: over HERALD_RATE_LIMIT={settings.rate_limit:g} frames/s "
+                f"(HERALD_RATE_BURST={settings.rate_burst})"), frames.peek_ref(raw)))
             return
         try:
             frame = frames.parse(raw)
@@ -224,13 +242,24 @@ class Session:
         return {"op": "pong", "ref": f.ref}
 
     def op_refresh(self, f: frames.Frame) -> Reply:
-        """Swap in a fresh token for the same user before the current one expires."""
-        assert isinstance(f, frames.Refresh) and self.grants
+        """Swap in another client token of the same user: the session now expires when it
+        does (sooner or later), and whatever it no longer grants is left."""
+        assert isinstance(f, frames.Refresh) and self.grants and self.conn
         grants = verify_token(self.node.settings.secret_key, f.token)
         if grants.user_id != self.grants.user_id:
             raise Forbidden("a refreshed token must be for the same user")
         self.grants = grants
-        return ack(f, expires_at=grants.expires_at)
+        if self.on_refresh is not None:
+            self.on_refresh()
+        conn, left = self.conn, []
+        for key in sorted(conn.groups):
+            if not grants.may_join(*key):
+                self.node.leave(conn, key)
+                left.append({"scope": key[0], "group": key[1]})
+        for key in sorted(conn.monitors):
+            if not grants.may_join(*key):
+                self.node.hub.monitor(conn, key, False)
+        return ack(f, expires_at=grants.expires_at, left=left)
 
     def op_join(self, f: frames.Frame) -> Reply:
         assert isinstance(f, frames.Join) and self.conn and self.grants
@@ -238,7 +267,7 @@ class Session:
             raise Forbidden(f"not allowed to join {f.scope}/{f.group}")
         limit = self.node.settings.max_groups
         if (f.scope, f.group) not in self.conn.groups and len(self.conn.groups) >= limit:
-            raise Forbidden(f"group limit reached ({limit} per connection)")
+            raise Forbidden(f"group limit reached (HERALD_MAX_GROUPS={limit} per connection)")
         try:
             self.node.join(self.conn, (f.scope, f.group))
         except SQLAlchemyError:
@@ -255,35 +284,73 @@ class Session:
         target = publish_target(f)
         if not self.grants.may_publish(target):
             raise Forbidden("not allowed to publish to this target")
+        quota = self.node.quotas.durable
+        if f.durable and not quota.take(self.conn.user_id):
+            raise RateLimited(quota.refusal("durable publish"))
         msg_id = self.node.publish(target, f.event, f.data, durable=f.durable,
                                    exclude=self.conn.id)
         return ack(f, id=msg_id) if f.durable else ack(f)
 
     def op_members(self, f: frames.Frame) -> Reply:
-        assert isinstance(f, frames.Members) and self.grants
+        """One page of a group's members (``HERALD_MEMBERS_LIMIT`` at most); ``next`` is
+        the ``after`` of the next page, null on the last."""
+        assert isinstance(f, frames.Members) and self.grants and self.conn
         if not self.grants.may_join(f.scope, f.group):
             raise Forbidden(f"not allowed to see {f.scope}/{f.group}")
+        self._query_quota()
+        cap = self.node.settings.members_limit
+        limit = min(f.limit or cap, cap)
         if f.local:
-            members = [self.node.member_info(c)
-                       for c in self.node.hub.local_members((f.scope, f.group))]
+            local = sorted((c for c in self.node.hub.local_members((f.scope, f.group))
+                            if f.after is None or c.id > f.after), key=lambda c: c.id)
+            members = [self.node.member_info(c) for c in local[:limit + 1]]
         else:
-            members = registry.get_members(self.node.engine, f.scope, f.group)
+            members = registry.get_members(self.node.engine, f.scope, f.group,
+                                           limit=limit + 1, after=f.after)
+        more = len(members) > limit
+        members = members[:limit]
         return {"op": "members", "ref": f.ref, "group": f.group, "scope": f.scope,
-                "members": members}
+                "members": members,
+                "next": members[-1]["connection_id"] if more else None}
+
+    def _query_quota(self) -> None:
+        assert self.conn is not None
+        quota = self.node.quotas.queries
+        if not quota.take(self.conn.user_id):
+            raise RateLimited(quota.refusal("members/monitor"))
 
     def op_monitor(self, f: frames.Frame) -> Reply:
         assert isinstance(f, (frames.Monitor, frames.Demonitor)) and self.conn and self.grants
         if not self.grants.may_join(f.scope, f.group):
             raise Forbidden(f"not allowed to monitor {f.scope}/{f.group}")
-        state = self.node.hub.monitor(self.conn, (f.scope, f.group), isinstance(f, frames.Monitor))
+        on, key = isinstance(f, frames.Monitor), (f.scope, f.group)
+        if on:
+            limit = self.node.settings.max_monitors
+            if key not in self.conn.monitors and len(self.conn.monitors) >= limit:
+                raise Forbidden(f"monitor limit reached (HERALD_MAX_MONITORS={limit} per "
+                                "connection)")
+            self._query_quota()
+        state = self.node.hub.monitor(self.conn, key, on)
+        if state is None:
+            return ack(f)
+        # changes arriving while the snapshot is read are buffered in `state`
+        cap = self.node.settings.max_monitored_members
+        tracked = sum(len(st.known) for k, st in self.conn.monitors.items() if k != key)
+        # one more than fits is enough to know it does not: a huge group is not read whole
+        members = registry.get_members(self.node.engine, f.scope, f.group,
+                                       limit=max(0, cap - tracked) + 1)
+        if tracked + len(members) > cap:
+            self.node.hub.monitor(self.conn, key, False)
+            raise Forbidden(f"monitors would track more than {cap} members "
+                            f"(HERALD_MAX_MONITORED_MEMBERS={cap} per connection)")
         self.conn.send(ack(f))
-        if state is not None:
-            # changes arriving while the snapshot is read are buffered in `state`
-            members = registry.get_members(self.node.engine, f.scope, f.group)
-            self.conn.send(presence.frame(f.scope, f.group,
-                                          presence.PresenceData(joins=members)))
-            for change in state.snapshot(members):
-                self.conn.send(presence.frame(f.scope, f.group, change))
+        # the snapshot leaves in frames of at most HERALD_MEMBERS_LIMIT entries
+        page = self.node.settings.members_limit
+        for i in range(0, max(len(members), 1), page):
+            self.conn.send(presence.frame(f.scope, f.group, presence.PresenceData(
+                joins=members[i:i + page])))
+        for change in state.snapshot(members):
+            self.conn.send(presence.frame(f.scope, f.group, change))
         return None
 
     def op_task(self, f: frames.Frame) -> Reply:
@@ -292,9 +359,13 @@ class Session:
 
         if not self.grants.may_start(f.name):
             raise Forbidden(f"not allowed to start {f.name!r}")
+        quota = self.node.quotas.tasks
+        if not quota.take(self.conn.user_id):
+            raise RateLimited(quota.refusal("task start"))
         notify = (Target.connection(self.conn.id) if f.notify == "connection"
                   else Target.user(self.conn.user_id))
-        return ack(f, task_id=start_task(f.name, f.args, notify))
+        return ack(f, task_id=start_task(f.name, f.args, notify,
+                                          settings=self.node.settings))
 
 
 HANDLERS: dict[str, Callable[[Session, frames.Frame], Reply]] = {

@@ -7,7 +7,7 @@ reading itself: simple-websocket is given a thread class that never starts, and
 answered, close handshakes and the 1009 limit work as before). One greenlet per idle
 socket instead of two, which is most of what an idle socket costs.
 
-The opening handshake of a plain upgrade (no extension, no subprotocol) is answered from
+The opening handshake of a plain upgrade (no extension) is answered from
 the WSGI environ the server already parsed; simple-websocket would rebuild the request
 and parse it again with h11, about a tenth of a connect storm's CPU. Anything else (a
 deflate offer, a malformed request) still goes through wsproto.
@@ -19,6 +19,7 @@ import base64
 import contextlib
 import hashlib
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -45,12 +46,14 @@ class InlineReader:
 
 def plain_upgrade_key(environ: dict[str, Any]) -> bytes | None:
     """The Sec-WebSocket-Key of a plain RFC 6455 upgrade (GET, version 13, Host, no
-    extension or subprotocol offered); None for any other request."""
+    extension offered); None for any other request.
+
+    A subprotocol offer keeps an upgrade plain: Herald speaks no subprotocol, so the answer
+    names none, which is what simple-websocket answers too (it is given none to choose)."""
     if (environ.get("REQUEST_METHOD") != "GET" or "HTTP_HOST" not in environ
             or environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13"
             or environ.get("HTTP_UPGRADE", "").lower() != "websocket"
-            or "HTTP_SEC_WEBSOCKET_EXTENSIONS" in environ
-            or "HTTP_SEC_WEBSOCKET_PROTOCOL" in environ):
+            or "HTTP_SEC_WEBSOCKET_EXTENSIONS" in environ):
         return None
     tokens = environ.get("HTTP_CONNECTION", "").lower().split(",")
     key = environ.get("HTTP_SEC_WEBSOCKET_KEY")
@@ -140,13 +143,21 @@ class PlainUpgrades:
 
 
 def receive(ws: Any, timeout: float | None) -> str | bytes | None:
-    """The next message; None when ``timeout`` passes first. Raises ConnectionClosed."""
+    """The next message; None when ``timeout`` passes first. Raises ConnectionClosed.
+
+    ``timeout`` is a deadline for the whole call, not per read: control frames (a ping
+    every second) are answered on the way but never push the deadline out, so a socket
+    cannot outlive its hello timeout or its token that way."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while not ws.input_buffer:
         if not ws.connected:
             raise ConnectionClosed(ws.close_reason, ws.close_message)
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return None
         data = None
         try:
-            with gevent.Timeout(timeout, False):
+            with gevent.Timeout(left, False):
                 data = ws.sock.recv(ws.receive_bytes)
             if data is None:
                 return None  # timed out; nothing was consumed

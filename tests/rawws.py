@@ -13,7 +13,8 @@ from typing import Any
 class RawClient:
     """Handshake, masked text frames out, unmasked frames in; reading only when asked."""
 
-    def __init__(self, host: str, port: int, path: str = "/ws", rcvbuf: int | None = None):
+    def __init__(self, host: str, port: int, path: str = "/ws", rcvbuf: int | None = None,
+                 headers: dict[str, str] | None = None):
         self.sock = socket.socket()
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -21,7 +22,9 @@ class RawClient:
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+                           "Sec-WebSocket-Version: 13\r\n"
+                           + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+                           + "\r\n").encode())
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
             chunk = self.sock.recv(4096)
@@ -29,19 +32,27 @@ class RawClient:
                 raise ConnectionError("closed during the handshake")
             self.buf += chunk
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        self.head = head.decode(errors="replace")
         if b" 101 " not in head.split(b"\r\n", 1)[0]:
             raise ConnectionError(head.decode(errors="replace"))
 
     def send_json(self, obj: Any) -> None:
-        payload = json.dumps(obj).encode()
+        self.send_frame(0x1, json.dumps(obj).encode())
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        self.send_frame(0x9, payload)
+
+    def send_frame(self, opcode: int, payload: bytes) -> None:
+        """One masked, final frame (text 0x1, ping 0x9, ...)."""
         mask = os.urandom(4)
         n = len(payload)
+        b0 = 0x80 | opcode
         if n < 126:
-            header = struct.pack("!BB", 0x81, 0x80 | n)
+            header = struct.pack("!BB", b0, 0x80 | n)
         elif n < 65536:
-            header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+            header = struct.pack("!BBH", b0, 0x80 | 126, n)
         else:
-            header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+            header = struct.pack("!BBQ", b0, 0x80 | 127, n)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         self.sock.sendall(header + mask + masked)
 
@@ -79,3 +90,24 @@ class RawClient:
             if opcode == 8:
                 return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
         return None
+
+    def collect_until_close(self, timeout: float, limit: int = 100_000
+                            ) -> tuple[list[dict[str, Any]], int | None, str]:
+        """Every text frame as JSON until the close frame: (frames, code, reason); pongs
+        are skipped. ``timeout`` bounds each read."""
+        self.sock.settimeout(timeout)
+        got: list[dict[str, Any]] = []
+        for _ in range(limit):
+            try:
+                opcode, payload = self.read_frame()
+            except (EOFError, OSError) as exc:
+                return got, None, f"no close frame: {exc!r}"
+            if opcode == 1:
+                got.append(json.loads(payload))
+            elif opcode == 8:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                return got, code, payload[2:].decode(errors="replace")
+        return got, None, ""
+
+    def close(self) -> None:
+        self.sock.close()

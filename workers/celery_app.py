@@ -13,8 +13,9 @@ settings = Settings.from_env()
 SWEEP_EVERY_S = max(1.0, settings.heartbeat_s)
 PRUNE_EVERY_S = 300.0
 
+# the demo tasks exist only in development: a production worker does not even know them
 app = Celery("herald", broker=settings.broker_url,
-             include=["workers.tasks", "workers.maintenance"])
+             include=["workers.maintenance", *([] if settings.production else ["workers.tasks"])])
 _task_exchange = Exchange(settings.task_queue, type="direct", durable=True)
 app.conf.update(
     task_queues=[Queue(settings.task_queue, _task_exchange, routing_key=settings.task_queue,

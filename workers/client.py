@@ -7,21 +7,34 @@ from typing import Any
 
 import msgspec
 
+from service.config import Settings
 from service.envelope import Target
 from service.errors import BadRequest, NotFound
 from workers.celery_app import app
 from workers.notify import NOTIFY_HEADER
-from workers.tasks import PUBLIC_TASKS
+
+#: The demo tasks (``workers.tasks``): the tasks a client may start, in development only.
+DEMO_TASKS = ("demo.sleep", "demo.fail", "demo.noop")
 
 
-def start_task(name: str, args: dict[str, Any], notify: Target) -> str:
+def public_tasks(settings: Settings) -> tuple[str, ...]:
+    """Task names a client may start through the ``task`` op or ``POST /api/tasks``: the
+    deployment's ``HERALD_PUBLIC_TASKS``, and the demo tasks in development."""
+    return settings.public_tasks + (() if settings.production else DEMO_TASKS)
+
+
+def start_task(name: str, args: dict[str, Any], notify: Target, *,
+               settings: Settings) -> str:
     """Enqueue a public task whose state is reported to ``notify``; return its id.
 
     Equivalent to ``app.send_task(name, kwargs=args, headers={"herald_notify": ...})``,
     which a backend may also call directly.
     """
-    if name not in PUBLIC_TASKS:
-        raise NotFound(f"no task named {name!r}")
+    if name not in public_tasks(settings):
+        demo = settings.production and name in DEMO_TASKS
+        raise NotFound(f"no task named {name!r}" + (
+            " (the demo tasks exist only in development)" if demo else
+            " (HERALD_PUBLIC_TASKS lists the tasks clients may start)"))
     if b"\\u0000" in msgspec.json.encode(args):
         # Postgres' jsonb has no NUL: the task record would be lost inside Celery's signal
         raise BadRequest("args must not contain NUL characters")

@@ -1,4 +1,7 @@
-"""Demo tasks (and a no-op for the benchmark)."""
+"""Demo tasks (and a no-op for the benchmark): development mode only.
+
+A production worker does not import this module (``celery_app``), and clients may start
+these only in development (``workers.client.DEMO_TASKS``)."""
 
 from __future__ import annotations
 
@@ -34,7 +37,3 @@ def demo_fail(self: HeraldTask, message: str = "demo failure") -> None:
 def demo_noop(self: HeraldTask) -> dict[str, Any]:
     """Do nothing: measures Herald's own task round trip."""
     return {}
-
-
-#: Task names a client may start through the ``task`` op or ``POST /api/tasks``.
-PUBLIC_TASKS = ("demo.sleep", "demo.fail", "demo.noop")

@@ -109,6 +109,8 @@ export interface HeraldEvents {
   error: (error: Error) => void;
   /** Some missed durable events could not be replayed: resynchronise from the backend. */
   gap: (welcome: Welcome) => void;
+  /** A token refresh dropped a group the new token no longer grants. */
+  left: (group: { scope: string; group: string }) => void;
   "*": (frame: EventFrame) => void;
 }
 

@@ -396,8 +396,13 @@ export class Herald {
     this._timers.refresh = setTimeout(async () => {
       try {
         const token = await this._getToken();
-        await this.request("refresh", { token });
+        const ack = await this.request("refresh", { token });
         this._token = token;
+        // groups the new token no longer grants were left by the server: forget them too
+        for (const g of ack.left || []) {
+          this._groups.delete(key(g.scope, g.group));
+          this._emit("left", g);
+        }
         this._scheduleRefresh();
       } catch (err) {
         this._emit("error", err);

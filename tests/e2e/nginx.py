@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -62,7 +63,9 @@ http {{
 class Nginx:
     """nginx proxying to ``upstreams`` ("host:port" [+ " backup"] lines, in order)."""
 
-    def __init__(self, directory: Path, upstreams: list[str]) -> None:
+    def __init__(self, directory: Path, upstreams: list[str],
+                 render: Callable[[Path, int], str] | None = None) -> None:
+        """``render(directory, port)``: the whole config instead of the test's own."""
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)  # nginx's workers drop root: they must reach the temp paths
@@ -70,7 +73,8 @@ class Nginx:
         servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=30s;"
                             for u in upstreams)
         self.conf = self.dir / "nginx.conf"
-        self.conf.write_text(CONFIG.format(d=self.dir, port=self.port, servers=servers))
+        self.conf.write_text(render(self.dir, self.port) if render is not None
+                             else CONFIG.format(d=self.dir, port=self.port, servers=servers))
         self._log = open(self.dir / "stdout.log", "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             [NGINX, "-p", str(self.dir), "-e", str(self.dir / "error.log"), "-c", str(self.conf)],

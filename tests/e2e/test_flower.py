@@ -92,3 +92,9 @@ def test_flower_sees_the_task_and_the_worker(cluster: Any) -> None:
 
     # without credentials the API is refused
     assert requests.get(f"{url}/api/workers", timeout=5).status_code == 401
+    # the credentials reach Flower through its environment: not on its command line,
+    # which any user of the machine can read (ps, /proc/<pid>/cmdline)
+    with open(f"/proc/{flower.pid}/cmdline", "rb") as f:
+        argv = f.read()
+    assert b"flower" in argv and FLOWER_PASSWORD.encode() not in argv
+    assert b"guest:guest" not in argv  # nor the broker API's password

@@ -134,3 +134,45 @@ def test_generated_frames_never_break_the_frontend(cluster: Any, token: Any) -> 
             assert cid in {m["connection_id"] for m in local}
     joined = fuzzer.client.request("members", group="fuzz-check")
     assert joined["op"] == "members"
+
+
+def test_generated_frames_before_hello_never_break_the_frontend(cluster: Any) -> None:
+    """Each generated frame (deep nesting among them) is the first thing a fresh socket
+    sends, repeated: every reply is a documented error, every socket ends closed with a
+    documented code within HERALD_HELLO_MAX_FRAMES, and nothing is logged as a crash."""
+    from tests.rawws import RawClient
+
+    fe = cluster.frontend("prefuzz")
+    seen_codes: set[str] = set()
+    closes: list[int | None] = []
+    deep_hellos = st.integers(1, 30_000).map(
+        lambda n: '{"op": "hello", "token": %s}' % ("[" * n + "]" * n))
+
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(frames | deep_hellos)
+    def run(frame: Any) -> None:
+        c = RawClient("127.0.0.1", fe.port)
+        try:
+            for _ in range(4):  # one more than HERALD_HELLO_MAX_FRAMES
+                if isinstance(frame, tuple):
+                    c.send_frame(0x1 if frame[0] == "text" else 0x2, frame[1])
+                else:
+                    c.send_frame(0x1, frame.encode())
+        except OSError:
+            pass  # closed meanwhile (1009, 1007, 4401)
+        got, code, _ = c.collect_until_close(30)
+        c.close()
+        for f in got:
+            assert f.get("op") == "error" and f["code"] in ERROR_CODES, f
+            seen_codes.add(f["code"])
+        assert len(got) <= 3
+        closes.append(code)
+
+    run()
+    assert set(closes) <= CLOSE_CODES | {None}, set(closes)
+    assert closes.count(None) < len(closes) // 10  # a reset now and then, after a 1009
+    assert 4401 in closes and "bad_request" in seen_codes
+    assert fe.alive() and api(fe, "GET", "/healthz").status_code == 200
+    log = fe.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "RecursionError" not in log

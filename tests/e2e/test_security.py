@@ -13,7 +13,7 @@ from websockets.exceptions import InvalidStatus
 
 from service.auth import issue_token
 from tests.conftest import ENV
-from tests.support import Client, api, wait_until
+from tests.support import Client, api
 
 SECRET = ENV["HERALD_SECRET_KEY"]
 
@@ -202,24 +202,6 @@ def test_group_limit_per_connection(pair: Any, token: Any) -> None:
         time.sleep(0.005)  # stay under the frame rate limit
     expect_code(c.request("join", group="g100"), "forbidden")
     assert c.request("join", group="g5")["op"] == "ack"  # already a member: fine
-
-
-def test_connection_limit_per_user(pair: Any, token: Any, engine: Any) -> None:
-    pa, pb = pair
-    user = uid("many")
-    held = []
-    for i in range(20):
-        c = Client((pa if i % 2 else pb).ws_url)
-        c.hello(token(user))
-        held.append(c)
-    extra = Client(pa.ws_url)
-    extra.send({"op": "hello", "token": token(user), "ref": 1})
-    expect_code(extra.wait_for(lambda f: f.get("op") == "error")[0], "rate_limited")
-    assert extra.closed.wait(10) and extra.close_code == 1008
-    held[0].close()
-    wait_until(lambda: len(api(pa, "GET", f"/api/users/{user}/connections").json()) == 19)
-    again = Client(pa.ws_url)
-    again.hello(token(user))
 
 
 def test_plain_http_to_ws_is_rejected(pair: Any) -> None:

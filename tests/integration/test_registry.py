@@ -113,11 +113,15 @@ def test_detach_and_reattach(engine: Engine, frontend: str, writer: RegistryWrit
     assert attachment(engine, c) == [(None, True)]
     assert memberships(engine, c) == [("s", "g1"), ("t", "g2")]
 
-    assert registry.reattach(engine, c, "someone-else", frontend) is None
-    assert registry.reattach(engine, uid("c"), "u", frontend) is None
-    groups, connected_at = registry.reattach(engine, c, "u", frontend) or ([], None)
-    assert groups == [("s", "g1"), ("t", "g2")] and connected_at is not None
+    assert registry.reattach(engine, c, "someone-else", frontend, 0) is None
+    assert registry.reattach(engine, uid("c"), "u", frontend, 0) is None
+    assert registry.reattach(engine, c, "u", frontend, 1) is None  # not its generation
+    groups, connected_at, gen = registry.reattach(engine, c, "u", frontend, 0) or ([], None, 0)
+    assert groups == [("s", "g1"), ("t", "g2")] and connected_at is not None and gen == 1
     assert attachment(engine, c) == [(frontend, False)]
+    # a resume token works once: generation 0 is spent, 1 is the current one
+    assert registry.reattach(engine, c, "u", frontend, 0) is None
+    assert registry.reattach(engine, c, "u", frontend, 1) is not None
 
 
 def test_writer_connect_join_leave_disconnect(engine: Engine, frontend: str,
@@ -286,14 +290,20 @@ def test_lookups(engine: Engine, frontend: str, writer: RegistryWriter) -> None:
         for c, fe, u in ((c1, frontend, user), (c2, other, user), (c3, other, "someone")):
             writer.write("connect", WAIT_S, id=c, frontend_id=fe, user_id=u)
         writer.write("join", WAIT_S, connection_id=c2, scope=scope, group="room")
-        time.sleep(0.01)  # joined_at orders members: c2 joined first
         writer.write("join", WAIT_S, connection_id=c1, scope=scope, group="room")
         writer.write("join", WAIT_S, connection_id=c1, scope=scope, group="lobby")
         writer.write("join", WAIT_S, connection_id=c3, scope=scope, group="lobby")
 
-        assert registry.get_members(engine, scope, "room") == [
-            {"connection_id": c2, "user_id": user, "frontend": other},
-            {"connection_id": c1, "user_id": user, "frontend": frontend}]
+        # members come by connection id, so that they can be paged (``after``)
+        room = sorted([{"connection_id": c2, "user_id": user, "frontend": other},
+                       {"connection_id": c1, "user_id": user, "frontend": frontend}],
+                      key=lambda m: m["connection_id"])
+        assert registry.get_members(engine, scope, "room") == room
+        assert registry.get_members(engine, scope, "room", limit=1) == room[:1]
+        assert registry.get_members(engine, scope, "room", limit=1,
+                                    after=room[0]["connection_id"]) == room[1:]
+        assert registry.get_members(engine, scope, "room",
+                                    after=room[1]["connection_id"]) == []
         assert registry.get_members(engine, scope, "empty") == []
         assert registry.which_groups(engine, scope) == [
             {"scope": scope, "group": "lobby", "members": 2},

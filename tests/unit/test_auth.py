@@ -12,12 +12,16 @@ import pytest
 
 from service.auth import (
     Grants,
+    ResumeClaim,
     api_key_valid,
     group_allowed,
+    issue_resume_token,
     issue_token,
     pattern_matches,
     plain_hs256_claims,
+    resume_key,
     sign_hs256,
+    verify_resume_token,
     verify_token,
 )
 from service.envelope import Target
@@ -246,3 +250,34 @@ def test_api_key_valid() -> None:
     assert api_key_valid("", keys) is False
     assert api_key_valid("key-one", ()) is False
     assert api_key_valid("ключ", ("ключ",)) is True
+
+
+def test_a_resume_token_is_never_a_client_token() -> None:
+    """A resume token neither opens nor refreshes a session: its signature is made with a
+    key derived for that one use, and its claims are reserved anyway."""
+    resume = issue_resume_token(SECRET, ResumeClaim("c1", "u", 0))
+    with pytest.raises(Unauthorized):
+        verify_token(SECRET, resume)
+    assert verify_resume_token(SECRET, resume, "u") == ResumeClaim("c1", "u", 0)
+    assert verify_resume_token(SECRET, resume, "someone-else") is None
+    # a client token is no resume token either
+    assert verify_resume_token(SECRET, issue_token(SECRET, "u"), "u") is None
+    assert resume_key(SECRET) != SECRET and resume_key(SECRET) != resume_key("other" + SECRET)
+
+
+@pytest.mark.parametrize("claim", ["typ", "cid", "gen"])
+def test_client_tokens_with_a_resume_claim_are_refused(claim: str) -> None:
+    """Signed with the real secret (an old-style resume token, or a backend's mistake):
+    still not a client token."""
+    now = int(time.time())
+    claims = {"sub": "u", "exp": now + 60, claim: "resume" if claim == "typ" else "c1"}
+    for token in (sign_hs256(SECRET, claims), _signed(claims)):
+        with pytest.raises(Unauthorized, match="not a client token"):
+            verify_token(SECRET, token)
+
+
+def test_resume_tokens_expire() -> None:
+    expired = issue_resume_token(SECRET, ResumeClaim("c1", "u", 3), ttl_s=-60)
+    assert verify_resume_token(SECRET, expired, "u") is None
+    assert verify_resume_token(SECRET, None, "u") is None
+    assert verify_resume_token(SECRET, "garbage", "u") is None

@@ -13,6 +13,7 @@ from service import config
 from service.config import ENV_VARS, ConfigError, Settings
 
 GOOD_SECRET = "s" * 32
+KEY_1, KEY_2 = "k1" * 16, "k2" * 16
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
 
 def _production(env: pytest.MonkeyPatch, **overrides: str) -> None:
     values = {"HERALD_ENV": "production", "HERALD_SECRET_KEY": GOOD_SECRET,
-              "HERALD_API_KEYS": "k1, k2", "HERALD_ALLOWED_ORIGINS": "https://a.example"}
+              "HERALD_API_KEYS": f"{KEY_1}, {KEY_2}", "HERALD_ALLOWED_ORIGINS": "https://a.example"}
     values.update(overrides)
     for name, value in values.items():
         env.setenv(name, value)
@@ -52,6 +53,7 @@ def test_values_are_read(env: pytest.MonkeyPatch) -> None:
     env.setenv("HERALD_ALLOWED_ORIGINS", " https://a , ,https://b ")
     env.setenv("HERALD_EXCHANGE", "x.fanout")
     env.setenv("HERALD_OUTBOX_LIMIT", "")  # empty means the default
+    env.setenv("HERALD_ENV", "development")
     env.setenv("HERALD_SECRET_KEY", "dev-secret")
     env.setenv("HERALD_API_KEYS", "a,b")
     s = Settings.from_env()
@@ -93,7 +95,7 @@ def test_production_with_everything(env: pytest.MonkeyPatch) -> None:
     _production(env, HERALD_ENV=" Production ")
     s = Settings.from_env()
     assert (s.env, s.production, s.secret_key) == ("production", True, GOOD_SECRET)
-    assert (s.api_keys, s.allowed_origins) == (("k1", "k2"), ("https://a.example",))
+    assert (s.api_keys, s.allowed_origins) == ((KEY_1, KEY_2), ("https://a.example",))
     assert not config.DEV_SECRET_DIR.exists()  # nothing generated in production
 
 
@@ -141,6 +143,7 @@ def test_development_generates_a_secret_once_and_shares_it(env: pytest.MonkeyPat
 def test_development_reads_an_existing_value(env: pytest.MonkeyPatch) -> None:
     config.DEV_SECRET_DIR.mkdir(parents=True)
     (config.DEV_SECRET_DIR / "dev-secret-key").write_text("preset-secret\n")
+    env.setenv("HERALD_ENV", "development")
     env.setenv("HERALD_API_KEYS", "k")
     s = Settings.from_env()
     assert (s.secret_key, s.api_keys) == ("preset-secret", ("k",))
@@ -159,3 +162,77 @@ def test_env_vars_lists_every_variable_the_module_reads() -> None:
     read = set(re.findall(r'"(HERALD_[A-Z_]+)"', source.split("ENV_VARS = (")[0]))
     assert read == set(ENV_VARS)
     assert len(ENV_VARS) == len(set(ENV_VARS))
+
+
+@pytest.mark.parametrize("given", ["HERALD_SECRET_KEY", "HERALD_API_KEYS"])
+def test_secrets_without_a_mode_are_refused(env: pytest.MonkeyPatch, given: str) -> None:
+    """Secrets but no HERALD_ENV looks like a deployment that forgot its mode: never guess
+    development (demo tokens for any user) there."""
+    env.setenv(given, "x" * 40)
+    with pytest.raises(ConfigError, match=f"{given} set but HERALD_ENV is not"):
+        Settings.from_env()
+    env.setenv("HERALD_ENV", "development")  # said out loud, it is allowed
+    assert not Settings.from_env().production
+
+
+def test_development_warns_at_every_start(env: pytest.MonkeyPatch,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    env.setattr(config, "_warned", set())  # a new process
+    with caplog.at_level("WARNING", logger="service.config"):
+        Settings.from_env()
+    assert any("DEVELOPMENT MODE" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("HERALD_SECRET_KEY", "EXAMPLE-replace-with-a-random-secret-of-at-least-32-characters"),
+    ("HERALD_API_KEYS", f"{KEY_1},EXAMPLE-replace-with-a-random-api-key"),
+    ("HERALD_API_KEYS", "please-change-me-please-change-me-0000"),
+    ("HERALD_FLOWER_BASIC_AUTH", "admin:EXAMPLE-flower-password")])
+def test_production_refuses_published_examples(env: pytest.MonkeyPatch, name: str,
+                                               value: str) -> None:
+    _production(env, **{name: value})
+    with pytest.raises(ConfigError, match=f"{name} holds a published example value"):
+        Settings.from_env()
+
+
+def test_production_refuses_short_api_keys(env: pytest.MonkeyPatch) -> None:
+    _production(env, HERALD_API_KEYS=f"{KEY_1},short-key")
+    with pytest.raises(ConfigError, match="key 2 is shorter than 32 characters"):
+        Settings.from_env()
+
+
+def test_every_example_secret_in_the_repo_is_refused(env: pytest.MonkeyPatch) -> None:
+    """Each secret value the compose and k8s examples publish is refused in production."""
+    import yaml
+
+    root = Path(config.__file__).resolve().parent.parent / "compose"
+    values: list[tuple[str, str]] = []
+    for path in [root / "docker-compose.yml", *sorted((root / "k8s").glob("*.yaml"))]:
+        for doc in yaml.safe_load_all(path.read_text()):
+            stack = [doc]
+            while stack:
+                node = stack.pop()
+                if isinstance(node, dict):
+                    for k, v in node.items():
+                        if k in ("HERALD_SECRET_KEY", "HERALD_API_KEYS",
+                                 "HERALD_FLOWER_BASIC_AUTH") and isinstance(v, str):
+                            values.append((k, v))
+                        stack.append(v)
+                elif isinstance(node, list):
+                    stack.extend(node)
+    assert {k for k, _ in values} == {"HERALD_SECRET_KEY", "HERALD_API_KEYS",
+                                      "HERALD_FLOWER_BASIC_AUTH"}
+    for name, value in values:
+        _production(env, **{name: value})
+        with pytest.raises(ConfigError):
+            Settings.from_env()
+        env.delenv(name)
+
+
+def test_limits_defaults() -> None:
+    s = Settings()
+    assert (s.outbox_bytes, s.hello_max_frames, s.max_monitors, s.members_limit) == (
+        1 << 20, 3, 100, 1000)
+    assert (s.replay_limit, s.user_replay_per_min, s.user_durable_per_min,
+            s.user_tasks_per_min, s.user_queries_per_min) == (1000, 10_000, 600, 60, 120)
+    assert s.max_user_connections == 0  # off, as Centrifugo's

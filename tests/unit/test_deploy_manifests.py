@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 import manage
-from service.config import ENV_VARS, ConfigError, Settings
+from service.config import ENV_VARS, ConfigError, Settings, is_placeholder
 from service.frontend import DRAIN_WAIT_S
 from service.server import GRACEFUL_TIMEOUT_S
 from tests.support import ROOT
@@ -219,13 +220,25 @@ def dockerfile_env() -> dict[str, str]:
     return env
 
 
+def replaced(value: str) -> str:
+    """What an operator puts in place of an example secret: each EXAMPLE value (a list
+    item, or the part after ``user:``) becomes a random one of 40 characters."""
+    def one(v: str) -> str:
+        head, sep, tail = v.rpartition(":")
+        return (head + sep if sep else "") + uuid.uuid4().hex[:20] * 2 if is_placeholder(
+            tail) else v
+    return ",".join(one(v) for v in value.split(","))
+
+
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings.from_env() with exactly ``env`` as the HERALD_* environment."""
+    """Settings.from_env() with exactly ``env`` as the HERALD_* environment, once its
+    example secrets have been replaced as their comments ask (production refuses them
+    as they are: tests/unit/test_config.py)."""
     for key in list(os.environ):
         if key.startswith("HERALD_"):
             monkeypatch.delenv(key)
     for key, value in env.items():
-        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, replaced(value))
     try:
         return Settings.from_env()
     except ConfigError as exc:

@@ -173,3 +173,26 @@ def test_peek_ref() -> None:
     assert frames.peek_ref(b"[1]") is None
     assert frames.peek_ref(b"garbage") is None
     assert frames.peek_ref(b'{"op":"ping"}') is None
+
+
+@pytest.mark.parametrize("where", ["ref", "data", "args", "token", "unknown"])
+def test_deep_nesting_is_a_bad_request_not_a_crash(where: str) -> None:
+    """Nesting past the interpreter's recursion limit raises RecursionError inside msgspec:
+    parse turns it into bad_request, peek_ref into no ref."""
+    deep = "[" * 100_000 + "]" * 100_000
+    op = {"ref": "hello", "data": "publish", "args": "task", "token": "hello",
+          "unknown": "ping"}[where]
+    raw = (f'{{"op": "{op}", "{where}": {deep}, "event": "e", "all": true, '
+           '"name": "n"}').encode()
+    with pytest.raises(BadRequest):
+        frames.parse(raw)
+    assert frames.peek_ref(raw) is None
+    with pytest.raises(BadRequest):
+        frames.parse(deep.encode())
+
+
+def test_members_page_fields() -> None:
+    f = frames.parse(b'{"op": "members", "group": "g", "limit": 10, "after": "c9"}')
+    assert isinstance(f, frames.Members) and (f.limit, f.after) == (10, "c9")
+    with pytest.raises(BadRequest):
+        frames.parse(b'{"op": "members", "group": "g", "limit": 0}')

@@ -9,7 +9,7 @@ import pytest
 from gevent.event import Event
 
 from service.envelope import Target, ws_text_frame
-from service.hub import CLOSE_BEHIND, Conn, Hub
+from service.hub import CLOSE_BEHIND, OVERFLOW_REASON, Conn, Hub
 
 
 class FakeSock:
@@ -134,8 +134,40 @@ def test_overflow_closes_with_1013_and_calls_on_overflow(hub: Hub) -> None:
     conn.push(b"4")  # already closing: dropped, on_overflow not called again
     settle()
     assert overflowed == [conn]
-    assert conn.ws.log == [("send", b"12"), ("close", CLOSE_BEHIND, "outbound buffer full, resume")]
+    assert conn.ws.log == [("send", b"12"), ("close", CLOSE_BEHIND, OVERFLOW_REASON)]
     assert conn.closed is True
+
+
+def test_overflow_by_bytes_closes_with_1013(hub: Hub) -> None:
+    """A few large frames (a members reply of a big group, a replay) hit the byte bound
+    long before the frame bound."""
+    overflowed: list[Conn] = []
+    conn = make(hub, "a", "u", limit=100, on_overflow=overflowed.append, outbox_bytes=1000)
+    conn.push(b"x" * 600)
+    conn.push(b"y" * 400)  # 1,000 bytes queued: at the bound, not over it
+    assert overflowed == [] and conn.queued_bytes == 1000
+    conn.push(b"z")
+    assert overflowed == [conn]
+    settle()
+    assert conn.ws.log == [("send", b"x" * 600 + b"y" * 400),
+                           ("close", CLOSE_BEHIND, OVERFLOW_REASON)]
+    assert conn.queued_bytes == 0
+
+
+def test_held_deliveries_are_bounded_in_bytes_and_frames(hub: Hub) -> None:
+    """What is parked while a resume replays counts against the same bounds."""
+    by_bytes = make(hub, "a", "u", outbox_bytes=100)
+    by_bytes.hold()
+    by_bytes.deliver(b"x" * 60)
+    by_bytes.deliver(b"y" * 60)
+    assert by_bytes.close_code == CLOSE_BEHIND
+    by_frames = make(hub, "b", "u", limit=3)
+    by_frames.hold()
+    for _ in range(3):
+        by_frames.deliver(b"f")
+    assert by_frames.close_code is None
+    by_frames.deliver(b"f")
+    assert by_frames.close_code == CLOSE_BEHIND
 
 
 def test_close_flushes_queued_frames_first(hub: Hub) -> None:
@@ -386,7 +418,7 @@ def test_a_full_socket_buffer_queues_the_frame_instead_of_dropping_it(hub: Hub,
 
 def test_a_partial_fast_write_is_finished_by_the_writer_intact(hub: Hub) -> None:
     ws = RealWS()
-    conn = Conn("r", "u", ws, 100, meter=hub.meter)
+    conn = Conn("r", "u", ws, 100, meter=hub.meter, outbox_bytes=8 << 20)
     _made.append(conn)
     hub.add(conn)
     big = ws_text_frame(b"x" * 3_000_000)  # more than the socket buffers take at once
