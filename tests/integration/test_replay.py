@@ -30,14 +30,16 @@ def test_a_row_that_commits_late_is_replayed(engine: Any) -> None:
     later_id = messagelog.append(engine, "t", Target.user(user), "e", _raw({"n": 2}))
     assert later_id > early_id
     # the client sees `later_id` live and remembers it; only now does the slow row commit
-    seen_then = replay.missed(engine, user_id=user, connection_id=None, groups=[], last_id=0)
+    # (a large limit: the shared log holds other tests' messages to everyone too)
+    seen_then = replay.missed(engine, user_id=user, connection_id=None, groups=[], last_id=0,
+                              limit=1_000_000)
     seen_ids = [e.id for e in seen_then.envelopes]
     assert later_id in seen_ids and early_id not in seen_ids  # invisible until its commit
     slow_tx.commit()
     slow.close()
 
     again = replay.missed(engine, user_id=user, connection_id=None, groups=[],
-                          last_id=later_id)
+                          last_id=later_id, limit=1_000_000)
     ids = [e.id for e in again.envelopes]
     assert early_id in ids  # not skipped although its id is below last_id
     assert ids == sorted(ids) and again.gap is False
@@ -51,7 +53,7 @@ def test_replay_addresses_only_this_clients_targets(engine: Any) -> None:
     messagelog.append(engine, "t", Target.user(other), "e", _raw(0))
     messagelog.append(engine, "t", Target.group("g2", "s"), "e", _raw(0))
     got = replay.missed(engine, user_id=me, connection_id="c-me", groups=[("s", "g1")],
-                        last_id=base)
+                        last_id=base, limit=1_000_000)
     by_id = {e.id: e for e in got.envelopes}
     assert set(mine) <= set(by_id)
     assert by_id[mine[1]].target == {"group": "g1", "scope": "s"}
