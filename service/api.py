@@ -151,8 +151,9 @@ def start_task() -> tuple[Response, int]:
 
     body: _TaskBody = _body(_TaskBody)
     target = _target(body.notify, "notify")
-    return jsonify({"task_id": enqueue(body.name, body.args, target,
-                                       settings=node().settings)}), 202
+    fe = node()
+    return jsonify({"task_id": enqueue(body.name, body.args, target, settings=fe.settings,
+                                       engine=fe.engine, publish=fe.publish_task_note)}), 202
 
 
 @api.get("/tasks/<task_id>")

@@ -59,8 +59,5 @@ def create_app(test_config: dict[str, Any] | None = None, *, port: int | None = 
     if not settings.ws_deflate:
         app.wsgi_app = NoDeflate(app.wsgi_app)  # type: ignore[method-assign]
     if start:
-        from workers import notify
-
-        notify.set_publish_hook(node.publish_hook)
         node.start()
     return app

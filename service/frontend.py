@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import registry, replay
-from .bus import BROKER_ERRORS, BROKER_HEARTBEAT_S, BusConsumer, BusPublisher
+from .bus import BROKER_ERRORS, BROKER_HEARTBEAT_S, make_consumer, make_publisher
 from .config import Settings
 from .db import get_engine
 from .envelope import (
@@ -34,6 +34,7 @@ from .envelope import (
     ws_text_frame,
 )
 from .hub import CLOSE_DRAINING, CLOSE_REPLACED, Conn, GroupKey, Hub
+from .leaves import publish_leaves
 from .limits import UserQuotas
 from .metrics import Meter
 from .publishing import Publishing
@@ -66,12 +67,12 @@ class Frontend(Publishing):
         self.meter = Meter()
         self.hub = Hub(self.meter)
         self.registry = registry.RegistryWriter(self.engine)
-        self.publisher = BusPublisher(settings.broker_url, settings.exchange,
-                                      lock=threading.RLock())
-        self.consumer = BusConsumer(settings.broker_url, settings.exchange,
-                                    on_batch=self.on_bus_batch, on_ready=self._on_bus_ready,
-                                    on_lost=self._on_bus_lost,
-                                    sleep=gevent.sleep)
+        # the URL picks the backend: amqp:// in production, memory:// in unit tests
+        self.publisher = make_publisher(settings.broker_url, settings.exchange,
+                                        lock=threading.RLock())
+        self.consumer = make_consumer(settings.broker_url, settings.exchange,
+                                      on_batch=self.on_bus_batch, on_ready=self._on_bus_ready,
+                                      on_lost=self._on_bus_lost, sleep=gevent.sleep)
         self.registered = False
         self.draining = False
         self.init_publishing()
@@ -134,9 +135,7 @@ class Frontend(Publishing):
             log.warning("frontend %s could not register yet: %s", self.id, exc.__class__.__name__)
             return
         if stale:  # an earlier run with our id left members behind: tell their monitors
-            from workers.presence import publish_leaves
-
-            publish_leaves(stale, publish=self.publisher.publish, origin=self.id)
+            publish_leaves(stale, self.publisher.publish, self.id)
 
     def _heartbeat_loop(self) -> None:
         while True:

@@ -1,10 +1,10 @@
-"""The durable message log (written before a durable message is published), and the
-write-only publishers' batched path into it and onto the bus."""
+"""The durable message log: rows written before a durable message is published (the
+publish pipeline itself is ``cluster.pipeline``)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +13,8 @@ from sqlalchemy import Connection, Engine, Text, bindparam, cast, literal, selec
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import DataError
 
-from .envelope import Envelope, Target, encode_bus, make_envelope
+from .envelope import Target
 from .errors import BadRequest
-from .groupcommit import GroupCommit
 from .models import Message
 
 log = logging.getLogger(__name__)
@@ -125,80 +124,3 @@ def _append_one(engine: Engine, origin: str, entry: Entry) -> int | BadRequest:
         return append(engine, origin, entry.target, entry.event, entry.data)
     except BadRequest as exc:
         return exc
-
-
-class LogPublisher:
-    """Log first when durable, then publish: the one publish path, for write-only
-    publishers (workers, backends) and, with ``before_send``, for frontends.
-
-    Concurrent publishes share one INSERT and one bus message (``GroupCommit``), so a
-    publisher with confirms waits for one confirm per batch, not per message.
-    ``before_send(envelopes)`` runs on each batch before it goes to the bus (a frontend
-    delivers to its own sockets there). A broker outage is survivable for a durable message
-    (it is in the log and frontends replay it when they reconnect), not for a transient one.
-    """
-
-    def __init__(self, engine: Engine, bus: Any, origin: str,
-                 before_send: Callable[[list[Envelope]], None] | None = None) -> None:
-        self.engine = engine
-        self.bus = bus
-        self.origin = origin
-        self.before_send = before_send
-        self._durable: GroupCommit[Entry, int | BadRequest] = GroupCommit(self._run_durable)
-        self._transient: GroupCommit[Entry, None] = GroupCommit(self._run_transient)
-
-    def publish(self, target: Target, event: str, data: msgspec.Raw, durable: bool,
-                dedupe_key: str | None = None, exclude: str | None = None) -> int | None:
-        """Publish one message; returns its log id when durable."""
-        entry = Entry(target, event, data, exclude)
-        if dedupe_key is not None:  # a task outcome: logged once per key, never batched
-            msg_id = append(self.engine, self.origin, target, event, data, dedupe_key)
-            self._send([entry], [msg_id], True)
-            return msg_id
-        if not durable:
-            self._transient.submit(entry)
-            return None
-        result = self._durable.submit(entry)
-        if isinstance(result, BadRequest):
-            raise result
-        return result
-
-    def publish_many(self, entries: Sequence[Entry], durable: bool
-                     ) -> list[int | BadRequest | None]:
-        """Publish several messages in order, sharing inserts and bus messages: an id per
-        entry (None when transient), or the BadRequest that entry alone earned."""
-        if not durable:
-            self._transient.submit_many(entries)
-            return [None] * len(entries)
-        return list(self._durable.submit_many(entries))
-
-    def send_logged(self, target: Target, event: str, data: msgspec.Raw, msg_id: int) -> None:
-        """Publish a message the caller has already logged under ``msg_id``."""
-        self._send([Entry(target, event, data)], [msg_id], True)
-
-    def _run_durable(self, entries: Sequence[Entry]) -> list[int | BadRequest]:
-        ids = append_many(self.engine, self.origin, entries)
-        logged = [(e, i) for e, i in zip(entries, ids, strict=True) if isinstance(i, int)]
-        self._send([e for e, _ in logged], [i for _, i in logged], True)
-        return ids
-
-    def _run_transient(self, entries: Sequence[Entry]) -> list[None]:
-        self._send(entries, [None] * len(entries), False)
-        return [None] * len(entries)
-
-    def _send(self, entries: Sequence[Entry], ids: Sequence[int | None], durable: bool) -> None:
-        from .bus import BROKER_ERRORS
-
-        if not entries:
-            return
-        envs = [make_envelope(self.origin, e.target, e.event, e.data, i, e.exclude)
-                for e, i in zip(entries, ids, strict=True)]
-        if self.before_send is not None:
-            self.before_send(envs)
-        try:
-            self.bus.publish(encode_bus(envs))
-        except BROKER_ERRORS as exc:
-            if not durable:
-                raise
-            log.warning("broker unavailable, %d durable messages stay in the log for replay "
-                        "(ids %s-%s): %s", len(envs), envs[0].id, envs[-1].id, exc)

@@ -25,8 +25,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from . import messagelog, registry
-from .bus import BusConsumer, BusPublisher
+from . import messagelog, pipeline, registry
+from .bus import make_consumer, make_publisher
 from .config import Settings
 from .db import get_engine
 from .envelope import (
@@ -51,8 +51,9 @@ class Herald:
         self.settings = settings or Settings.from_env()
         self.origin = f"backend:{socket.gethostname()}:{os.getpid()}"
         self.engine = get_engine(self.settings.database_url, pool_size=2)
-        self.bus = BusPublisher(self.settings.broker_url, self.settings.exchange, confirm=True)
-        self.log = messagelog.LogPublisher(self.engine, self.bus, self.origin)
+        self.bus = make_publisher(self.settings.broker_url, self.settings.exchange,
+                                  confirm=True)
+        self.log = pipeline.LogPublisher(self.engine, self.bus, self.origin)
 
     def join(self, scope: str, group: str, connection_id: str) -> None:
         """Server-side join of any connection (raises NotFound for an unknown one)."""
@@ -98,8 +99,12 @@ class Herald:
         """
         inbox: queue.Queue[bytes] = queue.Queue()
         ready = threading.Event()
-        consumer = BusConsumer(self.settings.broker_url, self.settings.exchange, inbox.put,
-                               on_ready=lambda _name, _first: ready.set())
+        def put_all(bodies: list[bytes]) -> None:
+            for body in bodies:
+                inbox.put(body)
+
+        consumer = make_consumer(self.settings.broker_url, self.settings.exchange,
+                                 on_batch=put_all, on_ready=lambda _name, _first: ready.set())
         thread = threading.Thread(target=consumer.run, name="herald-monitor", daemon=True)
         thread.start()
         try:

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import msgspec
 from sqlalchemy import Engine
 
-from . import messagelog, presence
-from .bus import BROKER_ERRORS, BusPublisher
+from . import pipeline, presence
+from .bus import BROKER_ERRORS, Publisher
 from .envelope import (
     Envelope,
     Target,
@@ -44,13 +44,13 @@ class Publishing:
     id: str
     engine: Engine
     hub: Hub
-    publisher: BusPublisher
+    publisher: Publisher
     meter: Meter
     log_head: LogHead
 
     def init_publishing(self) -> None:
         # concurrent publishes share one log INSERT, one local fan-out and one bus message
-        self.log = messagelog.LogPublisher(self.engine, self.publisher, self.id,
+        self.log = pipeline.LogPublisher(self.engine, self.publisher, self.id,
                                            before_send=self._deliver_own)
         # presence changes made in one turn of the loop leave in one bus message
         self._presence: NextTick[Envelope] = NextTick(self._send_presence)
@@ -80,14 +80,10 @@ class Publishing:
         self.hub.deliver_batch([(target_of(env), ws_text_frame(event_frame(env)),
                                  env.exclude, env.ts) for env in envs])
 
-    def publish_hook(self, target: Target, event: str, data: msgspec.Raw, durable: bool,
-                     dedupe_key: str | None) -> int | None:
-        """The signature ``workers.notify`` expects (task.queued from this frontend)."""
+    def publish_task_note(self, target: Target, event: str, data: msgspec.Raw,
+                          durable: bool, dedupe_key: str | None) -> int | None:
+        """``publish`` as ``workers.notify.PublishFn`` (task.queued from this frontend)."""
         return self.publish(target, event, data, durable=durable, dedupe_key=dedupe_key)
-
-    def on_bus_body(self, body: bytes) -> None:
-        """One message from the fanout (see ``on_bus_batch``)."""
-        self.on_bus_batch([body])
 
     def on_bus_batch(self, bodies: list[bytes]) -> None:
         """Messages from the fanout, in order: skip our own, deliver the rest locally.

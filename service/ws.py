@@ -365,7 +365,9 @@ class Session:
         notify = (Target.connection(self.conn.id) if f.notify == "connection"
                   else Target.user(self.conn.user_id))
         return ack(f, task_id=start_task(f.name, f.args, notify,
-                                          settings=self.node.settings))
+                                          settings=self.node.settings,
+                                          engine=self.node.engine,
+                                          publish=self.node.publish_task_note))
 
 
 HANDLERS: dict[str, Callable[[Session, frames.Frame], Reply]] = {

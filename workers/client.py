@@ -6,12 +6,13 @@ import uuid
 from typing import Any
 
 import msgspec
+from sqlalchemy import Engine
 
 from service.config import Settings
 from service.envelope import Target
 from service.errors import BadRequest, NotFound
 from workers.celery_app import app
-from workers.notify import NOTIFY_HEADER
+from workers.notify import NOTIFY_HEADER, QUEUED_HEADER, PublishFn, record_queued
 
 #: The demo tasks (``workers.tasks``): the tasks a client may start, in development only.
 DEMO_TASKS = ("demo.sleep", "demo.fail", "demo.noop")
@@ -24,11 +25,13 @@ def public_tasks(settings: Settings) -> tuple[str, ...]:
 
 
 def start_task(name: str, args: dict[str, Any], notify: Target, *,
-               settings: Settings) -> str:
+               settings: Settings, engine: Engine, publish: PublishFn) -> str:
     """Enqueue a public task whose state is reported to ``notify``; return its id.
 
-    Equivalent to ``app.send_task(name, kwargs=args, headers={"herald_notify": ...})``,
-    which a backend may also call directly.
+    The caller's ``engine`` and ``publish`` (a frontend's own: its sockets first) write the
+    task record and ``task.queued`` before the task message leaves. Equivalent to
+    ``app.send_task(name, kwargs=args, headers={"herald_notify": ...})``, which a backend
+    may also call directly (then ``workers.notify`` does the same with its own publisher).
     """
     if name not in public_tasks(settings):
         demo = settings.production and name in DEMO_TASKS
@@ -39,6 +42,7 @@ def start_task(name: str, args: dict[str, Any], notify: Target, *,
         # Postgres' jsonb has no NUL: the task record would be lost inside Celery's signal
         raise BadRequest("args must not contain NUL characters")
     task_id = uuid.uuid4().hex
+    record_queued(engine, publish, task_id, name, args, notify)
     app.send_task(name, kwargs=args, task_id=task_id,
-                  headers={NOTIFY_HEADER: notify.as_json()})
+                  headers={NOTIFY_HEADER: notify.as_json(), QUEUED_HEADER: True})
     return task_id

@@ -1,11 +1,12 @@
 """Task notifications: how task state reaches the clients that asked for it.
 
-Whoever enqueues a task (the HTTP API, a client's ``task`` op, or a backend calling Celery
-directly with ``headers={"herald_notify": target}``) passes through ``before_task_publish``
-here: the task record is written and ``task.queued`` published before the task message
-leaves, so the worker's ``task.started`` cannot overtake it. Inside a frontend the publish
-hook is the frontend's own (local sockets first); elsewhere a write-only publisher with
-confirms is used.
+The task record is written and ``task.queued`` published before the task message leaves,
+so the worker's ``task.started`` cannot overtake it. A frontend does that itself, through
+its own publish (``workers.client.start_task``, given the frontend's engine and publish:
+local sockets first), and marks the message ``herald_queued``; a backend calling Celery
+directly with ``headers={"herald_notify": target}`` gets the same from the
+``before_task_publish`` handler here, through this process's write-only publisher (with
+confirms). Nothing here reaches back into a frontend.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from typing import Any
 
 import msgspec
 from celery.signals import before_task_publish
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects.postgresql import insert
 
-from service import messagelog
-from service.bus import BusPublisher
+from service import messagelog, pipeline
+from service.bus import make_publisher
 from service.db import get_engine
 from service.envelope import Target, raw_json
 from service.errors import BadRequest
@@ -33,21 +34,16 @@ from service.models import TaskRecord
 log = logging.getLogger(__name__)
 
 NOTIFY_HEADER = "herald_notify"
+#: Set by a starter that recorded the task and published task.queued itself.
+QUEUED_HEADER = "herald_queued"
 #: How often a write-only publisher services its AMQP heartbeats.
 HEARTBEAT_TICK_S = 2.0
 
 #: publish(target, event, data, durable, dedupe_key) -> log id or None
 PublishFn = Callable[[Target, str, msgspec.Raw, bool, "str | None"], "int | None"]
 
-_hook: PublishFn | None = None
 _lock = threading.Lock()
 _publishers: dict[int, WorkerPublisher] = {}
-
-
-def set_publish_hook(fn: PublishFn | None) -> None:
-    """Route notifications through ``fn`` (a frontend installs its own publish)."""
-    global _hook
-    _hook = fn
 
 
 class WorkerPublisher:
@@ -59,8 +55,8 @@ class WorkerPublisher:
         self.settings = settings
         self.origin = f"worker:{socket.gethostname()}:{os.getpid()}"
         self.engine = get_engine(settings.database_url, pool_size=2)
-        self.bus = BusPublisher(settings.broker_url, settings.exchange, confirm=True)
-        self.log = messagelog.LogPublisher(self.engine, self.bus, self.origin)
+        self.bus = make_publisher(settings.broker_url, settings.exchange, confirm=True)
+        self.log = pipeline.LogPublisher(self.engine, self.bus, self.origin)
         # keep the broker connection's heartbeats going between publishes
         threading.Thread(target=self._tick, name="herald-heartbeat", daemon=True).start()
 
@@ -86,24 +82,16 @@ def publisher() -> WorkerPublisher:
 
 def publish(target: Target, event: str, data: Any, durable: bool = False,
             dedupe_key: str | None = None) -> int | None:
-    """Publish a notification through the hook or this process's publisher."""
+    """Publish a notification through this process's write-only publisher."""
     raw = data if isinstance(data, msgspec.Raw) else raw_json(data)
-    if _hook is not None:
-        return _hook(target, event, raw, durable, dedupe_key)
     return publisher().publish(target, event, raw, durable, dedupe_key)
 
 
 def publish_outcome(target: Target, event: str, data: Any, dedupe_key: str,
                     record: Callable[[Connection], None]) -> int | None:
     """A task's durable outcome and its task record, committed together (one round trip
-    instead of two), then published. Inside a frontend the hook publishes instead."""
+    instead of two), then published."""
     raw = raw_json(data)
-    if _hook is not None:
-        from workers.celery_app import settings
-
-        with get_engine(settings.database_url, pool_size=2).begin() as db:
-            record(db)
-        return _hook(target, event, raw, True, dedupe_key)
     pub = publisher()
     with pub.engine.begin() as db:
         record(db)
@@ -123,21 +111,29 @@ def notify_target(value: Any) -> Target | None:
         return None
 
 
+def record_queued(engine: Engine, publish_fn: PublishFn, task_id: str, name: str,
+                  kwargs: Any, target: Target) -> None:
+    """Write the task record, then publish ``task.queued`` to ``target`` with ``publish_fn``
+    (both before the task message leaves)."""
+    with engine.begin() as db:
+        db.execute(insert(TaskRecord).values(
+            id=task_id, name=name, args=kwargs, notify=target.as_json(), state="queued",
+        ).on_conflict_do_nothing())
+    publish_fn(target, "task.queued", raw_json({"task_id": task_id, "name": name}), False,
+               None)
+
+
 @before_task_publish.connect
 def _on_before_publish(sender: str | None = None, headers: dict[str, Any] | None = None,
                        body: Any = None, **_: Any) -> None:
     headers = headers or {}
+    if headers.get(QUEUED_HEADER):
+        return  # its starter (a frontend) recorded it and told the target already
     target = notify_target(headers.get(NOTIFY_HEADER))
     if target is None:
         return
     task_id = headers.get("id")
     name = headers.get("task") or sender or "?"
     kwargs = body[1] if isinstance(body, (list, tuple)) and len(body) > 1 else {}
-    from workers.celery_app import settings
-
-    engine = get_engine(settings.database_url, pool_size=2)
-    with engine.begin() as db:
-        db.execute(insert(TaskRecord).values(
-            id=task_id, name=name, args=kwargs, notify=target.as_json(), state="queued",
-        ).on_conflict_do_nothing())
-    publish(target, "task.queued", {"task_id": task_id, "name": name})
+    pub = publisher()
+    record_queued(pub.engine, pub.publish, str(task_id), name, kwargs, target)

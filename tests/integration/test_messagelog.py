@@ -131,7 +131,7 @@ def test_concurrent_durable_publishes_share_inserts_and_bus_messages(engine: Eng
 
     from service.bus import BusPublisher, fanout_exchange
     from service.envelope import decode_bus
-    from service.messagelog import LogPublisher
+    from service.pipeline import LogPublisher
     from tests.conftest import ENV
 
     url, name = ENV["HERALD_BROKER_URL"], f"herald_test_{ENV['HERALD_NS']}.log.{origin()}"

@@ -1,6 +1,6 @@
-"""The bus: one durable fanout exchange on RabbitMQ, through kombu.
+"""The AMQP bus backend (``amqp://``): one durable fanout exchange on RabbitMQ, via kombu.
 
-A backend only publishes and listens; what a message means is the frontend's business.
+A backend only publishes and listens; what a message means is the cluster core's business.
 ``BusPublisher`` and ``BusConsumer`` use separate broker connections. The consumer owns one
 exclusive, auto-delete, server-named queue bound to the exchange; when its connection
 drops the queue goes with it, so it reconnects with capped backoff, declares a new queue
@@ -22,6 +22,8 @@ import amqp
 from kombu import Connection, Consumer, Exchange, Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from .base import BusError
+
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/x-herald"
@@ -29,7 +31,8 @@ CONTENT_TYPE = "application/x-herald"
 _AMQP = Connection("amqp://")  # never connected: only asked which errors its transport raises
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     *_AMQP.connection_errors, *_AMQP.channel_errors, OSError,
-    KombuOperationalError)  # what kombu raises once its retries are spent
+    KombuOperationalError,  # what kombu raises once its retries are spent
+    BusError)  # what any other backend raises
 #: Seconds between AMQP heartbeats (each side closes after two missed).
 BROKER_HEARTBEAT_S = 10
 #: Reconnect backoff bounds, seconds.

@@ -1,0 +1,34 @@
+"""The bus: how envelopes reach every frontend. The URL picks the backend, as in
+encode/broadcaster: ``amqp://`` (RabbitMQ, through kombu: ``amqp.py``) or ``memory://NAME``
+(one process, for tests: ``memory.py``). ``base.py`` says what a backend offers.
+
+This package imports nothing else of Herald's: it carries bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .amqp import BROKER_ERRORS, BROKER_HEARTBEAT_S, BusConsumer, BusPublisher, fanout_exchange
+from .base import BusError, Consumer, Publisher
+from .memory import MemoryConsumer, MemoryPublisher
+
+MEMORY_SCHEME = "memory://"
+
+__all__ = ["BROKER_ERRORS", "BROKER_HEARTBEAT_S", "BusConsumer", "BusError", "BusPublisher",
+           "Consumer", "Publisher", "fanout_exchange", "make_consumer", "make_publisher"]
+
+
+def make_publisher(url: str, exchange: str, **options: Any) -> Publisher:
+    """A publisher for the backend ``url`` names (``confirm``, ``lock``, ``sleep``: AMQP)."""
+    if url.startswith(MEMORY_SCHEME):
+        return MemoryPublisher(url, exchange)
+    return BusPublisher(url, exchange, **options)
+
+
+def make_consumer(url: str, exchange: str, **options: Any) -> Consumer:
+    """A consumer loop for the backend ``url`` names (``on_batch``, ``on_ready``,
+    ``on_lost``, ``sleep``)."""
+    if url.startswith(MEMORY_SCHEME):
+        return MemoryConsumer(url, exchange, **options)
+    return BusConsumer(url, exchange, **options)
