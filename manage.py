@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent
 
 
 def _settings() -> Any:
-    from service.config import Settings
+    from service.core.config import Settings
 
     return Settings.from_env()
 
@@ -31,7 +31,7 @@ def alembic_config(url: str) -> Any:
 def cmd_db(args: argparse.Namespace) -> int:
     from alembic import command
 
-    from service.db import ensure_database
+    from service.store.db import ensure_database
 
     url = _settings().database_url
     cfg = alembic_config(url)
@@ -55,7 +55,7 @@ def _exec_celery(*argv: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from service.config import ConfigError
+    from service.core.config import ConfigError
 
     settings = _settings()
     if args.role == "frontend":
@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         run(settings, args.port or 8000)
         return 0
-    from service.config import DEV_SECRET_DIR
+    from service.core.config import DEV_SECRET_DIR
 
     var = DEV_SECRET_DIR  # HERALD_VAR_DIR: beat's schedule lives with the other state
     var.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from service.auth import issue_token
+    from service.core.auth import issue_token
 
     print(issue_token(_settings().secret_key, args.user, join=args.join, publish=args.publish,
                       tasks=args.task, ttl_s=args.ttl))
@@ -98,7 +98,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from service.envelope import Target, raw_json
+    from service.core.envelope import Target, raw_json
     from workers.notify import publisher
 
     if args.all:
@@ -119,23 +119,23 @@ def _print(rows: Any) -> int:
 
 
 def cmd_members(args: argparse.Namespace) -> int:
-    from service import registry
-    from service.db import get_engine
+    from service.store import registry
+    from service.store.db import get_engine
 
     engine = get_engine(_settings().database_url)
     return _print(registry.get_members(engine, args.scope, args.group))
 
 
 def cmd_frontends(args: argparse.Namespace) -> int:
-    from service import registry
-    from service.db import get_engine
+    from service.store import registry
+    from service.store.db import get_engine
 
     return _print(registry.list_frontends(get_engine(_settings().database_url)))
 
 
 def cmd_connections(args: argparse.Namespace) -> int:
-    from service import registry
-    from service.db import get_engine
+    from service.store import registry
+    from service.store.db import get_engine
 
     return _print(registry.user_connections(get_engine(_settings().database_url), args.user))
 
@@ -189,11 +189,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from service.logs import configure
+    from service.core.logs import configure
 
     configure()
     args = parser().parse_args(argv)
-    from service.config import ConfigError
+    from service.core.config import ConfigError
 
     try:
         return int(args.func(args))

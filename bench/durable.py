@@ -89,7 +89,7 @@ class Bench:
     def sender(self, path: str, durable: bool) -> Send:
         """A publish function for one thread (HTTP: its own keep-alive connection); it is
         given one message, or BATCH of them in the batched modes."""
-        from service.envelope import Target
+        from service.core.envelope import Target
 
         if path == "backend":
             return lambda datas: self.herald.publish(Target.all(), "d", datas[0],
@@ -144,7 +144,7 @@ class Bench:
             t.start()
         for t in pool:
             t.join(timeout=PHASE_WAIT_S)
-        from service.envelope import Target
+        from service.core.envelope import Target
 
         self.cluster.publish(Target.all(), "end", {"expect": n})
         stats = json.loads(self.readline(PHASE_WAIT_S + 30))
@@ -158,7 +158,7 @@ class Bench:
                 "cpu_us": cpu / max(1, stats["n"]) * 1e6}
 
     def close(self) -> None:
-        from service.envelope import Target
+        from service.core.envelope import Target
 
         self.cluster.publish(Target.all(), "quit", None)
         try:

@@ -85,7 +85,7 @@ class HeraldCluster:
 
     def token(self) -> str:
         """One token for every socket (user `bench`)."""
-        from service.auth import issue_token
+        from service.core.auth import issue_token
 
         return issue_token(self.env["HERALD_SECRET_KEY"], "bench", join=["*"], ttl_s=3600)
 
@@ -97,12 +97,12 @@ class HeraldCluster:
         return [pid for fe in self.frontends for pid in fe.pids()]
 
     def publish(self, target: Any, event: str, data: Any) -> None:
-        from service.envelope import encode, make_envelope, raw_json
+        from service.core.envelope import encode, make_envelope, raw_json
 
         self.bus.publish(encode(make_envelope("bench", target, event, raw_json(data))))
 
     def publish_ticks(self, messages: int, rate: float | None, group: str | None) -> None:
-        from service.envelope import Target
+        from service.core.envelope import Target
 
         target = Target.group(group) if group else Target.all()
         t0 = time.monotonic()
@@ -117,7 +117,7 @@ class HeraldCluster:
             self.bus.close()
         for fe in self.frontends:
             fe.stop()
-        from service.db import drop_database
+        from service.store.db import drop_database
 
         drop_database(self.env["HERALD_DATABASE_URL"])
         delete_exchange(self.env["HERALD_EXCHANGE"])

@@ -65,7 +65,7 @@ def members_of_big_group(cluster: HeraldCluster, size: int, calls: int) -> dict[
                          headers=headers, timeout=60)
         times.append(time.perf_counter() - t0)
         n = len(r.json())
-    from service.envelope import Target
+    from service.core.envelope import Target
 
     cluster.publish(Target.all(), "end", None)
     for g in gens:

@@ -128,7 +128,7 @@ def mint_tokens(args: argparse.Namespace) -> list[str]:
     """One token per socket, each for its own user (as browsers would), or the shared one."""
     if not args.secret:
         return [args.token] * args.count
-    from service.auth import issue_token
+    from service.core.auth import issue_token
 
     pid = os.getpid()
     return [issue_token(args.secret, f"bench-{pid}-{i}", join=["*"], ttl_s=3600)

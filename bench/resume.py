@@ -98,7 +98,7 @@ class Client:
 
 def publish(herald: Any, ids: dict[int, bool], count: int, rate: float, tag: int) -> None:
     """Durable messages, alternately to all and to the group; id -> sent to the group."""
-    from service.envelope import Target
+    from service.core.envelope import Target
 
     t0 = time.monotonic()
     for i in range(count):
@@ -121,7 +121,7 @@ async def wait_until(pred: Callable[[], bool], timeout: float) -> bool:
 
 async def run_once(cluster: HeraldCluster, herald: Any, n: int, pre: int, rate: float,
                    seconds: float, concurrency: int, tag: int) -> dict[str, float]:
-    from service.auth import issue_token
+    from service.core.auth import issue_token
 
     secret = cluster.env["HERALD_SECRET_KEY"]
     clients = [Client(issue_token(secret, f"resume-{tag}-{i}", join=["*"], ttl_s=3600),

@@ -57,7 +57,7 @@ class TaskStack:
         return f"ws://127.0.0.1:{self.frontend.port}/ws"
 
     def token(self) -> str:
-        from service.auth import issue_token
+        from service.core.auth import issue_token
 
         return issue_token(self.env["HERALD_SECRET_KEY"], f"rtt-{uuid.uuid4().hex[:8]}",
                            tasks=["demo.*"], ttl_s=3600)
@@ -71,7 +71,7 @@ class TaskStack:
         self.frontend.stop()
         from kombu import Connection, Exchange, Queue
 
-        from service.db import drop_database
+        from service.store.db import drop_database
 
         drop_database(self.env["HERALD_DATABASE_URL"])
         queue = self.env["HERALD_TASK_QUEUE"]  # best effort: leave the broker as it was

@@ -22,6 +22,8 @@ if [ "${HERALD_LINT:-$([ "${CI:-}" = true ] && echo 1 || echo 0)}" = 1 ]; then
     .venv/bin/ruff check "${ruff_cfg[@]}" service workers tests manage.py bench
     herald_say "lint: mypy"
     .venv/bin/python -m mypy "${mypy_cfg[@]}" service workers
+    herald_say "lint: import layers (import-linter)"
+    .venv/bin/lint-imports .ci/importlinter.ini
 fi
 
 mkdir -p test-artifacts

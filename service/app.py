@@ -9,10 +9,11 @@ from typing import Any
 from flask import Flask
 from flask_sock import Sock
 
-from . import api, ws
-from .config import Settings
-from .frontend import Frontend
-from .wsio import InlineReader
+from service.cluster.frontend import Frontend
+from service.core.config import Settings
+from service.http import api
+from service.sockets import ws
+from service.sockets.wsio import InlineReader
 
 #: WSGI environ key simple-websocket reads to negotiate permessage-deflate.
 _EXTENSIONS_HEADER = "HTTP_SEC_WEBSOCKET_EXTENSIONS"
@@ -54,7 +55,7 @@ def create_app(test_config: dict[str, Any] | None = None, *, port: int | None = 
     app.extensions["herald"] = node
     ws.init_app(app, Sock(app))
     api.init_app(app)
-    from . import demo
+    from service.http import demo
     demo.init_app(app)
     if not settings.ws_deflate:
         app.wsgi_app = NoDeflate(app.wsgi_app)  # type: ignore[method-assign]

@@ -25,20 +25,21 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from . import messagelog, pipeline, registry
-from .bus import make_consumer, make_publisher
-from .config import Settings
-from .db import get_engine
-from .envelope import (
+from service.bus import make_consumer, make_publisher
+from service.cluster import pipeline
+from service.core.config import Settings
+from service.core.envelope import (
     Target,
     control_envelope,
     decode_bus,
     encode,
     raw_json,
 )
-from .errors import BadRequest
-from .presence import MonitorState, PresenceData
-from .presence import decode as decode_presence
+from service.core.errors import BadRequest
+from service.core.presence import MonitorState, PresenceData
+from service.core.presence import decode as decode_presence
+from service.store import messagelog, registry
+from service.store.db import get_engine
 
 #: How long monitor() waits for its queue to be bound before giving up.
 MONITOR_READY_TIMEOUT_S = 15.0

@@ -9,7 +9,7 @@ from typing import Any
 import gevent
 from gunicorn.app.base import BaseApplication
 
-from .config import Settings
+from service.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ GRACEFUL_TIMEOUT_S = 30
 GUNICORN_JSON_LOGS: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "service.logs.JsonFormatter"}},
+    "formatters": {"json": {"()": "service.core.logs.JsonFormatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
                             "stream": "ext://sys.stderr"}},
     "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["stderr"],
@@ -67,7 +67,7 @@ class FrontendServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships n
 
     def load(self) -> Any:
         # imported here, in the worker after gevent has patched the standard library
-        from .app import create_app
+        from service.app import create_app
 
         self.flask_app = create_app(port=self.port)
         return self.flask_app

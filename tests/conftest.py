@@ -39,7 +39,7 @@ def database() -> Iterator[str]:
     subprocess.run([PYTHON, str(ROOT / "manage.py"), "db", "upgrade"], cwd=ROOT, check=True,
                    env=os.environ.copy(), capture_output=True)
     yield ENV["HERALD_DATABASE_URL"]
-    from service.db import drop_database
+    from service.store.db import drop_database
 
     drop_database(ENV["HERALD_DATABASE_URL"])
     _cleanup_broker()
@@ -47,7 +47,7 @@ def database() -> Iterator[str]:
 
 @pytest.fixture
 def engine(database: str) -> Any:
-    from service.db import get_engine
+    from service.store.db import get_engine
 
     return get_engine(database)
 
@@ -114,7 +114,7 @@ def pair() -> Iterator[tuple[Proc, Proc]]:
 @pytest.fixture
 def token() -> Any:
     """Issue client tokens signed with this run's secret."""
-    from service.auth import issue_token
+    from service.core.auth import issue_token
 
     def make(user: str, join: tuple[str, ...] = ("*/*",),
              publish: tuple[str, ...] = ("*/*", "@all", "@user:*", "@connection:*"),

@@ -14,9 +14,8 @@ from celery import Task
 from sqlalchemy import Connection, func, update
 from sqlalchemy.dialects.postgresql import insert
 
-from service.db import get_engine
-from service.envelope import Target
-from service.models import TaskRecord
+from service.core.envelope import Target
+from service.store.models import TaskRecord
 from workers import notify
 
 log = logging.getLogger(__name__)
@@ -37,9 +36,7 @@ class HeraldTask(Task):  # type: ignore[misc]  # Celery ships no type hints
         return notify.notify_target(value)
 
     def _record(self, task_id: str, **values: Any) -> None:
-        from workers.celery_app import settings
-
-        with get_engine(settings.database_url, pool_size=2).begin() as db:
+        with notify.publisher().engine.begin() as db:
             self._record_in(db, task_id, **values)
 
     def _record_in(self, db: Connection, task_id: str, **values: Any) -> None:

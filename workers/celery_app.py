@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from service.config import Settings
+from service.core.config import Settings
 
 settings = Settings.from_env()
 

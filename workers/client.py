@@ -8,9 +8,9 @@ from typing import Any
 import msgspec
 from sqlalchemy import Engine
 
-from service.config import Settings
-from service.envelope import Target
-from service.errors import BadRequest, NotFound
+from service.core.config import Settings
+from service.core.envelope import Target
+from service.core.errors import BadRequest, NotFound
 from workers.celery_app import app
 from workers.notify import NOTIFY_HEADER, QUEUED_HEADER, PublishFn, record_queued
 

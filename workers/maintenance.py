@@ -7,9 +7,9 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, delete, func, select
 
-from service.db import get_engine
-from service.models import Connection, Frontend, Message
-from service.registry import detach_frontends, memberships_of_frontends
+from service.store.db import get_engine
+from service.store.models import Connection, Frontend, Message
+from service.store.registry import detach_frontends, memberships_of_frontends
 from workers.celery_app import app, settings
 
 log = logging.getLogger(__name__)

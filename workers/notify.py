@@ -24,12 +24,14 @@ from celery.signals import before_task_publish
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects.postgresql import insert
 
-from service import messagelog, pipeline
 from service.bus import make_publisher
-from service.db import get_engine
-from service.envelope import Target, raw_json
-from service.errors import BadRequest
-from service.models import TaskRecord
+from service.cluster import pipeline
+from service.core.config import Settings
+from service.core.envelope import Target, raw_json
+from service.core.errors import BadRequest
+from service.store import messagelog
+from service.store.db import get_engine
+from service.store.models import TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,7 @@ _publishers: dict[int, WorkerPublisher] = {}
 class WorkerPublisher:
     """Write-only publisher for workers and backends: log first, then publish with confirms."""
 
-    def __init__(self) -> None:
-        from workers.celery_app import settings
-
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.origin = f"worker:{socket.gethostname()}:{os.getpid()}"
         self.engine = get_engine(settings.database_url, pool_size=2)
@@ -76,7 +76,9 @@ def publisher() -> WorkerPublisher:
     with _lock:
         pub = _publishers.get(pid)
         if pub is None:
-            pub = _publishers[pid] = WorkerPublisher()
+            # this process's settings (a worker's, a backend's): read here, not imported
+            # from the Celery app, which imports this module for its signal handler
+            pub = _publishers[pid] = WorkerPublisher(Settings.from_env())
         return pub
 
 

@@ -3,7 +3,7 @@ this process's write-only publisher."""
 
 from __future__ import annotations
 
-from service.leaves import publish_leaves as _publish_leaves
+from service.cluster.leaves import publish_leaves as _publish_leaves
 from workers import notify
 
 

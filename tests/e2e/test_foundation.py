@@ -10,7 +10,7 @@ import requests
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import Connection, Frontend, Membership
+from service.store.models import Connection, Frontend, Membership
 from tests.conftest import ENV
 from tests.support import Client, api, wait_until
 

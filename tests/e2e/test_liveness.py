@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import Connection, Frontend
+from service.store.models import Connection, Frontend
 from tests.support import Client, wait_until
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.envelope import Target
+from service.core.envelope import Target
 from service.pg import Herald
 from tests.rawws import RawClient
 from tests.support import Client, ResumingClient, api, wait_until
@@ -100,7 +100,7 @@ def test_metrics_count_a_scripted_session(cluster: Any, token: Any) -> None:
 
     lines = [ln for ln in fe.log_path.read_text().splitlines() if ln.startswith("{")]
     records = [json.loads(ln) for ln in lines]
-    assert any(r["logger"] == "service.bus" for r in records)
+    assert any(r["logger"].startswith("service.bus") for r in records)
     assert all({"ts", "level", "logger", "message"} <= set(r) for r in records)
 
 
@@ -109,8 +109,8 @@ def _consumer_connection(frontend_id: str) -> str:
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from service.db import get_engine
-    from service.models import Frontend
+    from service.store.db import get_engine
+    from service.store.models import Frontend
     from tests.conftest import ENV
 
     with Session(get_engine(ENV["HERALD_DATABASE_URL"])) as db:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.envelope import Target
+from service.core.envelope import Target
 from service.pg import Herald
 from tests.support import ResumingClient, wait_until
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from openapi_spec_validator import validate
 
-from service.openapi import spec
+from service.http.openapi import spec
 from tests.support import PYTHON, Client, api, free_port
 
 DOCUMENTED = ("/api/", "/healthz", "/readyz", "/openapi.json")

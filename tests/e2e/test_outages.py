@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from service.envelope import Target
+from service.core.envelope import Target
 from service.pg import Herald
 from tests.support import Client, ResumingClient, api, wait_until
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from service.envelope import Target
-from service.errors import NotFound
+from service.core.envelope import Target
+from service.core.errors import NotFound
+from service.core.presence import PresenceData
 from service.pg import Herald
-from service.presence import PresenceData
 from tests.support import Client, in_threads, wait_until
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from service.auth import issue_token
+from service.core.auth import issue_token
 from tests.conftest import ENV
 from tests.support import Client, api
 

@@ -223,7 +223,7 @@ def overflows(fe: Proc) -> float:
 
 def _ghost_group(engine: Any, n: int) -> tuple[str, set[str]]:
     """A group of ``n`` members on a registered frontend that holds no real socket."""
-    from service import registry
+    from service.store import registry
 
     fe_id, group = uid("ghost-fe"), uid("big")
     registry.register_frontend(engine, fe_id, "ghost-host", None)

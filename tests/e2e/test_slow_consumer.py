@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any
 
-from service.envelope import Target
+from service.core.envelope import Target
 from service.pg import Herald
 from tests.rawws import RawClient
 from tests.support import Client

@@ -16,9 +16,9 @@ import msgspec
 import pytest
 
 from service.bus import memory
-from service.envelope import Target, raw_json
-from service.frontend import Frontend
-from service.hub import Conn
+from service.cluster.frontend import Frontend
+from service.core.envelope import Target, raw_json
+from service.delivery.conn import Conn
 from tests.unit.test_hub import FakeWS
 
 WAIT_S = 20.0
@@ -41,7 +41,7 @@ def bus_url() -> str:
 
 @pytest.fixture
 def nodes(database: str, bus_url: str) -> Iterator[Callable[[str], Frontend]]:
-    from service.config import Settings
+    from service.core.config import Settings
 
     started: list[Frontend] = []
 

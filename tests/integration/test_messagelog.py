@@ -1,4 +1,4 @@
-"""service.messagelog.append against this run's real Postgres database."""
+"""service.store.messagelog.append against this run's real Postgres database."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import msgspec
 import pytest
 from sqlalchemy import Engine, text
 
-from service.envelope import Target
-from service.messagelog import append
+from service.core.envelope import Target
+from service.store.messagelog import append
 from tests.support import in_threads
 
 
@@ -105,7 +105,7 @@ def test_without_dedupe_key_every_append_is_new(engine: Engine) -> None:
 
 
 def test_append_many_writes_in_order_and_a_bad_entry_fails_alone(engine: Engine) -> None:
-    from service.messagelog import Entry, append_many
+    from service.store.messagelog import Entry, append_many
 
     o = origin()
     entries = [Entry(Target.all(), "e", msgspec.Raw(b'{"i": %d}' % i)) for i in range(5)]
@@ -130,8 +130,8 @@ def test_concurrent_durable_publishes_share_inserts_and_bus_messages(engine: Eng
     from kombu import Connection, Queue
 
     from service.bus import BusPublisher, fanout_exchange
-    from service.envelope import decode_bus
-    from service.pipeline import LogPublisher
+    from service.cluster.pipeline import LogPublisher
+    from service.core.envelope import decode_bus
     from tests.conftest import ENV
 
     url, name = ENV["HERALD_BROKER_URL"], f"herald_test_{ENV['HERALD_NS']}.log.{origin()}"

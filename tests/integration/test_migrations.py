@@ -9,8 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from service.db import drop_database
-from service.models import Base
+from service.store.db import drop_database
+from service.store.models import Base
 from tests.conftest import ENV
 
 

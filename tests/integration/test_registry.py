@@ -1,4 +1,4 @@
-"""service.registry against this run's real Postgres database."""
+"""service.store.registry against this run's real Postgres database."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from service import registry
-from service.registry import RegistryWriter
+from service.store import registry
+from service.store.registry import RegistryWriter
 
 WAIT_S = 30.0
 

@@ -10,9 +10,9 @@ from typing import Any
 import msgspec
 from sqlalchemy import func, insert, select, update
 
-from service import messagelog, replay
-from service.envelope import Target
-from service.models import Connection, Frontend, Message
+from service.core.envelope import Target
+from service.store import messagelog, replay
+from service.store.models import Connection, Frontend, Message
 
 
 def _raw(v: Any) -> msgspec.Raw:

@@ -1,4 +1,4 @@
-"""service.auth: grant patterns, HS256 tokens and API keys."""
+"""service.core.auth: grant patterns, HS256 tokens and API keys."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import pytest
 
-from service.auth import (
+from service.core.auth import (
     Grants,
     ResumeClaim,
     api_key_valid,
@@ -24,8 +24,8 @@ from service.auth import (
     verify_resume_token,
     verify_token,
 )
-from service.envelope import Target
-from service.errors import Unauthorized
+from service.core.envelope import Target
+from service.core.errors import Unauthorized
 
 SECRET = "k" * 64
 

@@ -1,4 +1,4 @@
-"""service.config: Settings.from_env with a controlled environment."""
+"""service.core.config: Settings.from_env with a controlled environment."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service import config
-from service.config import ENV_VARS, ConfigError, Settings
+from service.core import config
+from service.core.config import ENV_VARS, ConfigError, Settings
 
 GOOD_SECRET = "s" * 32
 KEY_1, KEY_2 = "k1" * 16, "k2" * 16
@@ -178,7 +178,7 @@ def test_secrets_without_a_mode_are_refused(env: pytest.MonkeyPatch, given: str)
 def test_development_warns_at_every_start(env: pytest.MonkeyPatch,
                                           caplog: pytest.LogCaptureFixture) -> None:
     env.setattr(config, "_warned", set())  # a new process
-    with caplog.at_level("WARNING", logger="service.config"):
+    with caplog.at_level("WARNING", logger="service.core.config"):
         Settings.from_env()
     assert any("DEVELOPMENT MODE" in r.getMessage() for r in caplog.records)
 
@@ -205,7 +205,7 @@ def test_every_example_secret_in_the_repo_is_refused(env: pytest.MonkeyPatch) ->
     """Each secret value the compose and k8s examples publish is refused in production."""
     import yaml
 
-    root = Path(config.__file__).resolve().parent.parent / "compose"
+    root = Path(config.__file__).resolve().parents[2] / "compose"
     values: list[tuple[str, str]] = []
     for path in [root / "docker-compose.yml", *sorted((root / "k8s").glob("*.yaml"))]:
         for doc in yaml.safe_load_all(path.read_text()):

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 import manage
-from service.config import ENV_VARS, ConfigError, Settings, is_placeholder
-from service.frontend import DRAIN_WAIT_S
+from service.cluster.frontend import DRAIN_WAIT_S
+from service.core.config import ENV_VARS, ConfigError, Settings, is_placeholder
 from service.server import GRACEFUL_TIMEOUT_S
 from tests.support import ROOT
 

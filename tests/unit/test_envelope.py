@@ -1,4 +1,4 @@
-"""service.envelope: targets, bus envelopes, and the server→client frames built from them."""
+"""service.core.envelope: targets, bus envelopes, and the server→client frames built from them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import msgspec
 import pytest
 
-from service import presence
-from service.envelope import (
+from service.core import presence
+from service.core.envelope import (
     NULL,
     Target,
     control_envelope,
@@ -22,7 +22,7 @@ from service.envelope import (
     valid_name,
     ws_text_frame,
 )
-from service.errors import BadRequest
+from service.core.errors import BadRequest
 
 
 @pytest.mark.parametrize(("obj", "expected"), [
@@ -187,7 +187,7 @@ def test_decode_envelope_garbage(body: bytes) -> None:
 
 
 def test_bus_batch_round_trip_keeps_order_and_singles_stay_plain() -> None:
-    from service.envelope import decode_bus, encode_bus
+    from service.core.envelope import decode_bus, encode_bus
 
     envs = [make_envelope("fe", Target.all(), f"e{i}", raw_json({"i": i}), msg_id=i)
             for i in range(3)]

@@ -1,4 +1,4 @@
-"""service.frames: the client frame parser, op by op, and every way a frame is refused."""
+"""service.sockets.frames: the client frame parser, op by op, and every way a frame is refused."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from service import frames
-from service.errors import BadRequest, UnknownOp
+from service.core.errors import BadRequest, UnknownOp
+from service.sockets import frames
 
 
 def test_hello() -> None:

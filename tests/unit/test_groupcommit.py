@@ -1,4 +1,4 @@
-"""service.groupcommit: concurrent callers share one batch; results and errors go back."""
+"""service.store.groupcommit: concurrent callers share one batch; results and errors go back."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from service.groupcommit import GroupCommit
+from service.store.groupcommit import GroupCommit
 
 
 def test_a_lone_call_runs_at_once_as_a_batch_of_one() -> None:

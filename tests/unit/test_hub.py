@@ -1,4 +1,4 @@
-"""service.hub: the socket index and the per-socket writer greenlet, with a fake socket."""
+"""service.delivery.hub: the socket index and the per-socket writer greenlet, with a fake socket."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from service.envelope import Target, ws_text_frame
-from service.hub import CLOSE_BEHIND, OVERFLOW_REASON, Conn, Hub
+from service.core.envelope import Target, ws_text_frame
+from service.delivery.conn import CLOSE_BEHIND, OVERFLOW_REASON, Conn
+from service.delivery.hub import Hub
 
 
 class FakeSock:

@@ -1,9 +1,9 @@
-"""service.limits: the per-user quotas (token buckets with a minute's worth saved up)."""
+"""service.core.limits: the per-user quotas (token buckets with a minute's worth saved up)."""
 
 from __future__ import annotations
 
-from service import limits
-from service.limits import Quota
+from service.core import limits
+from service.core.limits import Quota
 
 
 def test_a_quota_allows_a_minutes_worth_then_refills() -> None:

@@ -1,11 +1,11 @@
-"""service.nexttick: what greenlets add in one loop turn is flushed together, in order,
+"""service.core.nexttick: what greenlets add in one loop turn is flushed together, in order,
 and each adder returns only once its item has been flushed."""
 
 from __future__ import annotations
 
 import gevent
 
-from service.nexttick import NextTick
+from service.core.nexttick import NextTick
 
 
 def test_one_turn_is_one_flush_and_order_is_kept() -> None:

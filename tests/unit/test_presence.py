@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.presence import MonitorState, PresenceData
+from service.core.presence import MonitorState, PresenceData
 
 
 def m(cid: str, fe: str = "A") -> dict[str, str]:

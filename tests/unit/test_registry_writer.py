@@ -6,7 +6,7 @@ from typing import Any
 
 from gevent.event import AsyncResult
 
-from service.registry_writer import Op, _runs
+from service.store.registry_writer import Op, _runs
 
 
 def op(kind: str, conn: str, **params: Any) -> Op:

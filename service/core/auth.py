@@ -20,8 +20,8 @@ from typing import Any, TypeGuard
 
 import jwt
 
-from .envelope import DEFAULT_SCOPE, Target
-from .errors import Unauthorized
+from service.core.envelope import DEFAULT_SCOPE, Target
+from service.core.errors import Unauthorized
 
 ALGORITHM = "HS256"
 DEFAULT_TOKEN_TTL_S = 3600

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from .errors import BadRequest
+from service.core.errors import BadRequest
 
 TARGET_KINDS = ("all", "group", "user", "connection")
 DEFAULT_SCOPE = "default"
@@ -59,6 +59,14 @@ class Target:
         return self.key
 
     @classmethod
+    def from_log(cls, kind: str, key: str) -> Target:
+        """The target of a log row (``target_kind``, ``target_key``: see ``log_key``)."""
+        if kind == "group":
+            scope, _, group = key.partition("/")
+            return cls.group(group, scope)
+        return cls(kind, key)
+
+    @classmethod
     def from_json(cls, obj: Any) -> Target:
         """Parse a target object; exactly one of all, group (+scope), user, connection."""
         if not isinstance(obj, dict):
@@ -85,7 +93,10 @@ class Target:
 NAME_MAX = 128
 #: Group, scope, user, connection and event names: 1-128 characters, none of them '/',
 #: '@', whitespace or a control character. The one rule, for frames, bodies and paths.
-NAME_PATTERN = r"\A[^/@\s\x00-\x1f\x7f-\x9f]{1,128}\Z"
+NAME_CHARS = r"[^/@\s\x00-\x1f\x7f-\x9f]"
+NAME_PATTERN = rf"\A{NAME_CHARS}{{1,{NAME_MAX}}}\Z"
+#: The same rule in JSON Schema's (ECMA-262) syntax, for the OpenAPI document.
+NAME_JSON_PATTERN = f"^{NAME_CHARS}+$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
 

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from wsproto.utilities import LocalProtocolError
 
-from .hub import CLOSE_UNAUTHORIZED
-from .wsio import linger
+from service.delivery.conn import CLOSE_UNAUTHORIZED
+from service.sockets.wsio import linger
 
 if TYPE_CHECKING:
-    from .ws import Session
+    from service.sockets.ws import Session
 
 log = logging.getLogger(__name__)
 

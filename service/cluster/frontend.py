@@ -21,11 +21,11 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import registry, replay
-from .bus import BROKER_ERRORS, BROKER_HEARTBEAT_S, make_consumer, make_publisher
-from .config import Settings
-from .db import get_engine
-from .envelope import (
+from service.bus import BROKER_ERRORS, BROKER_HEARTBEAT_S, make_consumer, make_publisher
+from service.cluster.leaves import publish_leaves
+from service.cluster.publishing import Publishing
+from service.core.config import Settings
+from service.core.envelope import (
     Envelope,
     control_envelope,
     encode,
@@ -33,11 +33,12 @@ from .envelope import (
     target_of,
     ws_text_frame,
 )
-from .hub import CLOSE_DRAINING, CLOSE_REPLACED, Conn, GroupKey, Hub
-from .leaves import publish_leaves
-from .limits import UserQuotas
-from .metrics import Meter
-from .publishing import Publishing
+from service.core.limits import UserQuotas
+from service.core.metrics import Meter
+from service.delivery.conn import CLOSE_DRAINING, CLOSE_REPLACED, Conn, GroupKey
+from service.delivery.hub import Hub
+from service.store import registry, replay
+from service.store.db import get_engine
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from sqlalchemy import Connection, Engine, Text, bindparam, cast, literal, selec
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import DataError
 
-from .envelope import Target
-from .errors import BadRequest
-from .models import Message
+from service.core.envelope import Target
+from service.core.errors import BadRequest
+from service.store.models import Message
 
 log = logging.getLogger(__name__)
 

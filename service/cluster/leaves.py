@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
-from .envelope import encode, presence_envelope
+from service.core.envelope import encode, presence_envelope
 
 
 def publish_leaves(removed: list[dict[str, str]], publish: Callable[[bytes], None],

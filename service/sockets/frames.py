@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from .envelope import NAME_MAX, NAME_PATTERN, NULL
-from .errors import BadRequest, UnknownOp
+from service.core.envelope import NAME_MAX, NAME_PATTERN, NULL
+from service.core.errors import BadRequest, UnknownOp
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)]
 Scope = Name

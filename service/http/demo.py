@@ -11,10 +11,10 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from .auth import issue_token
-from .config import Settings
-from .envelope import valid_name
-from .errors import BadRequest, NotFound
+from service.core.auth import issue_token
+from service.core.config import Settings
+from service.core.envelope import valid_name
+from service.core.errors import BadRequest, NotFound
 
 demo = Blueprint("demo", __name__)
 

@@ -1,6 +1,6 @@
 """The OpenAPI 3.0.3 document of Herald's HTTP API, served at ``GET /openapi.json``.
 
-It describes ``service/api.py`` exactly: every route, body, parameter and status code it
+It describes ``service/http/api.py`` exactly: every route, body, parameter and status code it
 can answer with. ``tests/e2e/test_openapi.py`` checks it against the app's URL map and runs
 schemathesis against a live frontend with it.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .envelope import DEFAULT_SCOPE, NAME_MAX
-from .messagelog import PUBLISH_BATCH_MAX
+from service.core.envelope import DEFAULT_SCOPE, NAME_JSON_PATTERN, NAME_MAX
+from service.store.messagelog import PUBLISH_BATCH_MAX
 
 Schema = dict[str, Any]
 
@@ -47,8 +47,8 @@ def _string(description: str = "", **extra: Any) -> Schema:
 
 
 def _name(what: str) -> Schema:
-    return _string(f"{what}: 1-{NAME_MAX} printable characters, no '/' or '@'", minLength=1,
-                   maxLength=NAME_MAX, pattern="^[^/@\\x00-\\x1f\\x7f-\\x9f]+$")
+    return _string(f"{what}: 1-{NAME_MAX} printable characters, no '/', '@' or white space",
+                   minLength=1, maxLength=NAME_MAX, pattern=NAME_JSON_PATTERN)
 
 
 def _json(schema: Schema, description: str) -> Schema:

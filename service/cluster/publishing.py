@@ -15,9 +15,10 @@ from collections.abc import Sequence
 import msgspec
 from sqlalchemy import Engine
 
-from . import pipeline, presence
-from .bus import BROKER_ERRORS, Publisher
-from .envelope import (
+from service.bus import BROKER_ERRORS, Publisher
+from service.cluster import pipeline
+from service.core import presence
+from service.core.envelope import (
     Envelope,
     Target,
     decode_bus,
@@ -28,12 +29,13 @@ from .envelope import (
     target_of,
     ws_text_frame,
 )
-from .errors import BadRequest
-from .hub import Delivery, GroupKey, Hub
-from .messagelog import Entry
-from .metrics import Meter
-from .nexttick import NextTick
-from .replay import LogHead
+from service.core.errors import BadRequest
+from service.core.metrics import Meter
+from service.core.nexttick import NextTick
+from service.delivery.conn import GroupKey
+from service.delivery.hub import Delivery, Hub
+from service.store.messagelog import Entry
+from service.store.replay import LogHead
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from service.core.envelope import TARGET_KINDS
+
 #: Delivery latency buckets, seconds (publish time to the socket write).
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                      2.5, 5.0, 10.0)
-TARGET_KINDS = ("all", "group", "user", "connection")
 
 
 class Meter:

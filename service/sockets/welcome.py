@@ -26,13 +26,13 @@ from gevent.event import AsyncResult
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import registry, replay
-from .auth import Grants, ResumeClaim, issue_resume_token, verify_resume_token
-from .envelope import encode, event_frame, ws_text_frame
-from .errors import RateLimited
-from .frames import Hello
-from .frontend import REGISTRY_ACK_TIMEOUT_S, Frontend
-from .hub import CLOSE_POLICY, CLOSE_REPLACED, Conn
+from service.cluster.frontend import REGISTRY_ACK_TIMEOUT_S, Frontend
+from service.core.auth import Grants, ResumeClaim, issue_resume_token, verify_resume_token
+from service.core.envelope import encode, event_frame, ws_text_frame
+from service.core.errors import RateLimited
+from service.delivery.conn import CLOSE_POLICY, CLOSE_REPLACED, Conn
+from service.sockets.frames import Hello
+from service.store import registry, replay
 
 log = logging.getLogger(__name__)
 

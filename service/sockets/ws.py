@@ -1,8 +1,8 @@
 """The WebSocket endpoint ``/ws``: hello, then a loop of frames dispatched by op.
 
-Each socket is one ``Session``. Replies and events both leave through the socket's
-``Conn`` outbox (one writer per socket). Handlers live in a dict from op to method and
-raise ``HeraldError`` subclasses, which become `error` frames; the socket stays open.
+Each socket is one ``Session``: origin and drain checks, the hello deadline, welcome, then
+its frames are dispatched by op (``ops.HANDLERS``) until close. Replies and events both
+leave through the socket's ``Conn`` outbox (one writer per socket).
 """
 
 from __future__ import annotations
@@ -15,25 +15,30 @@ from typing import Any
 from flask import Flask
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
-from sqlalchemy.exc import SQLAlchemyError
 
-from . import frames, presence, registry
-from .auth import Grants, verify_token
-from .detached import Detached, can_detach
-from .envelope import Target, encode
-from .errors import (
+from service.cluster.frontend import Frontend
+from service.core.auth import Grants, verify_token
+from service.core.envelope import encode
+from service.core.errors import (
     BadRequest,
-    Forbidden,
     HeraldError,
     RateLimited,
     Unauthorized,
     Unavailable,
 )
-from .frontend import Frontend
-from .hub import CLOSE_BEHIND, CLOSE_DRAINING, CLOSE_POLICY, CLOSE_UNAUTHORIZED, Conn
-from .limits import TokenBucket
-from .welcome import ResumeUnavailable, TooManyConnections, open_session, send_opened
-from .wsio import PlainUpgrades, drop_handshake, linger, receive
+from service.core.limits import TokenBucket
+from service.delivery.conn import (
+    CLOSE_BEHIND,
+    CLOSE_DRAINING,
+    CLOSE_POLICY,
+    CLOSE_UNAUTHORIZED,
+    Conn,
+)
+from service.sockets import frames
+from service.sockets.detached import Detached, can_detach
+from service.sockets.ops import HANDLERS, error_frame
+from service.sockets.welcome import ResumeUnavailable, TooManyConnections, open_session, send_opened
+from service.sockets.wsio import PlainUpgrades, drop_handshake, linger, receive
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +46,6 @@ log = logging.getLogger(__name__)
 DETACH_WAIT_S = 1.0
 #: Close codes a client sends when it means to go (no resume expected).
 CLIENT_GOODBYES = (1000, 1001)
-
-Reply = dict[str, Any] | None
-
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
     """Browser Origin check. No Origin header means a non-browser client."""
@@ -235,174 +237,6 @@ class Session:
         info = node.member_info(conn)
         for key in groups:
             node.publish_presence(key, [], [info])
-
-    # --- ops -----------------------------------------------------------------------------
-
-    def op_ping(self, f: frames.Frame) -> Reply:
-        return {"op": "pong", "ref": f.ref}
-
-    def op_refresh(self, f: frames.Frame) -> Reply:
-        """Swap in another client token of the same user: the session now expires when it
-        does (sooner or later), and whatever it no longer grants is left."""
-        assert isinstance(f, frames.Refresh) and self.grants and self.conn
-        grants = verify_token(self.node.settings.secret_key, f.token)
-        if grants.user_id != self.grants.user_id:
-            raise Forbidden("a refreshed token must be for the same user")
-        self.grants = grants
-        if self.on_refresh is not None:
-            self.on_refresh()
-        conn, left = self.conn, []
-        for key in sorted(conn.groups):
-            if not grants.may_join(*key):
-                self.node.leave(conn, key)
-                left.append({"scope": key[0], "group": key[1]})
-        for key in sorted(conn.monitors):
-            if not grants.may_join(*key):
-                self.node.hub.monitor(conn, key, False)
-        return ack(f, expires_at=grants.expires_at, left=left)
-
-    def op_join(self, f: frames.Frame) -> Reply:
-        assert isinstance(f, frames.Join) and self.conn and self.grants
-        if not self.grants.may_join(f.scope, f.group):
-            raise Forbidden(f"not allowed to join {f.scope}/{f.group}")
-        limit = self.node.settings.max_groups
-        if (f.scope, f.group) not in self.conn.groups and len(self.conn.groups) >= limit:
-            raise Forbidden(f"group limit reached (HERALD_MAX_GROUPS={limit} per connection)")
-        try:
-            self.node.join(self.conn, (f.scope, f.group))
-        except SQLAlchemyError:
-            raise HeraldError("could not record the membership") from None
-        return ack(f)
-
-    def op_leave(self, f: frames.Frame) -> Reply:
-        assert isinstance(f, frames.Leave) and self.conn
-        self.node.leave(self.conn, (f.scope, f.group))
-        return ack(f)
-
-    def op_publish(self, f: frames.Frame) -> Reply:
-        assert isinstance(f, frames.Publish) and self.conn and self.grants
-        target = publish_target(f)
-        if not self.grants.may_publish(target):
-            raise Forbidden("not allowed to publish to this target")
-        quota = self.node.quotas.durable
-        if f.durable and not quota.take(self.conn.user_id):
-            raise RateLimited(quota.refusal("durable publish"))
-        msg_id = self.node.publish(target, f.event, f.data, durable=f.durable,
-                                   exclude=self.conn.id)
-        return ack(f, id=msg_id) if f.durable else ack(f)
-
-    def op_members(self, f: frames.Frame) -> Reply:
-        """One page of a group's members (``HERALD_MEMBERS_LIMIT`` at most); ``next`` is
-        the ``after`` of the next page, null on the last."""
-        assert isinstance(f, frames.Members) and self.grants and self.conn
-        if not self.grants.may_join(f.scope, f.group):
-            raise Forbidden(f"not allowed to see {f.scope}/{f.group}")
-        self._query_quota()
-        cap = self.node.settings.members_limit
-        limit = min(f.limit or cap, cap)
-        if f.local:
-            local = sorted((c for c in self.node.hub.local_members((f.scope, f.group))
-                            if f.after is None or c.id > f.after), key=lambda c: c.id)
-            members = [self.node.member_info(c) for c in local[:limit + 1]]
-        else:
-            members = registry.get_members(self.node.engine, f.scope, f.group,
-                                           limit=limit + 1, after=f.after)
-        more = len(members) > limit
-        members = members[:limit]
-        return {"op": "members", "ref": f.ref, "group": f.group, "scope": f.scope,
-                "members": members,
-                "next": members[-1]["connection_id"] if more else None}
-
-    def _query_quota(self) -> None:
-        assert self.conn is not None
-        quota = self.node.quotas.queries
-        if not quota.take(self.conn.user_id):
-            raise RateLimited(quota.refusal("members/monitor"))
-
-    def op_monitor(self, f: frames.Frame) -> Reply:
-        assert isinstance(f, (frames.Monitor, frames.Demonitor)) and self.conn and self.grants
-        if not self.grants.may_join(f.scope, f.group):
-            raise Forbidden(f"not allowed to monitor {f.scope}/{f.group}")
-        on, key = isinstance(f, frames.Monitor), (f.scope, f.group)
-        if on:
-            limit = self.node.settings.max_monitors
-            if key not in self.conn.monitors and len(self.conn.monitors) >= limit:
-                raise Forbidden(f"monitor limit reached (HERALD_MAX_MONITORS={limit} per "
-                                "connection)")
-            self._query_quota()
-        state = self.node.hub.monitor(self.conn, key, on)
-        if state is None:
-            return ack(f)
-        # changes arriving while the snapshot is read are buffered in `state`
-        cap = self.node.settings.max_monitored_members
-        tracked = sum(len(st.known) for k, st in self.conn.monitors.items() if k != key)
-        # one more than fits is enough to know it does not: a huge group is not read whole
-        members = registry.get_members(self.node.engine, f.scope, f.group,
-                                       limit=max(0, cap - tracked) + 1)
-        if tracked + len(members) > cap:
-            self.node.hub.monitor(self.conn, key, False)
-            raise Forbidden(f"monitors would track more than {cap} members "
-                            f"(HERALD_MAX_MONITORED_MEMBERS={cap} per connection)")
-        self.conn.send(ack(f))
-        # the snapshot leaves in frames of at most HERALD_MEMBERS_LIMIT entries
-        page = self.node.settings.members_limit
-        for i in range(0, max(len(members), 1), page):
-            self.conn.send(presence.frame(f.scope, f.group, presence.PresenceData(
-                joins=members[i:i + page])))
-        for change in state.snapshot(members):
-            self.conn.send(presence.frame(f.scope, f.group, change))
-        return None
-
-    def op_task(self, f: frames.Frame) -> Reply:
-        assert isinstance(f, frames.StartTask) and self.conn and self.grants
-        from workers.client import start_task
-
-        if not self.grants.may_start(f.name):
-            raise Forbidden(f"not allowed to start {f.name!r}")
-        quota = self.node.quotas.tasks
-        if not quota.take(self.conn.user_id):
-            raise RateLimited(quota.refusal("task start"))
-        notify = (Target.connection(self.conn.id) if f.notify == "connection"
-                  else Target.user(self.conn.user_id))
-        return ack(f, task_id=start_task(f.name, f.args, notify,
-                                          settings=self.node.settings,
-                                          engine=self.node.engine,
-                                          publish=self.node.publish_task_note))
-
-
-HANDLERS: dict[str, Callable[[Session, frames.Frame], Reply]] = {
-    "ping": Session.op_ping,
-    "refresh": Session.op_refresh,
-    "join": Session.op_join,
-    "leave": Session.op_leave,
-    "publish": Session.op_publish,
-    "members": Session.op_members,
-    "monitor": Session.op_monitor,
-    "demonitor": Session.op_monitor,
-    "task": Session.op_task,
-}
-
-
-def ack(f: frames.Frame, **fields: Any) -> dict[str, Any]:
-    return {"op": "ack", "ref": f.ref, **fields}
-
-
-def error_frame(exc: HeraldError, ref: Any) -> dict[str, Any]:
-    frame: dict[str, Any] = {"op": "error", "code": exc.code, "message": exc.message}
-    if ref is not None:
-        frame["ref"] = ref
-    return frame
-
-
-def publish_target(f: frames.Publish) -> Target:
-    """Exactly one of group (+scope), user, connection, all."""
-    chosen = [t for t in (f.group is not None and Target.group(f.group, f.scope),
-                          f.user is not None and Target.user(f.user),
-                          f.connection is not None and Target.connection(f.connection),
-                          f.all and Target.all()) if t]
-    if len(chosen) != 1:
-        raise BadRequest("publish needs exactly one target: group, user, connection or all")
-    return chosen[0]
 
 
 def init_app(app: Flask, sock: Sock) -> None:

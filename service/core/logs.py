@@ -7,6 +7,8 @@ import logging
 import os
 from datetime import UTC, datetime
 
+from service.core.config import parse_bool
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, process, and any error."""
@@ -27,7 +29,7 @@ class JsonFormatter(logging.Formatter):
 def configure() -> None:
     """Set up the root logger from HERALD_LOG_JSON and HERALD_LOG_LEVEL (env, read early,
     before the settings object exists, so a configuration error is logged the same way)."""
-    json_lines = os.environ.get("HERALD_LOG_JSON", "").strip().lower() in {"1", "true", "yes"}
+    json_lines = parse_bool(os.environ.get("HERALD_LOG_JSON"))
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -25,7 +25,7 @@ from sqlalchemy import Connection as DBConn
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
-from .registry_sql import APPLY
+from service.store.registry_sql import APPLY
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from .errors import NotFound
-from .models import Connection, Frontend, Membership
-from .registry_writer import Refused as Refused
-from .registry_writer import RegistryWriter as RegistryWriter
-from .registry_writer import settled as settled
+from service.core.errors import NotFound
+from service.store.models import Connection, Frontend, Membership
+from service.store.registry_writer import Refused as Refused
+from service.store.registry_writer import RegistryWriter as RegistryWriter
+from service.store.registry_writer import settled as settled
 
 # --- frontends ---------------------------------------------------------------------------
 

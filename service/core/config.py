@@ -20,7 +20,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 DEV_SECRET_DIR = Path(os.environ.get("HERALD_VAR_DIR")
-                      or Path(__file__).resolve().parent.parent / "var")
+                      or Path(__file__).resolve().parents[2] / "var")  # the checkout's var/
 
 
 _warned: set[str] = set()
@@ -50,11 +50,19 @@ def _float(name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
 
 
-def _bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
+#: What a true boolean setting or query flag may be spelled as (anything else is false).
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+
+def parse_bool(raw: str | None, default: bool = False) -> bool:
+    """The one boolean parse: environment variables and query flags alike."""
+    if raw is None or raw.strip() == "":
         return default
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
+    return raw.strip().lower() in TRUE_WORDS
+
+
+def _bool(name: str, default: bool) -> bool:
+    return parse_bool(os.environ.get(name), default)
 
 
 def _list(name: str) -> tuple[str, ...]:

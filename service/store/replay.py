@@ -19,8 +19,8 @@ import msgspec
 from sqlalchemy import Engine, Text, and_, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from .envelope import Envelope, Target
-from .models import Message
+from service.core.envelope import Envelope, Target
+from service.store.models import Message
 
 #: How far before ``last_id``'s own row a replay looks for rows that committed late.
 LATE_COMMIT_GRACE_S = 5.0
@@ -51,16 +51,10 @@ class Plan:
             yield self.ids[i:i + size]
 
 
-def _target_json(kind: str, key: str) -> dict[str, object]:
-    if kind == "group":
-        scope, _, group = key.partition("/")
-        return {"group": group, "scope": scope}
-    return Target(kind, key).as_json()
-
-
 def _envelopes(rows: Iterable[tuple[int, str, str, str, str, datetime, str]]) -> list[Envelope]:
-    return [Envelope(origin=origin, kind="event", target=_target_json(kind, key), event=event,
-                     data=msgspec.Raw(data.encode()), ts=created.timestamp(), id=msg_id)
+    return [Envelope(origin=origin, kind="event", target=Target.from_log(kind, key).as_json(),
+                     event=event, data=msgspec.Raw(data.encode()), ts=created.timestamp(),
+                     id=msg_id)
             for msg_id, kind, key, event, data, created, origin in rows]
 
 

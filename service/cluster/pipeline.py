@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 import msgspec
 from sqlalchemy import Engine
 
-from .bus import BROKER_ERRORS, Publisher
-from .envelope import Envelope, Target, encode_bus, make_envelope
-from .errors import BadRequest
-from .groupcommit import GroupCommit
-from .messagelog import Entry, append, append_many
+from service.bus import BROKER_ERRORS, Publisher
+from service.core.envelope import Envelope, Target, encode_bus, make_envelope
+from service.core.errors import BadRequest
+from service.store.groupcommit import GroupCommit
+from service.store.messagelog import Entry, append, append_many
 
 log = logging.getLogger(__name__)
 

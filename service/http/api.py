@@ -15,16 +15,17 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from . import registry
-from .auth import api_key_valid
-from .bus import BROKER_ERRORS
-from .envelope import NULL, TARGET_KINDS, Target, raw_json, valid_name
-from .errors import BadRequest, HeraldError, NotFound, Unauthorized, Unavailable
-from .frontend import Frontend
-from .messagelog import PUBLISH_BATCH_MAX, Entry
-from .metrics import render as render_metrics
-from .models import ID_LEN, TaskRecord
-from .openapi import spec
+from service.bus import BROKER_ERRORS
+from service.cluster.frontend import Frontend
+from service.core.auth import api_key_valid
+from service.core.config import parse_bool
+from service.core.envelope import NULL, TARGET_KINDS, Target, raw_json, valid_name
+from service.core.errors import BadRequest, HeraldError, NotFound, Unauthorized, Unavailable
+from service.core.metrics import render as render_metrics
+from service.http.openapi import spec
+from service.store import registry
+from service.store.messagelog import PUBLISH_BATCH_MAX, Entry
+from service.store.models import ID_LEN, TaskRecord
 
 api = Blueprint("api", __name__, url_prefix="/api")
 probes = Blueprint("probes", __name__)
@@ -188,7 +189,7 @@ def groups() -> Response:
 @require_key
 def group_members(scope: str, group: str) -> Response:
     _names(scope, group)
-    if request.args.get("local") in {"1", "true"}:
+    if parse_bool(request.args.get("local")):
         fe = node()
         return jsonify([fe.member_info(c) for c in fe.hub.local_members((scope, group))])
     return jsonify(registry.get_members(node().engine, scope, group))
