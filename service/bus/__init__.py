@@ -2,7 +2,7 @@
 encode/broadcaster: ``amqp://`` (RabbitMQ, through kombu: ``amqp.py``) or ``memory://NAME``
 (one process, for tests: ``memory.py``). ``base.py`` says what a backend offers.
 
-This package imports nothing else of Herald's: it carries bytes.
+This package carries bytes: of Herald's it imports only ``service.core``'s helpers.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ import amqp
 from kombu import Connection, Consumer, Exchange, Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from service.core.backoff import Backoff
+
 from .base import BusError
 
 log = logging.getLogger(__name__)
@@ -169,7 +171,7 @@ class BusConsumer:
 
     def run(self) -> None:
         """The consumer loop: connect, declare, drain; on loss back off and do it again."""
-        delay = RECONNECT_MIN_S
+        backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
         first = True
         while not self.should_stop:
             conn = Connection(self.url, heartbeat=BROKER_HEARTBEAT_S)
@@ -191,7 +193,7 @@ class BusConsumer:
                 first = False
                 consumer.consume()
                 self.connected = True
-                delay = RECONNECT_MIN_S
+                backoff.reset()
                 log.info("bus: consuming %s on exchange %s", queue.name, self.exchange.name)
                 self._drain(conn)
             except Exception as exc:
@@ -199,7 +201,8 @@ class BusConsumer:
                     break  # whatever a connection closed under us raises, we are done
                 if not isinstance(exc, (*conn.connection_errors, *conn.channel_errors, OSError)):
                     log.exception("bus: unexpected error in the consumer; reconnecting")
-                log.warning("bus: connection lost (%s); reconnecting in %.2fs", exc, delay)
+                log.warning("bus: connection lost (%s); reconnecting in %.2fs", exc,
+                            backoff.peek())
             finally:
                 was_connected = self.connected
                 self.connected = False
@@ -209,8 +212,7 @@ class BusConsumer:
                 if self.on_lost is not None and not self.should_stop:
                     self.on_lost()
             if not self.should_stop:
-                self._sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
+                self._sleep(backoff.next())
 
     def _drain(self, conn: Connection) -> None:
         while not self.should_stop:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from service.bus import BROKER_ERRORS, BROKER_HEARTBEAT_S, make_consumer, make_publisher
 from service.cluster.leaves import publish_leaves
 from service.cluster.publishing import Publishing
+from service.core.backoff import Backoff
 from service.core.config import Settings
 from service.core.envelope import (
     Envelope,
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 REGISTRY_ACK_TIMEOUT_S = 5.0
 #: How long a reconnected bus waits for its gap replay before live delivery resumes.
 REPLAY_BEFORE_LIVE_S = 10.0
-#: First retry delay when the bus-gap replay cannot reach Postgres yet.
+#: Retry delays (first, cap) when the bus-gap replay cannot reach Postgres yet.
+RECONNECT_REPLAY_RETRY_MAX_S = 5.0
 RECONNECT_REPLAY_RETRY_S = 0.5
 #: Sockets closed per drain batch, and the pause between batches.
 DRAIN_BATCH = 100
@@ -188,15 +190,14 @@ class Frontend(Publishing):
         lost_at, self._bus_lost_at = self._bus_lost_at, None
         if lost_at is None:
             return
-        delay = RECONNECT_REPLAY_RETRY_S
+        backoff = Backoff(RECONNECT_REPLAY_RETRY_S, RECONNECT_REPLAY_RETRY_MAX_S)
         while True:
             try:
                 envelopes = replay.since(self.engine, lost_at)
                 break
             except SQLAlchemyError as exc:
                 log.warning("bus gap replay waits for the database: %s", exc.__class__.__name__)
-                gevent.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                gevent.sleep(backoff.next())
         for env in envelopes:
             # a socket opened after this message was published did not miss it live
             self.hub.deliver(target_of(env), ws_text_frame(event_frame(env)), env.exclude,

@@ -25,6 +25,7 @@ from sqlalchemy import Connection as DBConn
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
+from service.core.backoff import Backoff
 from service.store.registry_sql import APPLY
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class RegistryWriter:
             self._apply_one_by_one(batch)
 
     def _retry_outages(self, work: Callable[[], None]) -> None:
-        delay = RETRY_MIN_S
+        backoff = Backoff(RETRY_MIN_S, RETRY_MAX_S)
         while True:
             try:
                 work()
@@ -173,10 +174,10 @@ class RegistryWriter:
                 if _is_data_error(exc):
                     raise
                 self.healthy = False
+                delay = backoff.next()
                 log.warning("registry write failed (%s); retrying in %.1fs",
                             exc.__class__.__name__, delay)
                 gevent.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
 
     def _apply(self, batch: list[Op]) -> None:
         """One transaction, sent as one pipeline: BEGIN, a statement per kind and wave,

@@ -133,3 +133,29 @@ def test_a_frontend_replays_what_it_missed_while_its_bus_was_down(
     broker.down = False
     got = wait(lambda: events(on_b, "missed"))
     assert [f["id"] for f in got] == [msg_id]
+
+
+def test_an_http_publish_on_a_reaches_a_socket_on_b(nodes: Callable[[str], Frontend],
+                                                    bus_url: str) -> None:
+    """api → cluster → log → bus on A; bus → cluster → sockets on B: the whole chain in
+    one process (the Flask app of A with its test client, B a bare node)."""
+    from service.app import create_app
+
+    b = nodes("b")
+    on_b = socket_on(b, "alice")
+    app = create_app({"broker_url": bus_url, "heartbeat_s": 0.5,
+                      "frontend_id": f"a-{uuid.uuid4().hex[:6]}"})
+    a = app.extensions["herald"]
+    try:
+        wait(lambda: a.consumer.connected and a.registered)
+        r = app.test_client().post("/api/publish", headers={"Authorization": "Bearer test-key-1"},
+                                   json={"target": {"user": "alice"}, "event": "note",
+                                         "data": {"x": 1}})
+        assert r.status_code == 202, r.get_data(as_text=True)
+        got = wait(lambda: events(on_b, "note"))
+        assert got[0]["id"] == r.get_json()["id"] and got[0]["data"] == {"x": 1}
+        bad = app.test_client().post("/api/publish", headers={"Authorization": "Bearer nope"},
+                                     json={})
+        assert bad.status_code == 401 and bad.get_json()["error"] == "unauthorized"
+    finally:
+        a.stop()
