@@ -66,8 +66,15 @@ class HeraldServer(Server):  # type: ignore[misc]  # simple-websocket ships no t
     """simple-websocket's server side with the plain upgrade answered directly, and able to
     be taken over by ``detached.Detached`` once established."""
 
-    can_detach = True
     detached: Any = None
+
+    @property
+    def can_detach(self) -> bool:
+        """Only under gunicorn: its request ends cleanly when the view's answer says the
+        connection was taken over (``TakenOver``). Another server (gevent's WSGI server in
+        tests) would go on reading the socket as its next request, so there the session
+        stays on its request greenlet."""
+        return bool(self.mode == "gunicorn")
 
     def close(self, reason: int | None = None, message: str | None = None) -> None:
         if self.detached is None:

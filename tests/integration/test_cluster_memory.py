@@ -61,8 +61,11 @@ def nodes(database: str, bus_url: str) -> Iterator[Callable[[str], Frontend]]:
 
 
 def socket_on(node: Frontend, user: str = "u") -> Conn:
+    """A socket on ``node``: in its index and, as a hello would leave it, in the registry."""
     conn = Conn(uuid.uuid4().hex, user, FakeWS(), 1000, meter=node.meter)
     node.hub.add(conn)
+    assert node.registry.write("connect", WAIT_S, id=conn.id, frontend_id=node.id,
+                               user_id=user)
     return conn
 
 
