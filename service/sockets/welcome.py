@@ -200,8 +200,8 @@ def send_opened(opened: Opened) -> None:
     if opened.replay is not None and opened.engine is not None:
         low_water = int(conn.byte_limit * REPLAY_LOW_WATER)
         reading = True  # False once the client stopped reading: the outbox bound decides
-        for ids in opened.replay.slices():
-            for env in replay.fetch(opened.engine, ids):
+        for batch in opened.replay.batches(opened.engine):
+            for env in batch:
                 if conn.closed or conn.close_code is not None:
                     return
                 if reading:

@@ -41,14 +41,20 @@ class Replay:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one client is to be replayed: only the ids (8 bytes each), read in slices."""
+    """What one client is to be replayed: the ids (8 bytes each), and the rows already read
+    when they all fit one slice (the common case: a resume that missed a few messages)."""
 
     ids: list[int]
     gap: bool
+    read: list[Envelope] | None = None  # every row of ``ids``, when read with the plan
 
-    def slices(self, size: int = REPLAY_SLICE) -> Iterator[list[int]]:
+    def batches(self, engine: Engine, size: int = REPLAY_SLICE) -> Iterator[list[Envelope]]:
+        """The messages in log order, a slice at a time (read as they are asked for)."""
+        if self.read is not None:
+            yield self.read
+            return
         for i in range(0, len(self.ids), size):
-            yield self.ids[i:i + size]
+            yield fetch(engine, self.ids[i:i + size])
 
 
 def _envelopes(rows: Iterable[tuple[int, str, str, str, str, datetime, str]]) -> list[Envelope]:
@@ -93,14 +99,22 @@ def plan(engine: Engine, *, user_id: str, connection_id: str | None,
         if session_start is not None:
             newer = and_(newer, Message.created_at >= session_start - timedelta(
                 seconds=OPEN_MARGIN_S))
-        ids = list(db.execute(select(Message.id).where(or_(*addressed), newer)
-                              .order_by(Message.id).limit(limit + 1)).scalars())
+        wanted = (or_(*addressed), newer)
+        head = min(limit, REPLAY_SLICE)
+        rows = db.execute(select(*_COLUMNS).where(*wanted).order_by(Message.id)
+                          .limit(head + 1)).all()
+        read: list[Envelope] | None = None
+        if len(rows) <= head:  # it all fits one slice: no second query
+            ids, read = [row[0] for row in rows], _envelopes(rows)
+        else:  # more: only the ids now; the rows come a slice at a time as they are sent
+            ids = list(db.execute(select(Message.id).where(*wanted).order_by(Message.id)
+                                  .limit(limit + 1)).scalars())
         oldest = db.execute(select(func.min(Message.id))).scalar()
     # last_id's row pruned while newer ones remain: some of what followed it may be gone
     gap = last_id > 0 and anchor is None and oldest is not None and oldest > last_id + 1
     if len(ids) > limit:
         ids, gap = ids[:limit], True
-    return Plan(ids, gap)
+    return Plan(ids, gap, read)
 
 
 def fetch(engine: Engine, ids: list[int]) -> list[Envelope]:
@@ -121,7 +135,7 @@ def missed(engine: Engine, *, user_id: str, connection_id: str | None,
     """``plan`` and every slice of it at once (for callers that want the whole list)."""
     p = plan(engine, user_id=user_id, connection_id=connection_id, groups=groups,
              last_id=last_id, session_start=session_start, limit=limit)
-    return Replay([env for ids in p.slices() for env in fetch(engine, ids)], p.gap)
+    return Replay([env for batch in p.batches(engine) for env in batch], p.gap)
 
 
 def latest_id(engine: Engine) -> int:
