@@ -197,8 +197,10 @@ def api(proc: Proc, method: str, path: str, key: str = "test-key-1",
     return requests.request(method, proc.url + path, headers=merged, timeout=10, **kw)
 
 
-def wait_until(pred: Callable[[], Any], timeout: float = WAIT_S, interval: float = 0.1) -> Any:
-    """Poll ``pred`` until it returns something truthy; raise on timeout."""
+def wait_until(pred: Callable[[], Any], timeout: float = WAIT_S, interval: float = 0.1,
+               sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Poll ``pred`` until it returns something truthy; raise on timeout. ``sleep``:
+    ``gevent.sleep`` when greenlets of this process must run meanwhile (memory:// tests)."""
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
@@ -206,7 +208,7 @@ def wait_until(pred: Callable[[], Any], timeout: float = WAIT_S, interval: float
             return value
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met")
-        time.sleep(interval)
+        sleep(interval)
 
 
 class ResumingClient:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,19 +18,15 @@ from service.bus import memory
 from service.cluster.frontend import Frontend
 from service.core.envelope import Target, raw_json
 from service.delivery.conn import Conn
+from tests.support import wait_until
 from tests.unit.test_hub import FakeWS
 
 WAIT_S = 20.0
 
 
 def wait(pred: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        gevent.sleep(0.02)
-    raise TimeoutError("condition not met")
+    """Wait for ``pred`` while this process's greenlets (the frontends) run."""
+    return wait_until(pred, timeout, interval=0.01, sleep=gevent.sleep)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from gevent.pywsgi import WSGIServer
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import ENV
+from tests.support import wait_until
 
 WAIT_S = 20.0
 
@@ -39,14 +39,8 @@ def served(database: str) -> Iterator[tuple[Any, int]]:
 
 
 def pump(pred: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    """Run the gevent loop (the server) until ``pred`` holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        gevent.sleep(0.01)
-    raise TimeoutError("condition not met")
+    """Wait for ``pred`` while this process's greenlets (the frontends) run."""
+    return wait_until(pred, timeout, interval=0.01, sleep=gevent.sleep)
 
 
 def client(port: int, script: Callable[[ClientConnection], Any]) -> Any:
