@@ -20,10 +20,14 @@ class TokenBucket:
         self.stamp = time.monotonic()
         self.strikes = 0
 
+    def level(self, now: float) -> float:
+        """The tokens there would be at ``now`` (refilled since the last change, capped)."""
+        return min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+
     def take(self, now: float | None = None) -> bool:
         """Spend one token; False (and a strike) when the bucket is empty."""
         now = time.monotonic() if now is None else now
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.tokens = self.level(now)
         self.stamp = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
@@ -66,8 +70,7 @@ class Quota:
         return bucket
 
     def _prune(self, now: float) -> None:
-        full = [u for u, b in self._buckets.items()
-                if b.tokens + (now - b.stamp) * b.rate >= b.burst]
+        full = [u for u, b in self._buckets.items() if b.level(now) >= b.burst]
         for user_id in full:
             del self._buckets[user_id]
         self._prune_at = max(QUOTA_PRUNE_AT, 2 * len(self._buckets))
@@ -81,14 +84,13 @@ class Quota:
         """Whole units this user may spend right now."""
         now = time.monotonic() if now is None else now
         bucket = self._bucket(user_id, now)
-        return int(min(bucket.burst, bucket.tokens + (now - bucket.stamp) * bucket.rate))
+        return int(bucket.level(now))
 
     def spend(self, user_id: str, n: int, now: float | None = None) -> None:
         """Spend ``n`` units (at most what is there: see ``available``)."""
         now = time.monotonic() if now is None else now
         bucket = self._bucket(user_id, now)
-        bucket.tokens = max(0.0, min(bucket.burst, bucket.tokens
-                                     + (now - bucket.stamp) * bucket.rate) - n)
+        bucket.tokens = max(0.0, bucket.level(now) - n)
         bucket.stamp = now
 
     def refusal(self, what: str) -> str:

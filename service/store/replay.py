@@ -76,8 +76,9 @@ def plan(engine: Engine, *, user_id: str, connection_id: str | None,
          groups: Iterable[tuple[str, str]], last_id: int,
          session_start: datetime | None = None,
          limit: int = DEFAULT_REPLAY_LIMIT) -> Plan:
-    """The ids of the durable messages for this client's targets that it has not seen, in
-    log order, at most ``limit`` of them (``gap`` when there were more).
+    """What this client is to be replayed: the durable messages for its targets that it has
+    not seen, in log order, at most ``limit`` of them (``gap`` when there were more); the
+    rows too when they fit one slice, else only their ids.
 
     ``session_start``: when the resumed connection first connected; nothing older is
     replayed, however far the late-commit grace reaches back."""
