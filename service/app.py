@@ -11,9 +11,9 @@ from flask_sock import Sock
 
 from service.cluster.frontend import Frontend
 from service.core.config import Settings
+from service.delivery.wsock import InlineReader
 from service.http import api
 from service.sockets import ws
-from service.sockets.wsio import InlineReader
 
 #: WSGI environ key simple-websocket reads to negotiate permessage-deflate.
 _EXTENSIONS_HEADER = "HTTP_SEC_WEBSOCKET_EXTENSIONS"

@@ -219,13 +219,14 @@ class Frontend(Publishing):
                 "monitors": sum(len(c.monitors) for c in conns),
                 "registry_pending_writes": self.registry.pending()}
 
-    def kick(self, connection_id: str) -> None:
+    def evict(self, connection_id: str) -> None:
         """Ask whichever frontend still holds this connection id to let go of it."""
         try:
+            # "kick" is the control event's name on the wire (older frontends know it)
             self.publisher.publish(encode(control_envelope(self.id, connection_id, "kick",
                                                            "", "")))
         except BROKER_ERRORS as exc:
-            log.warning("kick of %s not published: %s", connection_id, exc)
+            log.warning("eviction of %s not published: %s", connection_id, exc)
 
     def _safe_heartbeat(self) -> None:
         with contextlib.suppress(SQLAlchemyError):

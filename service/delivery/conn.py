@@ -20,7 +20,7 @@ from simple_websocket import ConnectionClosed
 from service.core.envelope import encode, ws_text_frame
 from service.core.metrics import Meter
 from service.core.presence import MonitorState
-from service.delivery.guard import guard
+from service.delivery.wsock import guard
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class Conn:
         self._outbox.append(data)
         self._stamps.extend(stamps)
         self._bytes += len(data)
-        self._kick()
+        self._wake_writer()
 
     def send(self, obj: Any) -> None:
         """Encode one JSON frame for this socket alone and queue it."""
@@ -199,9 +199,9 @@ class Conn:
         """Flush what is queued, then send a close frame (in the writer)."""
         if self._close is None:
             self._close = (code, reason)
-            self._kick()
+            self._wake_writer()
 
-    def _kick(self) -> None:
+    def _wake_writer(self) -> None:
         # a writer greenlet lives only while there is something to write: an idle socket
         # costs no greenlet (and no saved stack) of its own
         if self._writer is None and not self.closed:

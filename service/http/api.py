@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from kombu.exceptions import OperationalError as BrokerOperationalError
+from msgspec import UNSET
 from sqlalchemy.exc import DataError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -23,6 +24,7 @@ from service.core.envelope import NULL, TARGET_KINDS, Target, raw_json, valid_na
 from service.core.errors import BadRequest, HeraldError, NotFound, Unauthorized, Unavailable
 from service.core.metrics import render as render_metrics
 from service.http.openapi import spec
+from service.http.schemas import PublishBatchRequest, PublishRequest, TaskRequest
 from service.store import registry
 from service.store.messagelog import PUBLISH_BATCH_MAX, Entry
 from service.store.models import ID_LEN, TaskRecord
@@ -51,24 +53,6 @@ def require_key(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class _PublishBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    target: dict[str, Any]
-    event: str
-    data: msgspec.Raw = NULL
-    durable: bool = True
-    exclude_connection: str | None = None
-
-
-class _PublishBatchBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    messages: list[_PublishBody]
-
-
-class _TaskBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    args: dict[str, Any] = msgspec.field(default_factory=dict)
-    notify: dict[str, Any]
-
-
 def _body(schema: type[Any]) -> Any:
     if not request.is_json:
         raise BadRequest("body must be JSON (Content-Type: application/json)")
@@ -78,6 +62,10 @@ def _body(schema: type[Any]) -> Any:
         raise BadRequest("body is nested too deeply") from None
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise BadRequest(str(exc)) from None
+
+
+def _data(body: PublishRequest) -> msgspec.Raw:
+    return NULL if body.data is UNSET else body.data
 
 
 #: The fields each kind of target may have (the first one names the kind).
@@ -100,11 +88,11 @@ def _target(obj: dict[str, Any], field: str) -> Target:
 @api.post("/publish")
 @require_key
 def publish() -> tuple[Response, int]:
-    body: _PublishBody = _body(_PublishBody)
+    body: PublishRequest = _body(PublishRequest)
     target = _target(body.target, "target")
     if not valid_name(body.event):
         raise BadRequest("event must be a name of 1-128 characters")
-    msg_id = node().publish(target, body.event, body.data, durable=body.durable,
+    msg_id = node().publish(target, body.event, _data(body), durable=body.durable,
                             exclude=body.exclude_connection)
     return jsonify({"id": msg_id}), 202
 
@@ -116,7 +104,7 @@ def publish_batch() -> tuple[Response, int]:
 
     Every message is checked before any is published; one Postgres refuses alone (a
     \u0000 in its data) gets a null id and an entry in ``errors``."""
-    body: _PublishBatchBody = _body(_PublishBatchBody)
+    body: PublishBatchRequest = _body(PublishBatchRequest)
     if not 1 <= len(body.messages) <= PUBLISH_BATCH_MAX:
         raise BadRequest(f"messages must hold 1-{PUBLISH_BATCH_MAX} messages")
     entries: list[tuple[Entry, bool]] = []
@@ -124,7 +112,7 @@ def publish_batch() -> tuple[Response, int]:
         target = _target(msg.target, f"messages[{i}].target")
         if not valid_name(msg.event):
             raise BadRequest(f"messages[{i}].event must be a name of 1-128 characters")
-        entries.append((Entry(target, msg.event, msg.data, msg.exclude_connection),
+        entries.append((Entry(target, msg.event, _data(msg), msg.exclude_connection),
                         msg.durable))
     ids: list[int | None] = []
     errors: list[dict[str, Any]] = []
@@ -150,7 +138,7 @@ def publish_batch() -> tuple[Response, int]:
 def start_task() -> tuple[Response, int]:
     from workers.client import start_task as enqueue
 
-    body: _TaskBody = _body(_TaskBody)
+    body: TaskRequest = _body(TaskRequest)
     target = _target(body.notify, "notify")
     fe = node()
     return jsonify({"task_id": enqueue(body.name, body.args, target, settings=fe.settings,

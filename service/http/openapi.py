@@ -1,15 +1,18 @@
-"""The OpenAPI 3.0.3 document of Herald's HTTP API, served at ``GET /openapi.json``.
+"""The OpenAPI 3.1 document of Herald's HTTP API, served at ``GET /openapi.json``.
 
 It describes ``service/http/api.py`` exactly: every route, body, parameter and status code it
-can answer with. ``tests/e2e/test_openapi.py`` checks it against the app's URL map and runs
-schemathesis against a live frontend with it.
+can answer with. The bodies' schemas are generated from the msgspec Structs the API decodes
+with (``schemas.py``; OpenAPI 3.1 schemas are JSON Schema 2020-12, which msgspec writes);
+the paths are written here. ``tests/e2e/test_openapi.py`` checks the document against the
+app's URL map and runs schemathesis against a live frontend with it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from service.core.envelope import DEFAULT_SCOPE, NAME_JSON_PATTERN, NAME_MAX
+from service.core.envelope import DEFAULT_SCOPE
+from service.http.schemas import components
 from service.store.messagelog import PUBLISH_BATCH_MAX
 
 Schema = dict[str, Any]
@@ -17,9 +20,6 @@ Schema = dict[str, Any]
 #: The JSON error body's code for each status the HTTP API answers with.
 ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found",
           405: "method_not_allowed", 413: "too_large", 503: "unavailable"}
-#: Every code the error body may carry (``internal`` is a 500: a bug, never documented).
-ERROR_CODES = [*ERRORS.values(), "internal"]
-TASK_STATES = ["queued", "started", "succeeded", "failed"]
 _WHY = {400: "invalid body, name or parameter", 401: "missing or invalid bearer API key",
         404: "no such task, task name, connection or route",
         405: "method not allowed on this path (with an Allow header)",
@@ -30,25 +30,12 @@ def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _obj(required: list[str], **props: Schema) -> Schema:
-    """An object schema with exactly these properties (no others allowed)."""
-    schema: Schema = {"type": "object", "properties": props, "additionalProperties": False}
-    if required:
-        schema["required"] = required
-    return schema
-
-
 def _array(items: Schema) -> Schema:
     return {"type": "array", "items": items}
 
 
 def _string(description: str = "", **extra: Any) -> Schema:
     return {"type": "string", **({"description": description} if description else {}), **extra}
-
-
-def _name(what: str) -> Schema:
-    return _string(f"{what}: 1-{NAME_MAX} printable characters, no '/', '@' or white space",
-                   minLength=1, maxLength=NAME_MAX, pattern=NAME_JSON_PATTERN)
 
 
 def _json(schema: Schema, description: str) -> Schema:
@@ -83,70 +70,6 @@ def _op(summary: str, ok: dict[int, Schema], errors: tuple[int, ...] = (),
         op["requestBody"] = {"required": True,
                              "content": {"application/json": {"schema": _ref(body)}}}
     return op
-
-
-def _schemas() -> dict[str, Schema]:
-    target = {"oneOf": [_ref("TargetAll"), _ref("TargetGroup"), _ref("TargetUser"),
-                        _ref("TargetConnection")]}
-    group = {"scope": _name("scope"), "group": _name("group")}
-    return {
-        "Error": _obj(["error", "message"], error=_string(enum=ERROR_CODES), message=_string()),
-        "Name": _name("name"),
-        "TargetAll": _obj(["all"], all={"type": "boolean", "enum": [True]}),
-        "TargetGroup": _obj(["group"], group=_name("group"),
-                            scope={**_name("scope"), "default": DEFAULT_SCOPE}),
-        "TargetUser": _obj(["user"], user=_name("user id")),
-        "TargetConnection": _obj(["connection"], connection=_name("connection id")),
-        "Target": target,
-        "PublishRequest": _obj(
-            ["target", "event"], target=_ref("Target"), event=_name("event"),
-            data={"description": "any JSON value (default null)"},
-            durable={"type": "boolean", "default": True,
-                     "description": "log in Postgres first and carry an id"},
-            exclude_connection={"type": "string", "nullable": True, "default": None,
-                                "description": "a connection id not to deliver to"}),
-        "PublishResponse": _obj(["id"], id={"type": "integer", "nullable": True,
-                                            "description": "log id; null when not durable"}),
-        "PublishBatchRequest": _obj(
-            ["messages"], messages={**_array(_ref("PublishRequest")), "minItems": 1,
-                                    "maxItems": PUBLISH_BATCH_MAX}),
-        "PublishBatchResponse": _obj(
-            ["ids", "errors"],
-            ids=_array({"type": "integer", "nullable": True,
-                        "description": "log id per message, in order; null when not durable "
-                                       "or refused"}),
-            errors=_array(_obj(["index", "error", "message"], index={"type": "integer"},
-                               error=_string(), message=_string()))),
-        "TaskRequest": _obj(
-            ["name", "notify"],
-            name=_string("a public task name; unknown names are 404", example="demo.noop"),
-            args={"type": "object", "default": {}, "description": "the task's keyword args"},
-            notify=_ref("Target")),
-        "TaskCreated": _obj(["task_id"], task_id=_string()),
-        "TaskStatus": _obj(
-            ["task_id", "name", "state", "progress", "result", "error"], task_id=_string(),
-            name=_string(), state=_string(enum=TASK_STATES),
-            progress={"type": "number", "description": "0..1 as the task reports it"},
-            result={"description": "the task's return value; null until it succeeds"},
-            error={"type": "string", "nullable": True}),
-        "GroupCount": _obj(["scope", "group", "members"], **group,
-                           members={"type": "integer", "minimum": 1}),
-        "Member": _obj(["connection_id", "user_id", "frontend"], connection_id=_string(),
-                       user_id=_string(), frontend=_string()),
-        "UserConnection": _obj(["connection_id", "frontend", "connected_at", "groups"],
-                               connection_id=_string(), frontend=_string(),
-                               connected_at={"type": "number"},
-                               groups=_array(_obj(["scope", "group"], **group))),
-        "FrontendInfo": _obj(
-            ["id", "host", "started_at", "heartbeat_at", "connections", "draining"],
-            id=_string(), host=_string(), started_at={"type": "number"},
-            heartbeat_at={"type": "number"}, connections={"type": "integer", "minimum": 0},
-            draining={"type": "boolean"}),
-        "Health": _obj(["status", "frontend"], status=_string(enum=["ok"]),
-                       frontend=_string()),
-        "Readiness": _obj(["ready", "reason", "frontend"], ready={"type": "boolean"},
-                          reason=_string(), frontend=_string()),
-    }
 
 
 def _paths() -> dict[str, Schema]:
@@ -200,7 +123,7 @@ def _paths() -> dict[str, Schema]:
             {200: _json(_ref("Readiness"), "ready"),
              503: _json(_ref("Readiness"), "not ready; reason says why")}, secure=False)},
         "/openapi.json": {"get": _op(
-            "openapi: this document", {200: _json({"type": "object"}, "OpenAPI 3.0.3")},
+            "openapi: this document", {200: _json({"type": "object"}, "OpenAPI 3.1")},
             secure=False)},
     }
 
@@ -208,7 +131,7 @@ def _paths() -> dict[str, Schema]:
 def spec() -> dict[str, Any]:
     """The OpenAPI document (a fresh dict each call)."""
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "Herald HTTP API", "version": "1",
                  "description": "Backends publish, start tasks and query the registry with "
                                 "a bearer API key; probes need none. Errors are "
@@ -216,7 +139,7 @@ def spec() -> dict[str, Any]:
                                 "path is 405 with that body."},
         "paths": _paths(),
         "components": {
-            "schemas": _schemas(),
+            "schemas": components(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "a key from HERALD_API_KEYS"}},
             "responses": {"MethodNotAllowed": _error(405)},

@@ -23,10 +23,17 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from wsproto.utilities import LocalProtocolError
+from simple_websocket import ConnectionClosed
 
 from service.delivery.conn import CLOSE_UNAUTHORIZED
-from service.sockets.wsio import linger
+from service.delivery.wsock import (
+    buffered,
+    can_take_over,
+    feed,
+    linger,
+    raw_of,
+    take_descriptor,
+)
 
 if TYPE_CHECKING:
     from service.sockets.ws import Session
@@ -39,8 +46,7 @@ RECV_BYTES = 65536
 
 def can_detach(ws: Any) -> bool:
     """True for a socket ``serve`` accepted (not flask-sock's) on a non-blocking OS socket."""
-    raw = getattr(ws.sock, "raw", None)
-    return bool(getattr(ws, "can_detach", False)) and raw is not None and raw.gettimeout() == 0
+    return can_take_over(ws)
 
 
 class Detached:
@@ -51,10 +57,7 @@ class Detached:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.ws = session.ws
-        guard = self.ws.sock
-        dup = guard._sock.dup()  # our own descriptor: gunicorn closes the request's
-        guard._sock = dup
-        guard.raw = dup._sock
+        dup = take_descriptor(self.ws)  # our own descriptor: gunicorn closes the request's
         self.sock = dup
         loop = gevent.get_hub().loop
         self.watcher = loop.io(dup.fileno(), 1)
@@ -97,10 +100,10 @@ class Detached:
     def _read_all(self) -> bool:
         """Handle every frame there is; True when the socket is over."""
         ws, session = self.ws, self.session
-        raw = self.sock._sock
+        raw = raw_of(self.sock)
         while True:
-            while ws.input_buffer and not self.done:
-                session.handle(ws.input_buffer.pop(0))
+            while not self.done and (message := buffered(ws)) is not None:
+                session.handle(message)
             if self.done:
                 return True
             if not ws.connected:
@@ -114,9 +117,8 @@ class Detached:
             if not data:
                 return True
             try:
-                ws.ws.receive_data(data)
-                ws.connected = ws._handle_events()  # pongs and close replies go out here
-            except LocalProtocolError:
+                feed(ws, data)  # pongs and close replies go out here
+            except ConnectionClosed:
                 return True
 
     # --- token expiry --------------------------------------------------------------------

@@ -78,7 +78,7 @@ def _take_over(node: Frontend, cid: str) -> None:
         old.close(CLOSE_REPLACED, "resumed on another socket")
         node.hub.remove(old)
     else:
-        node.kick(cid)
+        node.evict(cid)
 
 
 def _check_resume_limit(node: Frontend, user_id: str, cid: str) -> None:

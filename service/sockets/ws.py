@@ -34,11 +34,12 @@ from service.delivery.conn import (
     CLOSE_UNAUTHORIZED,
     Conn,
 )
+from service.delivery.wsock import drop_handshake, linger, peer_close_code, receive
 from service.sockets import frames
 from service.sockets.detached import Detached, can_detach
 from service.sockets.ops import HANDLERS, error_frame
 from service.sockets.welcome import ResumeUnavailable, TooManyConnections, open_session, send_opened
-from service.sockets.wsio import PlainUpgrades, drop_handshake, linger, receive
+from service.sockets.wsio import PlainUpgrades
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class Session:
         server_code = self.conn.close_code
         if server_code is not None:
             return server_code != CLOSE_POLICY
-        return int(getattr(self.ws, "close_reason", 0) or 0) not in CLIENT_GOODBYES
+        return peer_close_code(self.ws) not in CLIENT_GOODBYES
 
     def _loop(self) -> None:
         assert self.conn is not None and self.grants is not None

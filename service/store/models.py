@@ -43,7 +43,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Frontend(Base):
+class FrontendRecord(Base):
     """One frontend process: its id, where it runs and when it last said it was alive."""
 
     __tablename__ = "frontends"
@@ -58,7 +58,7 @@ class Frontend(Base):
     draining: Mapped[bool] = mapped_column(Boolean, server_default="false")
 
 
-class Connection(Base):
+class ConnectionRecord(Base):
     """One WebSocket: which user holds it and which frontend serves it.
 
     A connection whose socket dropped (or whose frontend died) is *detached*: no frontend,

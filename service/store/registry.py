@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from service.core.errors import NotFound
-from service.store.models import Connection, Frontend, Membership
+from service.store.models import ConnectionRecord, FrontendRecord, Membership
 from service.store.registry_writer import Refused as Refused
 from service.store.registry_writer import RegistryWriter as RegistryWriter
 from service.store.registry_writer import settled as settled
@@ -32,14 +32,14 @@ def register_frontend(engine: Engine, frontend_id: str, host: str,
     with engine.begin() as db:
         stale = memberships_of_frontends(db, [frontend_id])
         detach_frontends(db, [frontend_id])
-        db.execute(delete(Frontend).where(Frontend.id == frontend_id))
-        db.execute(insert(Frontend).values(id=frontend_id, host=host, queue=queue))
+        db.execute(delete(FrontendRecord).where(FrontendRecord.id == frontend_id))
+        db.execute(insert(FrontendRecord).values(id=frontend_id, host=host, queue=queue))
     return stale
 
 
 def detach_frontends(db: DBConn, frontend_ids: list[str]) -> None:
     """Detach every connection of these frontends (their clients may resume elsewhere)."""
-    db.execute(update(Connection).where(Connection.frontend_id.in_(frontend_ids))
+    db.execute(update(ConnectionRecord).where(ConnectionRecord.frontend_id.in_(frontend_ids))
                .values(frontend_id=None, detached_at=func.now()))
 
 
@@ -57,12 +57,12 @@ def reattach(engine: Engine, connection_id: str, user_id: str, frontend_id: str,
     """
     with engine.begin() as db:
         row = db.execute(
-            update(Connection).where(Connection.id == connection_id,
-                                     Connection.user_id == user_id,
-                                     Connection.resume_gen == gen)
+            update(ConnectionRecord).where(ConnectionRecord.id == connection_id,
+                                           ConnectionRecord.user_id == user_id,
+                                           ConnectionRecord.resume_gen == gen)
             .values(frontend_id=frontend_id, detached_at=None,
-                    resume_gen=Connection.resume_gen + 1)
-            .returning(Connection.connected_at, Connection.resume_gen)).first()
+                    resume_gen=ConnectionRecord.resume_gen + 1)
+            .returning(ConnectionRecord.connected_at, ConnectionRecord.resume_gen)).first()
         if row is None:
             return None
         rows = db.execute(select(Membership.scope, Membership.group)
@@ -75,9 +75,9 @@ def memberships_of_frontends(db: DBConn, frontend_ids: list[str]) -> list[dict[s
     """Every membership held by connections of these frontends."""
     rows = db.execute(
         select(Membership.scope, Membership.group, Membership.connection_id,
-               Connection.user_id, Connection.frontend_id)
-        .join(Connection, Connection.id == Membership.connection_id)
-        .where(Connection.frontend_id.in_(frontend_ids))
+               ConnectionRecord.user_id, ConnectionRecord.frontend_id)
+        .join(ConnectionRecord, ConnectionRecord.id == Membership.connection_id)
+        .where(ConnectionRecord.frontend_id.in_(frontend_ids))
         .order_by(Membership.connection_id, Membership.joined_at)).all()
     return [{"scope": s, "group": g, "connection_id": c, "user_id": u, "frontend": f or ""}
             for s, g, c, u, f in rows]
@@ -85,8 +85,8 @@ def memberships_of_frontends(db: DBConn, frontend_ids: list[str]) -> list[dict[s
 
 def add_membership(engine: Engine, connection_id: str, scope: str, group: str) -> bool:
     """Server-side join: add the row if the connection exists; False when it does not."""
-    exists = select(Connection.id).where(Connection.id == connection_id,
-                                         Connection.frontend_id.is_not(None))
+    exists = select(ConnectionRecord.id).where(ConnectionRecord.id == connection_id,
+                                               ConnectionRecord.frontend_id.is_not(None))
     with engine.begin() as db:
         if db.execute(exists).first() is None:
             return False
@@ -118,7 +118,7 @@ def remove_membership(engine: Engine, connection_id: str, scope: str, group: str
 def heartbeat(engine: Engine, frontend_id: str, queue: str | None, draining: bool) -> bool:
     """Refresh this frontend's heartbeat; False when its row is gone (it was swept)."""
     with engine.begin() as db:
-        result = db.execute(update(Frontend).where(Frontend.id == frontend_id).values(
+        result = db.execute(update(FrontendRecord).where(FrontendRecord.id == frontend_id).values(
             heartbeat_at=func.now(), queue=queue, draining=draining))
         return bool(result.rowcount)
 
@@ -127,14 +127,15 @@ def deregister_frontend(engine: Engine, frontend_id: str) -> None:
     """Remove a frontend; its connections stay, detached, for their clients to resume."""
     with engine.begin() as db:
         detach_frontends(db, [frontend_id])
-        db.execute(delete(Frontend).where(Frontend.id == frontend_id))
+        db.execute(delete(FrontendRecord).where(FrontendRecord.id == frontend_id))
 
 
 def list_frontends(engine: Engine) -> list[dict[str, Any]]:
-    counts = (select(Connection.frontend_id, func.count().label("n"))
-              .group_by(Connection.frontend_id).subquery())
-    stmt = (select(Frontend, func.coalesce(counts.c.n, 0))
-            .outerjoin(counts, counts.c.frontend_id == Frontend.id).order_by(Frontend.id))
+    counts = (select(ConnectionRecord.frontend_id, func.count().label("n"))
+              .group_by(ConnectionRecord.frontend_id).subquery())
+    stmt = (select(FrontendRecord, func.coalesce(counts.c.n, 0))
+            .outerjoin(counts, counts.c.frontend_id == FrontendRecord.id)
+            .order_by(FrontendRecord.id))
     with Session(engine) as db:
         rows = db.execute(stmt).all()
     return [{"id": f.id, "host": f.host, "started_at": f.started_at.timestamp(),
@@ -146,10 +147,10 @@ def list_frontends(engine: Engine) -> list[dict[str, Any]]:
 
 def count_user_connections(engine: Engine, user_id: str, besides: str | None = None) -> int:
     """How many sockets a user holds across the cluster (``besides`` one of them)."""
-    stmt = select(func.count()).select_from(Connection).where(
-        Connection.user_id == user_id, Connection.frontend_id.is_not(None))
+    stmt = select(func.count()).select_from(ConnectionRecord).where(
+        ConnectionRecord.user_id == user_id, ConnectionRecord.frontend_id.is_not(None))
     if besides is not None:
-        stmt = stmt.where(Connection.id != besides)
+        stmt = stmt.where(ConnectionRecord.id != besides)
     with engine.connect() as db:
         return int(db.execute(stmt).scalar_one())
 
@@ -158,10 +159,10 @@ def get_members(engine: Engine, scope: str, group: str, *, limit: int | None = N
                 after: str | None = None) -> list[dict[str, str]]:
     """Cluster-wide members of a group (pg:get_members), by connection id: at most
     ``limit`` of them, those after the connection id ``after`` (a page)."""
-    stmt = (select(Membership.connection_id, Connection.user_id, Connection.frontend_id)
-            .join(Connection, Connection.id == Membership.connection_id)
+    stmt = (select(Membership.connection_id, ConnectionRecord.user_id, ConnectionRecord.frontend_id)
+            .join(ConnectionRecord, ConnectionRecord.id == Membership.connection_id)
             .where(Membership.scope == scope, Membership.group == group,
-                   Connection.frontend_id.is_not(None))
+                   ConnectionRecord.frontend_id.is_not(None))
             .order_by(Membership.connection_id))
     if after is not None:
         stmt = stmt.where(Membership.connection_id > after)
@@ -175,8 +176,8 @@ def get_members(engine: Engine, scope: str, group: str, *, limit: int | None = N
 def which_groups(engine: Engine, scope: str | None = None) -> list[dict[str, Any]]:
     """Every group with members, with counts (pg:which_groups)."""
     stmt = (select(Membership.scope, Membership.group, func.count())
-            .join(Connection, Connection.id == Membership.connection_id)
-            .where(Connection.frontend_id.is_not(None))
+            .join(ConnectionRecord, ConnectionRecord.id == Membership.connection_id)
+            .where(ConnectionRecord.frontend_id.is_not(None))
             .group_by(Membership.scope, Membership.group)
             .order_by(Membership.scope, Membership.group))
     if scope is not None:
@@ -188,9 +189,10 @@ def which_groups(engine: Engine, scope: str | None = None) -> list[dict[str, Any
 def user_connections(engine: Engine, user_id: str) -> list[dict[str, Any]]:
     """Which frontends serve a user, and in which groups each connection is."""
     with Session(engine) as db:
-        conns = db.execute(select(Connection).where(Connection.user_id == user_id,
-                                                    Connection.frontend_id.is_not(None))
-                           .order_by(Connection.connected_at)).scalars().all()
+        conns = db.execute(select(ConnectionRecord)
+                           .where(ConnectionRecord.user_id == user_id,
+                                  ConnectionRecord.frontend_id.is_not(None))
+                           .order_by(ConnectionRecord.connected_at)).scalars().all()
         groups: dict[str, list[dict[str, str]]] = {c.id: [] for c in conns}
         if conns:
             for m in db.execute(select(Membership).where(

@@ -16,7 +16,7 @@ from typing import Any
 from psycopg import Connection, Cursor
 
 Rows = list[dict[str, Any]]
-PG = Connection[Any]
+DB = Connection[Any]
 
 CONNECT = """
 INSERT INTO connections (id, frontend_id, user_id)
@@ -89,40 +89,40 @@ def columns(rows: Rows, **names: str) -> dict[str, list[Any]]:
     return {array: [r[key] for r in rows] for array, key in names.items()}
 
 
-def connect(pg: PG, rows: Rows) -> None:
+def connect(db: DB, rows: Rows) -> None:
     # unconditional: a resync writing back the rows of sockets this frontend already holds
-    pg.execute(CONNECT, columns(rows, ids="id", frontends="frontend_id", users="user_id"))
+    db.execute(CONNECT, columns(rows, ids="id", frontends="frontend_id", users="user_id"))
 
 
-def open_(pg: PG, rows: Rows) -> Cursor[Any]:
+def open_(db: DB, rows: Rows) -> Cursor[Any]:
     """A hello's row, within ``HERALD_MAX_USER_CONNECTIONS`` cluster-wide; the cursor
     returns the ids inserted (once the pipeline has synced)."""
     params = columns(rows, ids="id", frontends="frontend_id", users="user_id",
                      limits="limit")
-    pg.execute(LOCK_USERS, {"users": sorted(set(params["users"]))})
-    return pg.execute(OPEN, params)
+    db.execute(LOCK_USERS, {"users": sorted(set(params["users"]))})
+    return db.execute(OPEN, params)
 
 
-def disconnect(pg: PG, rows: Rows) -> None:
-    pg.execute(DISCONNECT, columns(rows, ids="id", frontends="frontend_id"))
+def disconnect(db: DB, rows: Rows) -> None:
+    db.execute(DISCONNECT, columns(rows, ids="id", frontends="frontend_id"))
 
 
-def detach(pg: PG, rows: Rows) -> None:
-    pg.execute(DETACH, columns(rows, ids="id", frontends="frontend_id"))
+def detach(db: DB, rows: Rows) -> None:
+    db.execute(DETACH, columns(rows, ids="id", frontends="frontend_id"))
 
 
-def join(pg: PG, rows: Rows) -> None:
-    pg.execute(JOIN, columns(rows, ids="connection_id", scopes="scope", groups="group"))
+def join(db: DB, rows: Rows) -> None:
+    db.execute(JOIN, columns(rows, ids="connection_id", scopes="scope", groups="group"))
 
 
-def leave(pg: PG, rows: Rows) -> None:
-    pg.execute(LEAVE, columns(rows, ids="connection_id", scopes="scope", groups="group"))
+def leave(db: DB, rows: Rows) -> None:
+    db.execute(LEAVE, columns(rows, ids="connection_id", scopes="scope", groups="group"))
 
 
 #: The statement for each op kind, in the order kinds run within one wave (see
 #: ``registry_writer._runs``): what frees a slot or a row before what takes one. One that
 #: returns a cursor refuses the rows whose ids the cursor does not return.
-APPLY: dict[str, Callable[[PG, Rows], Cursor[Any] | None]] = {
+APPLY: dict[str, Callable[[DB, Rows], Cursor[Any] | None]] = {
     "disconnect": disconnect,
     "detach": detach,
     "leave": leave,

@@ -185,22 +185,22 @@ class RegistryWriter:
         runs = _runs([op for op in batch if op.kind != "noop"])
         refused: list[Op] = []
         if runs:
-            pg = cast("psycopg.Connection[Any]", self._connection().connection.driver_connection)
+            db = cast("psycopg.Connection[Any]", self._connection().connection.driver_connection)
             returning = []
             try:
-                with pg.pipeline():
-                    pg.execute("BEGIN")
+                with db.pipeline():
+                    db.execute("BEGIN")
                     for kind, ops in runs:
-                        cursor = APPLY[kind](pg, [op.params for op in ops])
+                        cursor = APPLY[kind](db, [op.params for op in ops])
                         if cursor is not None:
                             returning.append((ops, cursor))
-                    pg.execute("COMMIT")
+                    db.execute("COMMIT")
                 for ops, cursor in returning:
                     taken = {row[0] for row in cursor.fetchall()}
                     refused += [op for op in ops if op.params["id"] not in taken]
             except BaseException as exc:
                 with contextlib.suppress(psycopg.Error):
-                    pg.rollback()  # a statement failed: its transaction is still open
+                    db.rollback()  # a statement failed: its transaction is still open
                 self._release()  # and whatever went wrong, the next try starts afresh
                 if isinstance(exc, psycopg.Error):  # as SQLAlchemy would have raised it
                     raise DBAPIError.instance(None, None, exc, psycopg.Error) from None

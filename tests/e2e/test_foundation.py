@@ -10,7 +10,7 @@ import requests
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.store.models import Connection, Frontend, Membership
+from service.store.models import ConnectionRecord, FrontendRecord, Membership
 from tests.conftest import ENV
 from tests.support import Client, api, wait_until
 
@@ -119,8 +119,8 @@ def test_registry_rows_follow_connections(two_frontends: Any, token: Any, engine
     c = Client(a.ws_url)
     welcome = c.hello(token("user-r"))
     cid = welcome["connection_id"]
-    assert [r.user_id for r in _rows(engine, Connection, id=cid)] == ["user-r"]
-    assert _rows(engine, Connection, id=cid)[0].frontend_id == welcome["frontend"]
+    assert [r.user_id for r in _rows(engine, ConnectionRecord, id=cid)] == ["user-r"]
+    assert _rows(engine, ConnectionRecord, id=cid)[0].frontend_id == welcome["frontend"]
 
     assert c.request("join", group="room:1")["op"] == "ack"
     assert c.request("join", group="room:1", scope="other")["op"] == "ack"
@@ -132,7 +132,7 @@ def test_registry_rows_follow_connections(two_frontends: Any, token: Any, engine
         ("default", "room:1")]
 
     c.close()
-    wait_until(lambda: not _rows(engine, Connection, id=cid))
+    wait_until(lambda: not _rows(engine, ConnectionRecord, id=cid))
     assert _rows(engine, Membership, connection_id=cid) == []
 
 
@@ -152,7 +152,7 @@ def _queue_exists(name: str) -> bool:
 def test_each_frontend_owns_a_bound_exclusive_queue(cluster: Any, engine: Any) -> None:
     a = cluster.frontend("q")
     fid = requests.get(a.url + "/healthz", timeout=5).json()["frontend"]
-    queue = wait_until(lambda: (_rows(engine, Frontend, id=fid) or [None])[0])
+    queue = wait_until(lambda: (_rows(engine, FrontendRecord, id=fid) or [None])[0])
     name = queue.queue
     assert name and name.startswith("amq.gen-")
     assert name in _bound_queues()
@@ -163,7 +163,7 @@ def test_each_frontend_owns_a_bound_exclusive_queue(cluster: Any, engine: Any) -
     a.stop()
     wait_until(lambda: not _queue_exists(name))
     assert name not in _bound_queues()
-    assert _rows(engine, Frontend, id=fid) == []  # deregistered on a clean stop
+    assert _rows(engine, FrontendRecord, id=fid) == []  # deregistered on a clean stop
 
 
 @pytest.mark.parametrize("raw, code", [

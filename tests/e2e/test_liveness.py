@@ -8,14 +8,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.store.models import Connection, Frontend
+from service.store.models import ConnectionRecord, FrontendRecord
 from tests.support import Client, wait_until
 
 
 def _frontend_rows(engine: Any, fid: str) -> tuple[int, int]:
     with Session(engine) as db:
-        fe = db.execute(select(Frontend).where(Frontend.id == fid)).all()
-        conns = db.execute(select(Connection).where(Connection.frontend_id == fid)).all()
+        fe = db.execute(select(FrontendRecord).where(FrontendRecord.id == fid)).all()
+        conns = db.execute(select(ConnectionRecord)
+                           .where(ConnectionRecord.frontend_id == fid)).all()
     return len(fe), len(conns)
 
 

@@ -110,11 +110,12 @@ def _consumer_connection(frontend_id: str) -> str:
     from sqlalchemy.orm import Session
 
     from service.store.db import get_engine
-    from service.store.models import Frontend
+    from service.store.models import FrontendRecord
     from tests.conftest import ENV
 
     with Session(get_engine(ENV["HERALD_DATABASE_URL"])) as db:
-        queue = db.execute(select(Frontend.queue).where(Frontend.id == frontend_id)).scalar_one()
+        queue = db.execute(select(FrontendRecord.queue)
+                           .where(FrontendRecord.id == frontend_id)).scalar_one()
     url = f"{RABBIT_API}/queues/%2F/{urllib.parse.quote(queue, safe='')}"
     # the management plugin samples its statistics every few seconds: poll for them
     consumers = wait_until(lambda: requests.get(url, auth=AUTH, timeout=5).json().get(

@@ -233,7 +233,7 @@ def replaced(value: str) -> str:
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings.from_env() with exactly ``env`` as the HERALD_* environment, once its
     example secrets have been replaced as their comments ask (production refuses them
-    as they are: tests/unit/test_config.py)."""
+    as they are: tests/unit/core/test_config.py)."""
     for key in list(os.environ):
         if key.startswith("HERALD_"):
             monkeypatch.delenv(key)

@@ -12,7 +12,7 @@ from sqlalchemy import func, insert, select, update
 
 from service.core.envelope import Target
 from service.store import messagelog, replay
-from service.store.models import Connection, Frontend, Message
+from service.store.models import ConnectionRecord, FrontendRecord, Message
 
 
 def _raw(v: Any) -> msgspec.Raw:
@@ -79,15 +79,16 @@ def test_prune_removes_old_messages_and_unresumed_connections(engine: Any) -> No
     old = messagelog.append(engine, "t", Target.all(), "old", _raw(0))
     new = messagelog.append(engine, "t", Target.all(), "new", _raw(0))
     with engine.begin() as db:
-        db.execute(insert(Frontend).values(id=fid, host="h"))
-        db.execute(insert(Connection).values(id=cid, frontend_id=None, user_id="u",
+        db.execute(insert(FrontendRecord).values(id=fid, host="h"))
+        db.execute(insert(ConnectionRecord).values(id=cid, frontend_id=None, user_id="u",
                                              detached_at=func.now() - timedelta(days=30)))
         db.execute(update(Message).where(Message.id == old)
                    .values(created_at=func.now() - timedelta(days=30)))
     assert prune_log() >= 1
     with engine.connect() as db:
         left = set(db.execute(select(Message.id).where(Message.id.in_([old, new]))).scalars())
-        conn_left = db.execute(select(Connection.id).where(Connection.id == cid)).first()
+        conn_left = db.execute(select(ConnectionRecord.id)
+                               .where(ConnectionRecord.id == cid)).first()
     assert left == {new} and conn_left is None
 
 

@@ -11,32 +11,7 @@ from gevent.event import Event
 from service.core.envelope import Target, ws_text_frame
 from service.delivery.conn import CLOSE_BEHIND, OVERFLOW_REASON, Conn
 from service.delivery.hub import Hub
-
-
-class FakeSock:
-    def __init__(self, log: list[tuple[Any, ...]]) -> None:
-        self.log = log
-        self.chunks: list[bytes] = []
-        self.gate: Event | None = None  # when set, sendall blocks until the gate opens
-        self.entered = Event()
-
-    def sendall(self, data: bytes) -> None:
-        self.entered.set()
-        if self.gate is not None:
-            self.gate.wait()
-        self.chunks.append(data)
-        self.log.append(("send", data))
-
-
-class FakeWS:
-    def __init__(self) -> None:
-        self.log: list[tuple[Any, ...]] = []
-        self.sock = FakeSock(self.log)
-        self.closes: list[tuple[int, str]] = []
-
-    def close(self, reason: int = 1000, message: str = "") -> None:
-        self.closes.append((reason, message))
-        self.log.append(("close", reason, message))
+from tests.fakes import FakeWS
 
 
 def settle() -> None:

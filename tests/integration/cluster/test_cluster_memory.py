@@ -5,10 +5,8 @@ the bus-outage replay, without a broker or a process per frontend."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import gevent
 import msgspec
@@ -17,16 +15,7 @@ import pytest
 from service.bus import memory
 from service.cluster.frontend import Frontend
 from service.core.envelope import Target, raw_json
-from service.delivery.conn import Conn
-from tests.support import wait_until
-from tests.unit.test_hub import FakeWS
-
-WAIT_S = 20.0
-
-
-def wait(pred: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    """Wait for ``pred`` while this process's greenlets (the frontends) run."""
-    return wait_until(pred, timeout, interval=0.01, sleep=gevent.sleep)
+from tests.fakes import events, frames, socket_on, wait
 
 
 @pytest.fixture
@@ -53,35 +42,6 @@ def nodes(database: str, bus_url: str) -> Iterator[Callable[[str], Frontend]]:
     yield start
     for node in started:
         node.stop()
-
-
-def socket_on(node: Frontend, user: str = "u") -> Conn:
-    """A socket on ``node``: in its index and, as a hello would leave it, in the registry."""
-    conn = Conn(uuid.uuid4().hex, user, FakeWS(), 1000, meter=node.meter)
-    node.hub.add(conn)
-    assert node.registry.write("connect", WAIT_S, id=conn.id, frontend_id=node.id,
-                               user_id=user)
-    return conn
-
-
-def frames(conn: Conn) -> list[dict[str, Any]]:
-    """Every JSON frame written to a fake socket (unframed: the fakes get whole frames)."""
-    out = []
-    for chunk in conn.sock._sock.chunks:
-        while chunk:
-            n = chunk[1] & 0x7F
-            head = 2
-            if n == 126:
-                n, head = int.from_bytes(chunk[2:4], "big"), 4
-            elif n == 127:
-                n, head = int.from_bytes(chunk[2:10], "big"), 10
-            out.append(json.loads(chunk[head:head + n]))
-            chunk = chunk[head + n:]
-    return out
-
-
-def events(conn: Conn, name: str) -> list[dict[str, Any]]:
-    return [f for f in frames(conn) if f.get("op") == "event" and f.get("event") == name]
 
 
 def test_a_publish_on_one_frontend_reaches_sockets_on_the_other(

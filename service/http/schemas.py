@@ -1,0 +1,181 @@
+"""The HTTP API's bodies as msgspec Structs: requests are decoded with them, and the OpenAPI
+document's components are generated from all of them (``openapi.py``).
+
+Names and targets are documented with ``extra_json_schema`` rather than msgspec
+constraints, so decoding stays the one check there is (``envelope.valid_name``,
+``Target.from_json``) and its messages say which field and what a name may be; the
+document renders the same rule (``NAME_JSON_PATTERN``, ``NAME_MAX``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from service.core.envelope import DEFAULT_SCOPE, NAME_JSON_PATTERN, NAME_MAX
+from service.store.messagelog import PUBLISH_BATCH_MAX
+
+#: Where the generated components live in the document.
+REF = "#/components/schemas/{name}"
+#: Every code the JSON error body may carry (``internal`` is a 500: a bug).
+ERROR_CODES = ["bad_request", "unauthorized", "not_found", "method_not_allowed", "too_large",
+               "unavailable", "internal"]
+TASK_STATES = ["queued", "started", "succeeded", "failed"]
+
+
+def _name(what: str) -> Any:
+    return Meta(extra_json_schema={
+        "description": f"{what}: 1-{NAME_MAX} printable characters, no '/', '@' or white space",
+        "minLength": 1, "maxLength": NAME_MAX, "pattern": NAME_JSON_PATTERN})
+
+
+Name = Annotated[str, _name("name")]
+EventName = Annotated[str, _name("event")]
+Scope = Annotated[str, _name("scope")]
+Group = Annotated[str, _name("group")]
+
+
+class _Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Exactly these fields: an unknown one is a 400 (and ``additionalProperties: false``)."""
+
+
+class TargetAll(_Body):
+    all: Literal[True]
+
+
+class TargetGroup(_Body):
+    group: Group
+    scope: Scope = DEFAULT_SCOPE
+
+
+class TargetUser(_Body):
+    user: Annotated[str, _name("user id")]
+
+
+class TargetConnection(_Body):
+    connection: Annotated[str, _name("connection id")]
+
+
+TARGETS = (TargetAll, TargetGroup, TargetUser, TargetConnection)
+#: A target is decoded as an object and parsed by ``Target.from_json`` (one kind, its
+#: fields only), documented as one of the four shapes.
+TargetJSON = Annotated[dict[str, Any], Meta(extra_json_schema={
+    "oneOf": [{"$ref": REF.format(name=t.__name__)} for t in TARGETS]})]
+
+
+class PublishRequest(_Body):
+    target: TargetJSON
+    event: EventName
+    data: Annotated[msgspec.Raw | UnsetType,
+                    Meta(description="any JSON value (default null)")] = UNSET
+    durable: Annotated[bool, Meta(description="log in Postgres first and carry an id")] = True
+    exclude_connection: Annotated[str | None, Meta(
+        description="a connection id not to deliver to")] = None
+
+
+class PublishResponse(_Body):
+    id: Annotated[int | None, Meta(description="log id; null when not durable")]
+
+
+class PublishBatchRequest(_Body):
+    messages: Annotated[list[PublishRequest], Meta(extra_json_schema={
+        "minItems": 1, "maxItems": PUBLISH_BATCH_MAX})]
+
+
+class BatchError(_Body):
+    index: int
+    error: str
+    message: str
+
+
+class PublishBatchResponse(_Body):
+    ids: Annotated[list[int | None], Meta(
+        description="log id per message, in order; null when not durable or refused")]
+    errors: list[BatchError]
+
+
+class TaskRequest(_Body):
+    name: Annotated[str, Meta(description="a public task name; unknown names are 404",
+                              examples=["demo.noop"])]
+    notify: TargetJSON
+    args: Annotated[dict[str, Any], Meta(description="the task's keyword args")] = {}
+
+
+class TaskCreated(_Body):
+    task_id: str
+
+
+class TaskStatus(_Body):
+    task_id: str
+    name: str
+    state: Annotated[str, Meta(extra_json_schema={"enum": TASK_STATES})]
+    progress: Annotated[float, Meta(description="0..1 as the task reports it")]
+    result: Annotated[Any, Meta(description="the task's return value; null until it succeeds")]
+    error: str | None
+
+
+class GroupCount(_Body):
+    scope: Scope
+    group: Group
+    members: Annotated[int, Meta(ge=1)]
+
+
+class Member(_Body):
+    connection_id: str
+    user_id: str
+    frontend: str
+
+
+class ScopedGroup(_Body):
+    scope: Scope
+    group: Group
+
+
+class UserConnection(_Body):
+    connection_id: str
+    frontend: str
+    connected_at: float
+    groups: list[ScopedGroup]
+
+
+class FrontendInfo(_Body):
+    id: str
+    host: str
+    started_at: float
+    heartbeat_at: float
+    connections: Annotated[int, Meta(ge=0)]
+    draining: bool
+
+
+class Health(_Body):
+    status: Literal["ok"]
+    frontend: str
+
+
+class Readiness(_Body):
+    ready: bool
+    reason: str
+    frontend: str
+
+
+class Error(_Body):
+    error: Annotated[str, Meta(extra_json_schema={"enum": ERROR_CODES})]
+    message: str
+
+
+#: Every body the document describes (the rest are reached from these).
+DOCUMENTED = (Error, *TARGETS, PublishRequest, PublishResponse, PublishBatchRequest,
+              PublishBatchResponse, TaskRequest, TaskCreated, TaskStatus, GroupCount, Member,
+              UserConnection, FrontendInfo, Health, Readiness)
+
+
+def components() -> dict[str, Any]:
+    """The document's ``components.schemas``, generated from the Structs above, plus
+    ``Name`` (the path parameters' schema)."""
+    _, schemas = msgspec.json.schema_components(DOCUMENTED, ref_template=REF)
+    for schema in schemas.values():
+        schema.pop("title", None)  # the component's name says it
+    name: dict[str, Any] = msgspec.json.schema(Name)
+    return {**schemas, "Name": name}
