@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy import Engine, delete, func, select
 
 from service.store.db import get_engine
-from service.store.models import Connection, Frontend, Message
+from service.store.models import ConnectionRecord, FrontendRecord, Message
 from service.store.registry import detach_frontends, memberships_of_frontends
 from workers.celery_app import app, settings
 
@@ -25,13 +25,13 @@ def sweep_dead_frontends(engine: Engine, heartbeat_s: float) -> list[dict[str, s
     """
     cutoff = func.now() - timedelta(seconds=MISSED_HEARTBEATS * heartbeat_s)
     with engine.begin() as db:
-        dead = db.execute(select(Frontend.id).where(Frontend.heartbeat_at < cutoff)
+        dead = db.execute(select(FrontendRecord.id).where(FrontendRecord.heartbeat_at < cutoff)
                           .with_for_update(skip_locked=True)).scalars().all()
         if not dead:
             return []
         removed = memberships_of_frontends(db, list(dead))
         detach_frontends(db, list(dead))  # their clients may resume elsewhere
-        db.execute(delete(Frontend).where(Frontend.id.in_(dead)))
+        db.execute(delete(FrontendRecord).where(FrontendRecord.id.in_(dead)))
     log.warning("swept dead frontends %s (%d memberships)", dead, len(removed))
     return removed
 
@@ -55,5 +55,5 @@ def prune_log() -> int:
     engine = get_engine(settings.database_url, pool_size=2)
     with engine.begin() as db:
         result = db.execute(delete(Message).where(Message.created_at < cutoff))
-        db.execute(delete(Connection).where(Connection.detached_at < cutoff))
+        db.execute(delete(ConnectionRecord).where(ConnectionRecord.detached_at < cutoff))
     return int(result.rowcount or 0)
