@@ -86,8 +86,9 @@ def delete_exchange(name: str) -> None:
     """Remove a bench run's exchange from the broker (best effort)."""
     from kombu import Connection, Exchange
 
-    with contextlib.suppress(Exception), Connection(BROKER_URL, connect_timeout=5) as conn:
-        Exchange(name, channel=conn.channel()).delete()
+    for each in (name, f"{name}.routed"):  # the routed one exists once something routed
+        with contextlib.suppress(Exception), Connection(BROKER_URL, connect_timeout=5) as conn:
+            Exchange(each, channel=conn.channel()).delete()
 
 
 class Server:

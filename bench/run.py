@@ -29,6 +29,7 @@ SCENARIOS = [
     ("tasks round trip", "bench.tasks_rtt"),
     ("durable", "bench.durable"),
     ("resume", "bench.resume"),
+    ("scale", "bench.scale"),
 ]
 #: The scenarios with a peer side (they take --side).
 WITH_PEER = {"bench.fanout", "bench.idle", "bench.connect"}

@@ -27,6 +27,7 @@ from bench.common import (
     Role,
     bench_env,
     cpu_seconds,
+    delete_exchange,
     free_port,
     percentile,
     print_summary,
@@ -80,6 +81,7 @@ class TaskStack:
             Queue(queue, channel=conn.channel()).delete()
             for name in (queue, f"{queue}.events", self.env["HERALD_EXCHANGE"]):
                 Exchange(name, channel=conn.channel()).delete()
+        delete_exchange(self.env["HERALD_EXCHANGE"])  # and its direct twin
 
 
 class TaskClient:

@@ -54,7 +54,8 @@ class Herald:
         self.engine = get_engine(self.settings.database_url, pool_size=2)
         self.bus = make_publisher(self.settings.broker_url, self.settings.exchange,
                                   confirm=True)
-        self.log = pipeline.LogPublisher(self.engine, self.bus, self.origin)
+        self.log = pipeline.LogPublisher(self.engine, self.bus, self.origin,
+                                           targeted=self.settings.targeted)
 
     def join(self, scope: str, group: str, connection_id: str) -> None:
         """Server-side join of any connection (raises NotFound for an unknown one)."""

@@ -31,6 +31,9 @@ def _cleanup_broker() -> None:
         for name in (ENV["HERALD_EXCHANGE"], ENV["HERALD_TASK_QUEUE"],
                      ENV["HERALD_TASK_QUEUE"] + ".events"):
             Exchange(name, channel=channel).delete()
+        for name in (ENV["HERALD_EXCHANGE"] + ".routed",):  # only once something routed
+            with contextlib.suppress(*conn.channel_errors):
+                Exchange(name, channel=conn.channel()).delete()
 
 
 @pytest.fixture(scope="session", autouse=True)

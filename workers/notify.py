@@ -56,7 +56,8 @@ class WorkerPublisher:
         self.origin = f"worker:{socket.gethostname()}:{os.getpid()}"
         self.engine = get_engine(settings.database_url, pool_size=2)
         self.bus = make_publisher(settings.broker_url, settings.exchange, confirm=True)
-        self.log = pipeline.LogPublisher(self.engine, self.bus, self.origin)
+        self.log = pipeline.LogPublisher(self.engine, self.bus, self.origin,
+                                           targeted=self.settings.targeted)
         # keep the broker connection's heartbeats going between publishes
         threading.Thread(target=self._tick, name="herald-heartbeat", daemon=True).start()
 

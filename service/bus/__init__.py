@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .amqp import BROKER_ERRORS, BROKER_HEARTBEAT_S, BusConsumer, BusPublisher, fanout_exchange
+from .amqp import BROKER_ERRORS, BROKER_HEARTBEAT_S, BusPublisher, fanout_exchange
+from .amqp_consumer import BusConsumer
 from .base import BusError, Consumer, Publisher
 from .memory import MemoryConsumer, MemoryPublisher
 

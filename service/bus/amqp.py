@@ -1,28 +1,33 @@
-"""The AMQP bus backend (``amqp://``): one durable fanout exchange on RabbitMQ, via kombu.
+"""The AMQP bus backend (``amqp://``): a durable fanout exchange and a durable topic exchange for
+targeted messages (``<exchange>.routed``) on RabbitMQ, via kombu. This module: the exchanges, the
+errors a broker raises and the publisher; ``amqp_consumer.py``: the consumer loop.
 
 A backend only publishes and listens; what a message means is the cluster core's business.
 ``BusPublisher`` and ``BusConsumer`` use separate broker connections. The consumer owns one
-exclusive, auto-delete, server-named queue bound to the exchange; when its connection
-drops the queue goes with it, so it reconnects with capped backoff, declares a new queue
-and tells its owner (who replays the gap from the durable log). Workers construct only a
-publisher (write-only mode), with publisher confirms.
+exclusive, auto-delete, server-named queue bound to the fanout, and to the routed (topic) exchange
+with each routing key its owner wants; when its connection drops the queue goes with it, so it
+reconnects with capped backoff, declares a new queue, binds every wanted key again and tells its
+owner (who replays the gap from the durable log). Workers construct only a publisher (write-only
+mode), with publisher confirms.
+
+An exclusive queue can only be bound from its own connection, which the consumer loop reads; so the
+loop applies binding changes itself, between reads: ``bind`` records the key and wakes the loop
+through a pipe. Binds of one round are pipelined (``nowait``) and closed by one awaited bind, whose
+reply proves the channel processed all before it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import amqp
-from kombu import Connection, Consumer, Exchange, Queue
+from kombu import Connection, Exchange
 from kombu.exceptions import OperationalError as KombuOperationalError
-
-from service.core.backoff import Backoff
 
 from .base import BusError
 
@@ -50,6 +55,12 @@ def fanout_exchange(name: str) -> Exchange:
     return Exchange(name, type="fanout", durable=True)
 
 
+def routed_exchange(fanout_name: str) -> Exchange:
+    """The exchange targeted messages go to, named after the fanout: a topic exchange, so
+    that a frontend set to route by fanout can bind ``#`` and still get them."""
+    return Exchange(f"{fanout_name}.routed", type="topic", durable=True)
+
+
 def close_quietly(conn: Connection) -> None:
     """Close a broker connection that may already be dead."""
     with contextlib.suppress(*conn.connection_errors, *conn.channel_errors, OSError):
@@ -68,6 +79,7 @@ class BusPublisher:
     def __init__(self, url: str, exchange: str, *, confirm: bool = False,
                  lock: Any = None, sleep: Callable[[float], None] | None = None) -> None:
         self.exchange = fanout_exchange(exchange)
+        self.routed = routed_exchange(exchange)
         # connecting is retried by publish() itself: kombu's own default retries forever
         options: dict[str, Any] = {"max_retries": 1, "interval_start": 0.1}
         if confirm:
@@ -83,18 +95,21 @@ class BusPublisher:
         if self._channel is None:
             channel = self.connection.default_channel  # connects when needed
             self.exchange(channel).declare()
+            self.routed(channel).declare()
             self._channel = channel
         return self._channel
 
-    def publish(self, body: bytes) -> None:
-        """Publish one bus message; retries a lost connection (bounded), then raises."""
+    def publish(self, body: bytes, route: str = "") -> None:
+        """Publish one bus message, to the fanout or (``route``) to the frontends bound to
+        that key; retries a lost connection (bounded), then raises."""
+        exchange = self.routed.name if route else self.exchange.name
         with self._lock:
             for delay in (*PUBLISH_RETRY_DELAYS_S, None):
                 try:
                     self._get_channel().basic_publish(
                         amqp.Message(body, content_type=CONTENT_TYPE,
                                      content_encoding="binary", delivery_mode=1),
-                        exchange=self.exchange.name, routing_key="")
+                        exchange=exchange, routing_key=route)
                     return
                 except BROKER_ERRORS:
                     self._reset()
@@ -127,135 +142,3 @@ class BusPublisher:
     def close(self) -> None:
         with self._lock:
             self._reset()
-
-
-class BusConsumer:
-    """Consumes the fanout through one exclusive queue; reconnects by itself.
-
-    ``on_body`` gets each message's raw bytes; an exception there is logged and the loop
-    goes on. With ``on_batch`` instead, every message already readable from the broker
-    (up to ``CONSUME_BATCH_MAX``) is collected first and handed over as one list: under a
-    backlog the owner then writes each socket once for many messages, and with no backlog
-    a batch is one message, with no wait added. ``on_ready(queue_name, first)`` runs after
-    each (re)declare and bind, before consuming starts; ``on_lost()`` when the connection
-    drops.
-    """
-
-    def __init__(self, url: str, exchange: str, on_body: Callable[[bytes], None] | None = None,
-                 *, on_batch: Callable[[list[bytes]], None] | None = None,
-                 on_ready: Callable[[str, bool], None] | None = None,
-                 on_lost: Callable[[], None] | None = None,
-                 sleep: Callable[[float], None] | None = None) -> None:
-        self.url = url
-        self.exchange = fanout_exchange(exchange)
-        self.on_body = on_body
-        self.on_batch = on_batch
-        self._pending: list[bytes] = []
-        self.on_ready = on_ready
-        self.on_lost = on_lost
-        self.should_stop = False
-        self.connected = False
-        self.queue_name: str | None = None
-        self.reconnects = 0
-        self._sleep = sleep or time.sleep
-        self._connection: Connection | None = None
-
-    def stop(self, close: bool = True) -> None:
-        """End the loop. ``close=True`` also closes the connection from outside, which
-        unblocks a loop running in another thread; a greenlet owner instead kills the
-        loop's greenlet (whose ``finally`` closes it), since gevent forbids closing a
-        socket another greenlet is reading."""
-        self.should_stop = True
-        if close and self._connection is not None:
-            close_quietly(self._connection)
-
-    def run(self) -> None:
-        """The consumer loop: connect, declare, drain; on loss back off and do it again."""
-        backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
-        first = True
-        while not self.should_stop:
-            conn = Connection(self.url, heartbeat=BROKER_HEARTBEAT_S)
-            self._connection = conn
-            try:
-                conn.connect()
-                channel = conn.channel()
-                self.exchange(channel).declare()
-                queue = Queue("", exchange=self.exchange, exclusive=True, auto_delete=True,
-                              durable=False, channel=channel)
-                queue.declare()
-                consumer = Consumer(channel, queues=[queue], no_ack=True, auto_declare=False,
-                                    on_message=self._on_message)
-                self.queue_name = queue.name
-                # bound but not yet consuming: what arrives now waits in the queue while
-                # the owner catches up (a replay), so order is kept
-                if self.on_ready is not None:
-                    self.on_ready(queue.name, first)
-                first = False
-                consumer.consume()
-                self.connected = True
-                backoff.reset()
-                log.info("bus: consuming %s on exchange %s", queue.name, self.exchange.name)
-                self._drain(conn)
-            except Exception as exc:
-                if self.should_stop:
-                    break  # whatever a connection closed under us raises, we are done
-                if not isinstance(exc, (*conn.connection_errors, *conn.channel_errors, OSError)):
-                    log.exception("bus: unexpected error in the consumer; reconnecting")
-                log.warning("bus: connection lost (%s); reconnecting in %.2fs", exc,
-                            backoff.peek())
-            finally:
-                was_connected = self.connected
-                self.connected = False
-                close_quietly(conn)
-            if was_connected:
-                self.reconnects += 1
-                if self.on_lost is not None and not self.should_stop:
-                    self.on_lost()
-            if not self.should_stop:
-                self._sleep(backoff.next())
-
-    def _drain(self, conn: Connection) -> None:
-        while not self.should_stop:
-            try:
-                with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=BROKER_HEARTBEAT_S / 4)
-                    while (self._pending and len(self._pending) < CONSUME_BATCH_MAX
-                           and _readable(conn)):
-                        conn.drain_events(timeout=BROKER_HEARTBEAT_S / 4)
-            finally:  # what arrived before a connection loss is still delivered, in order
-                if self._pending:
-                    self._hand_over()
-            if self.should_stop:
-                break
-            # after every drain, busy or idle: with no_ack we send nothing else, and the
-            # broker closes a connection that stays silent for two heartbeats
-            conn.heartbeat_check()
-
-    def _on_message(self, message: Any) -> None:
-        if self.on_batch is not None:
-            self._pending.append(message.body)
-            return
-        try:
-            if self.on_body is not None:
-                self.on_body(message.body)
-        except Exception:  # one bad message must not stop the consumer
-            log.exception("bus: failed to handle a message; skipped")
-
-    def _hand_over(self) -> None:
-        batch, self._pending = self._pending, []
-        try:
-            if self.on_batch is not None:
-                self.on_batch(batch)
-        except Exception:  # one bad batch must not stop the consumer
-            log.exception("bus: failed to handle %d messages; skipped", len(batch))
-
-
-def _readable(conn: Connection) -> bool:
-    """True when more of the broker's data is buffered or waiting on the socket."""
-    transport = getattr(conn.connection, "transport", None)
-    if transport is None or transport.sock is None:
-        return False
-    if getattr(transport, "_read_buffer", b""):
-        return True
-    ready, _, _ = select.select([transport.sock], [], [], 0)
-    return bool(ready)

@@ -1,10 +1,18 @@
-"""What every bus backend offers: publish bytes to every frontend, and listen for them.
+"""What every bus backend offers: publish bytes to every frontend or to those bound to a
+routing key, and listen for them.
 
 A backend knows nothing of envelopes: it carries opaque bodies. Publishing is one call
 that raises ``BusError`` (or the transport's own errors, listed in ``BROKER_ERRORS``) when
-the broker is away; listening is a loop (``run``) with a ``should_stop`` flag that hands
-every batch of bodies to ``on_batch``, tells ``on_ready(queue_name, first)`` after each
-(re)subscription and ``on_lost()`` when the subscription is gone.
+the broker is away; ``route=""`` is the fanout (every subscription), any other key reaches
+only the subscriptions bound to it. Listening is a loop (``run``) with a ``should_stop``
+flag that hands every batch of bodies to ``on_batch``, tells ``on_ready(queue_name,
+first)`` after each (re)subscription and ``on_lost()`` when the subscription is gone.
+
+Bindings are state the consumer keeps: ``bind``/``unbind`` change what it wants and
+return at once; the loop applies them, and binds everything wanted again on each
+resubscription before ``on_ready`` (so before it reports itself connected).
+``wait_bound`` waits until keys are bound (or the subscription is gone, when a
+resubscription will bind them before anything is consumed).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ class BusError(Exception):
 
 
 class Publisher(Protocol):
-    def publish(self, body: bytes) -> None: ...
+    def publish(self, body: bytes, route: str = "") -> None: ...
 
     def heartbeat_tick(self) -> None: ...
 
@@ -37,5 +45,13 @@ class Consumer(Protocol):
     reconnects: int
 
     def run(self) -> None: ...
+
+    def bind(self, key: str) -> None: ...
+
+    def unbind(self, key: str) -> None: ...
+
+    def wait_bound(self, keys: list[str], timeout: float) -> bool: ...
+
+    def bound_count(self) -> int: ...
 
     def stop(self, close: bool = True) -> None: ...

@@ -1,9 +1,12 @@
 """The in-memory bus backend (``memory://NAME``), for tests: one process, no broker.
 
-Every consumer of one URL gets every body published to it, in order, as a real fanout
-with an exclusive queue per frontend would; ``Broker.down`` makes publishes fail and drops
-the subscriptions (the consumers see a lost connection and subscribe again once it is up),
-so outage handling can be unit-tested too. Consumers are greenlets (the frontend's world).
+Every consumer of one URL gets every body published to the fanout (``route=""``) and
+those published with a key its subscription is bound to, in order, as RabbitMQ's fanout
+and topic exchanges into one exclusive queue per frontend would; ``Broker.deliveries``
+counts what each subscription was handed (the tests' view of "the broker").
+``Broker.down`` makes publishes fail and drops the subscriptions (the consumers see a
+lost connection and subscribe again once it is up), so outage handling can be unit-tested
+too. Consumers are greenlets (the frontend's world).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class Broker:
 
     def __init__(self) -> None:
         self.queues: dict[str, Queue[bytes]] = {}
+        self.keys: dict[str, set[str]] = {}  # queue name -> the routing keys it is bound to
+        self.deliveries: dict[str, int] = {}  # queue name -> bodies routed to it
         self.published = 0
         self._down = False
         self._names = itertools.count(1)
@@ -44,20 +49,26 @@ class Broker:
         self._down = value
         if value:  # an exclusive queue dies with its connection: what it held is lost
             self.queues.clear()
+            self.keys.clear()
 
     def bind(self) -> str:
         if self._down:
             raise BusError("memory broker is down")
         name = f"memory.q{next(self._names)}"
         self.queues[name] = Queue()
+        self.keys[name] = set()
+        self.deliveries[name] = 0
         return name
 
-    def publish(self, body: bytes) -> None:
+    def publish(self, body: bytes, route: str = "") -> None:
         if self._down:
             raise BusError("memory broker is down")
         self.published += 1
-        for q in list(self.queues.values()):
-            q.put_nowait(body)
+        for name, q in list(self.queues.items()):
+            keys = self.keys.get(name, ())
+            if not route or route in keys or "#" in keys:
+                self.deliveries[name] += 1
+                q.put_nowait(body)
 
 
 _brokers: dict[str, Broker] = {}
@@ -77,8 +88,8 @@ class MemoryPublisher:
     def __init__(self, url: str, exchange: str, **_: Any) -> None:
         self.broker = broker(f"{url}#{exchange}")
 
-    def publish(self, body: bytes) -> None:
-        self.broker.publish(body)
+    def publish(self, body: bytes, route: str = "") -> None:
+        self.broker.publish(body, route)
 
     def heartbeat_tick(self) -> None:
         """Nothing to keep alive."""
@@ -101,9 +112,26 @@ class MemoryConsumer:
         self.connected = False
         self.queue_name: str | None = None
         self.reconnects = 0
+        self.wanted: set[str] = set()
 
     def stop(self, close: bool = True) -> None:
         self.should_stop = True
+
+    def bind(self, key: str) -> None:
+        self.wanted.add(key)
+        if self.queue_name in self.broker.keys:
+            self.broker.keys[self.queue_name].add(key)
+
+    def unbind(self, key: str) -> None:
+        self.wanted.discard(key)
+        self.broker.keys.get(self.queue_name or "", set()).discard(key)
+
+    def bound_count(self) -> int:
+        return len(self.broker.keys.get(self.queue_name or "", ()))
+
+    def wait_bound(self, keys: list[str], timeout: float) -> bool:
+        """Binding is immediate here; False only while there is no subscription."""
+        return self.connected
 
     def run(self) -> None:
         first = True
@@ -114,6 +142,7 @@ class MemoryConsumer:
                 gevent.sleep(POLL_S)
                 continue
             self.queue_name = name
+            self.broker.keys[name] = set(self.wanted)  # bound again before anything flows
             if self.on_ready is not None:
                 self.on_ready(name, first)
             first = False
@@ -141,3 +170,4 @@ class MemoryConsumer:
             except Exception:  # one bad batch must not stop the consumer
                 log.exception("bus: failed to handle %d messages; skipped", len(batch))
         self.broker.queues.pop(name, None)
+        self.broker.keys.pop(name, None)

@@ -1,8 +1,10 @@
 """One frontend instance: its hub, registry writer, bus and heartbeat, wired together.
 
 ``Frontend`` is created once per process by the app factory. It owns the publish path
-(log first when durable, then local sockets, then the fanout) and the receive path (drop
-our own envelopes, build one frame, hand it to the matching local sockets).
+(log first when durable, then local sockets, then the bus) and the receive path (drop
+our own envelopes, build one frame, hand it to the matching local sockets). With targeted
+routing its hub tells the consumer which routing keys to bind, and a join or a welcome is
+answered once the keys it needs are bound (``await_routes``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import resource
 import socket
 import threading
 import time
@@ -17,34 +20,30 @@ from datetime import UTC, datetime
 from typing import Any
 
 import gevent
-import msgspec
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.bus import BROKER_ERRORS, BROKER_HEARTBEAT_S, make_consumer, make_publisher
+from service.bus import BROKER_HEARTBEAT_S, make_consumer, make_publisher
 from service.cluster.leaves import publish_leaves
+from service.cluster.membership import Membership
 from service.cluster.publishing import Publishing
 from service.core.backoff import Backoff
 from service.core.config import Settings
 from service.core.envelope import (
-    Envelope,
-    control_envelope,
-    encode,
     event_frame,
     target_of,
     ws_text_frame,
 )
 from service.core.limits import UserQuotas
 from service.core.metrics import Meter
-from service.delivery.conn import CLOSE_DRAINING, CLOSE_REPLACED, Conn, GroupKey
+from service.core.routes import EVERYTHING
+from service.delivery.conn import CLOSE_DRAINING, Conn
 from service.delivery.hub import Hub
 from service.store import registry, replay
 from service.store.db import get_engine
 
 log = logging.getLogger(__name__)
 
-#: How long an op waits for its registry write before answering anyway (DB outage).
-REGISTRY_ACK_TIMEOUT_S = 5.0
 #: How long a reconnected bus waits for its gap replay before live delivery resumes.
 REPLAY_BEFORE_LIVE_S = 10.0
 #: Retry delays (first, cap) when the bus-gap replay cannot reach Postgres yet.
@@ -59,7 +58,7 @@ DRAIN_JITTER_MS = 2000
 DRAIN_WAIT_S = 10.0
 
 
-class Frontend(Publishing):
+class Frontend(Membership, Publishing):
     """This process's frontend: local delivery plus its share of the cluster."""
 
     def __init__(self, settings: Settings, port: int | None = None) -> None:
@@ -68,7 +67,6 @@ class Frontend(Publishing):
         self.host = socket.gethostname()
         self.engine = get_engine(settings.database_url, settings.db_pool_size)
         self.meter = Meter()
-        self.hub = Hub(self.meter)
         self.registry = registry.RegistryWriter(self.engine)
         # the URL picks the backend: amqp:// in production, memory:// in unit tests
         self.publisher = make_publisher(settings.broker_url, settings.exchange,
@@ -76,6 +74,9 @@ class Frontend(Publishing):
         self.consumer = make_consumer(settings.broker_url, settings.exchange,
                                       on_batch=self.on_bus_batch, on_ready=self._on_bus_ready,
                                       on_lost=self._on_bus_lost, sleep=gevent.sleep)
+        self.hub = Hub(self.meter, self._on_route if settings.targeted else None)
+        if not settings.targeted:  # what targeted publishers send reaches us too
+            self.consumer.bind(EVERYTHING)
         self.registered = False
         self.draining = False
         self.init_publishing()
@@ -217,16 +218,9 @@ class Frontend(Publishing):
         return {"connections": len(self.hub.conns),
                 "memberships": sum(len(c.groups) for c in conns),
                 "monitors": sum(len(c.monitors) for c in conns),
-                "registry_pending_writes": self.registry.pending()}
-
-    def evict(self, connection_id: str) -> None:
-        """Ask whichever frontend still holds this connection id to let go of it."""
-        try:
-            # "kick" is the control event's name on the wire (older frontends know it)
-            self.publisher.publish(encode(control_envelope(self.id, connection_id, "kick",
-                                                           "", "")))
-        except BROKER_ERRORS as exc:
-            log.warning("eviction of %s not published: %s", connection_id, exc)
+                "registry_pending_writes": self.registry.pending(),
+                "bus_bindings": self.consumer.bound_count(),
+                "cpu_seconds": _cpu_seconds()}
 
     def _safe_heartbeat(self) -> None:
         with contextlib.suppress(SQLAlchemyError):
@@ -247,62 +241,9 @@ class Frontend(Publishing):
             return False, "not registered"
         return True, "ok"
 
-    # --- groups (pg join/leave) ----------------------------------------------------------
 
-    def join(self, conn: Conn, key: GroupKey, record: bool = True) -> bool:
-        """Join a local socket to a group: index, registry (awaited), presence."""
-        if not self.hub.join(conn, key):
-            return False
-        if record:
-            try:
-                self.registry.write("join", REGISTRY_ACK_TIMEOUT_S, connection_id=conn.id,
-                                    scope=key[0], group=key[1])
-            except SQLAlchemyError:
-                self.hub.leave(conn, key)
-                raise
-        self.publish_presence(key, [self.member_info(conn)], [])
-        return True
-
-    def leave(self, conn: Conn, key: GroupKey, record: bool = True) -> bool:
-        """Remove a local socket from a group: index, registry (awaited), presence."""
-        if not self.hub.leave(conn, key):
-            return False
-        if record:
-            self.registry.write("leave", REGISTRY_ACK_TIMEOUT_S, connection_id=conn.id,
-                                scope=key[0], group=key[1])
-        self.publish_presence(key, [], [self.member_info(conn)])
-        return True
-
-    def server_membership(self, action: str, key: GroupKey, connection_id: str) -> None:
-        """Server-side join or leave of any connection, wherever it is (pg:join/leave).
-
-        The registry row is written here, so `members` agrees at once; the frontend that
-        holds the socket updates its index and publishes presence (directly when that is us,
-        else through a control envelope on the fanout).
-        """
-        registry.record_server_membership(self.engine, action, connection_id, key[0], key[1])
-        conn = self.hub.conns.get(connection_id)
-        if conn is not None:
-            (self.join if action == "join" else self.leave)(conn, key, record=False)
-            return
-        self.publisher.publish(encode(control_envelope(self.id, connection_id, action,
-                                                       key[0], key[1])))
-
-    def _apply_control(self, env: Envelope) -> None:
-        conn = self.hub.conns.get(env.target.get("connection", ""))
-        if conn is None:
-            return
-        if env.event == "kick":  # the session resumed elsewhere
-            conn.moved = True
-            conn.close(CLOSE_REPLACED, "resumed on another socket")
-            self.hub.remove(conn)
-            return
-        body = msgspec.json.decode(env.data, type=dict[str, str])
-        key = (body["scope"], body["group"])
-        if env.event == "join":
-            self.join(conn, key, record=False)
-        elif env.event == "leave":
-            self.leave(conn, key, record=False)
-
-    def member_info(self, conn: Conn) -> dict[str, str]:
-        return {"connection_id": conn.id, "user_id": conn.user_id, "frontend": self.id}
+def _cpu_seconds() -> float:
+    """This process's CPU time from getrusage, exact to the microsecond (the standard
+    ``process_cpu_seconds_total`` counts /proc's 10 ms ticks)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

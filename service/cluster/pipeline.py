@@ -1,4 +1,5 @@
-"""The one publish pipeline: log first when durable, then one bus message per batch.
+"""The one publish pipeline: log first when durable, then one bus message per batch (per
+run of one routing key, with targeted routing).
 
 Frontends, workers, backends (``service.pg``) and ``manage.py`` all publish through
 ``LogPublisher``: concurrent publishes share one log INSERT and one bus message
@@ -17,6 +18,7 @@ from sqlalchemy import Engine
 from service.bus import BROKER_ERRORS, Publisher
 from service.core.envelope import Envelope, Target, encode_bus, make_envelope
 from service.core.errors import BadRequest
+from service.core.routes import route_of
 from service.store.groupcommit import GroupCommit
 from service.store.messagelog import Entry, append, append_many
 
@@ -35,10 +37,12 @@ class LogPublisher:
     """
 
     def __init__(self, engine: Engine, bus: Publisher, origin: str,
-                 before_send: Callable[[list[Envelope]], None] | None = None) -> None:
+                 before_send: Callable[[list[Envelope]], None] | None = None,
+                 *, targeted: bool = True) -> None:
         self.engine = engine
         self.bus = bus
         self.origin = origin
+        self.targeted = targeted
         self.before_send = before_send
         self._durable: GroupCommit[Entry, int | BadRequest] = GroupCommit(self._run_durable)
         self._transient: GroupCommit[Entry, None] = GroupCommit(self._run_transient)
@@ -90,7 +94,17 @@ class LogPublisher:
         if self.before_send is not None:
             self.before_send(envs)
         try:
-            self.bus.publish(encode_bus(envs))
+            if not self.targeted:
+                self.bus.publish(encode_bus(envs))
+                return
+            # one bus message per run of envelopes with the same routing key, in order:
+            # a socket that several of the runs reach still gets them as published
+            start = 0
+            routes = [route_of(e.target) for e in entries]
+            for end in range(1, len(envs) + 1):
+                if end == len(envs) or routes[end] != routes[start]:
+                    self.bus.publish(encode_bus(envs[start:end]), routes[start])
+                    start = end
         except BROKER_ERRORS as exc:
             if not durable:
                 raise

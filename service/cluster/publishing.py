@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from service.bus import BROKER_ERRORS, Publisher
 from service.cluster import pipeline
 from service.core import presence
+from service.core.config import Settings
 from service.core.envelope import (
     Envelope,
     Target,
@@ -44,6 +45,7 @@ class Publishing:
     """Publishing and bus delivery for a frontend; the host class provides the parts."""
 
     id: str
+    settings: Settings
     engine: Engine
     hub: Hub
     publisher: Publisher
@@ -53,7 +55,8 @@ class Publishing:
     def init_publishing(self) -> None:
         # concurrent publishes share one log INSERT, one local fan-out and one bus message
         self.log = pipeline.LogPublisher(self.engine, self.publisher, self.id,
-                                           before_send=self._deliver_own)
+                                           before_send=self._deliver_own,
+                                           targeted=self.settings.targeted)
         # presence changes made in one turn of the loop leave in one bus message
         self._presence: NextTick[Envelope] = NextTick(self._send_presence)
 
@@ -94,6 +97,7 @@ class Publishing:
         envelope in between is applied in its place, so order is kept. A bad envelope is
         logged and skipped; the others are still delivered."""
         run: list[Delivery] = []
+        self.meter.bus_messages += len(bodies)
         for body in bodies:
             try:
                 envs = decode_bus(body)
@@ -105,6 +109,7 @@ class Publishing:
                     continue
                 try:
                     if env.kind == "event":
+                        self.meter.bus_events += 1
                         self.log_head.seen(env.id)
                         run.append((target_of(env), ws_text_frame(event_frame(env)),
                                     env.exclude, env.ts))

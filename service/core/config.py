@@ -136,6 +136,8 @@ class Settings:
     history_ttl_s: int = 24 * 3600  # HERALD_HISTORY_TTL: durable log retention
     heartbeat_s: float = 10.0  # HERALD_HEARTBEAT: frontend liveness and client ping hint
     exchange: str = "herald.fanout"  # HERALD_EXCHANGE: the fanout exchange name
+    # targeted: group/user/connection messages reach only frontends holding a recipient
+    routing: str = "targeted"  # HERALD_ROUTING: targeted | fanout (core/routes.py)
     task_queue: str = "herald.tasks"  # HERALD_TASK_QUEUE: Celery's task queue
     frontend_id: str = ""  # HERALD_FRONTEND_ID: stable id of this frontend (default host-port)
     host: str = "127.0.0.1"  # HERALD_HOST: address the frontend binds
@@ -163,6 +165,10 @@ class Settings:
     flower_port: int = 5555  # HERALD_FLOWER_PORT
     flower_basic_auth: str = ""  # HERALD_FLOWER_BASIC_AUTH: "user:password" for Flower
     rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672/api/"  # HERALD_RABBITMQ_API
+
+    @property
+    def targeted(self) -> bool:
+        return self.routing == "targeted"
 
     @property
     def production(self) -> bool:
@@ -199,6 +205,7 @@ class Settings:
             history_ttl_s=_int("HERALD_HISTORY_TTL", cls.history_ttl_s),
             heartbeat_s=_float("HERALD_HEARTBEAT", cls.heartbeat_s),
             exchange=os.environ.get("HERALD_EXCHANGE") or cls.exchange,
+            routing=(os.environ.get("HERALD_ROUTING") or cls.routing).lower(),
             task_queue=os.environ.get("HERALD_TASK_QUEUE") or cls.task_queue,
             frontend_id=os.environ.get("HERALD_FRONTEND_ID", ""),
             host=os.environ.get("HERALD_HOST") or cls.host,
@@ -249,6 +256,8 @@ class Settings:
                             ("HERALD_USER_QUERIES_PER_MIN", self.user_queries_per_min)):
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive finite number")
+        if self.routing not in ("targeted", "fanout"):
+            raise ConfigError(f"HERALD_ROUTING must be targeted or fanout, got {self.routing!r}")
         if self.max_user_connections < 0:
             raise ConfigError("HERALD_MAX_USER_CONNECTIONS must be 0 (no limit) or positive")
         for name, count in (("HERALD_DB_POOL_SIZE", self.db_pool_size),
@@ -314,5 +323,5 @@ ENV_VARS = (
     "HERALD_HELLO_MAX_FRAMES", "HERALD_MAX_MONITORS", "HERALD_MEMBERS_LIMIT",
     "HERALD_REPLAY_LIMIT", "HERALD_USER_REPLAY_PER_MIN", "HERALD_USER_DURABLE_PER_MIN",
     "HERALD_USER_TASKS_PER_MIN", "HERALD_USER_QUERIES_PER_MIN", "HERALD_PUBLIC_TASKS",
-    "HERALD_MAX_MONITORED_MEMBERS",
+    "HERALD_MAX_MONITORED_MEMBERS", "HERALD_ROUTING",
 )

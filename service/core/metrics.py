@@ -37,6 +37,8 @@ class Meter:
         self.publishes = dict.fromkeys(TARGET_KINDS, 0)
         self.outbox_overflows = 0
         self.bus_reconnects = 0
+        self.bus_messages = 0  # bus messages received (several envelopes each, batched)
+        self.bus_events = 0  # event envelopes received from other frontends
         self.replayed = 0
         self.latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self.latency_sum = 0.0
@@ -89,6 +91,9 @@ class HeraldCollector(Collector):
         yield pub
         yield counter("herald_outbox_overflows", "Sockets closed with 1013", m.outbox_overflows)
         yield counter("herald_bus_reconnects", "Fanout consumer reconnections", m.bus_reconnects)
+        yield counter("herald_bus_messages", "Bus messages received", m.bus_messages)
+        yield counter("herald_bus_events", "Event envelopes received from other frontends",
+                      m.bus_events)
         yield counter("herald_replayed_messages", "Durable messages replayed", m.replayed)
         buckets: list[tuple[str, float]] = []
         total = 0

@@ -1,15 +1,20 @@
 """The frontend's local sockets: an index by id, user and group, and the fan-out of one
 ready frame to every matching socket (each written through its own ``Conn``).
+
+The index also says which routing keys this frontend needs (``core/routes.py``): it calls
+``on_route(key, True)`` when the first local recipient of a group, a user or a connection
+appears and ``on_route(key, False)`` when the last one goes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from service.core.envelope import Target
 from service.core.metrics import Meter
 from service.core.presence import MonitorState
+from service.core.routes import connection_key, group_key, user_key
 from service.delivery.conn import Conn, GroupKey
 
 #: One message for the hub: target, its ready frame, a connection id to skip, publish time.
@@ -19,16 +24,34 @@ Delivery = tuple[Target, bytes, str | None, float]
 class Hub:
     """Index of this frontend's sockets; delivers a ready frame to every matching one."""
 
-    def __init__(self, meter: Meter | None = None) -> None:
+    def __init__(self, meter: Meter | None = None,
+                 on_route: Callable[[str, bool], None] | None = None) -> None:
         self.meter = meter or Meter()
+        self.on_route = on_route
         self.conns: dict[str, Conn] = {}
         self.by_user: dict[str, set[Conn]] = {}
         self.by_group: dict[GroupKey, set[Conn]] = {}
         self.monitors: dict[GroupKey, set[Conn]] = {}
 
     def add(self, conn: Conn) -> None:
+        fresh = conn.id not in self.conns
         self.conns[conn.id] = conn
-        self.by_user.setdefault(conn.user_id, set()).add(conn)
+        users = self.by_user.get(conn.user_id)
+        if users is None:
+            users = self.by_user[conn.user_id] = set()
+            self._route(user_key(conn.user_id), True)
+        users.add(conn)
+        if fresh:
+            self._route(connection_key(conn.id), True)
+
+    def routes_of(self, conn: Conn) -> list[str]:
+        """The routing keys a socket's messages come by (its user, itself, its groups)."""
+        return [user_key(conn.user_id), connection_key(conn.id),
+                *(group_key(*key) for key in conn.groups)]
+
+    def _route(self, key: str, present: bool) -> None:
+        if self.on_route is not None:
+            self.on_route(key, present)
 
     def remove(self, conn: Conn) -> list[GroupKey]:
         """Forget a socket; return the groups it was in (for presence leaves).
@@ -36,10 +59,13 @@ class Hub:
         Never blocks: stopping the writer is the socket's own greenlet's job."""
         if self.conns.get(conn.id) is conn:  # not a resumed successor with the same id
             del self.conns[conn.id]
-        _discard(self.by_user, conn.user_id, conn)
+            self._route(connection_key(conn.id), False)
+        if _discard(self.by_user, conn.user_id, conn):
+            self._route(user_key(conn.user_id), False)
         groups = list(conn.groups)
         for key in groups:
-            _discard(self.by_group, key, conn)
+            if _discard(self.by_group, key, conn):
+                self._route(group_key(*key), False)
         for key in conn.monitors:
             _discard(self.monitors, key, conn)
         conn.groups.clear()
@@ -51,7 +77,11 @@ class Hub:
         if key in conn.groups:
             return False
         conn.groups.add(key)
-        self.by_group.setdefault(key, set()).add(conn)
+        members = self.by_group.get(key)
+        if members is None:
+            members = self.by_group[key] = set()
+            self._route(group_key(*key), True)
+        members.add(conn)
         return True
 
     def leave(self, conn: Conn, key: GroupKey) -> bool:
@@ -59,7 +89,8 @@ class Hub:
         if key not in conn.groups:
             return False
         conn.groups.discard(key)
-        _discard(self.by_group, key, conn)
+        if _discard(self.by_group, key, conn):
+            self._route(group_key(*key), False)
         return True
 
     def monitor(self, conn: Conn, key: GroupKey, on: bool) -> MonitorState | None:
@@ -141,9 +172,12 @@ class Hub:
         return list(self.by_group.get(key, ()))
 
 
-def _discard(index: dict[Any, set[Conn]], key: Any, conn: Conn) -> None:
+def _discard(index: dict[Any, set[Conn]], key: Any, conn: Conn) -> bool:
+    """Take ``conn`` out of ``index[key]``; True when that emptied (and deleted) the set."""
     members = index.get(key)
     if members is not None:
         members.discard(conn)
         if not members:
             del index[key]
+            return True
+    return False

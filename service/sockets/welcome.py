@@ -26,7 +26,8 @@ from gevent.event import AsyncResult
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.cluster.frontend import REGISTRY_ACK_TIMEOUT_S, Frontend
+from service.cluster.frontend import Frontend
+from service.cluster.membership import REGISTRY_ACK_TIMEOUT_S
 from service.core.auth import Grants, ResumeClaim, issue_resume_token, verify_resume_token
 from service.core.envelope import encode, event_frame, ws_text_frame
 from service.core.errors import RateLimited
@@ -164,10 +165,13 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
     groups = []
     for scope, group in restored:
         if grants.may_join(scope, group):  # the new token decides, not the old one
-            node.join(conn, (scope, group), record=False)
+            node.join(conn, (scope, group), record=False, wait=False)
             groups.append({"scope": scope, "group": group})
         else:
             node.registry.submit("leave", connection_id=conn.id, scope=scope, group=group)
+    # bound since hub.add and the joins (alongside the registry write): from the welcome
+    # on, whatever is published to this socket, its user or its groups reaches it
+    node.await_routes(node.hub.routes_of(conn))
     token = issue_resume_token(settings.secret_key, ResumeClaim(conn.id, conn.user_id, gen))
     opened = Opened(conn, {"op": "welcome", "ref": frame.ref, "connection_id": conn.id,
                            "frontend": node.id, "resume": token,

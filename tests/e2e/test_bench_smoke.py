@@ -13,9 +13,9 @@ import pytest
 from bench.run import SCENARIOS
 from tests.support import PYTHON, ROOT
 
-SMOKE_TIMEOUT_S = 360
+SMOKE_TIMEOUT_S = 480
 #: The tables bench/run.py's own scenarios print (the others are checked by their status).
-TABLES = ("== fan-out", "== idle sockets", "== connect storm")
+TABLES = ("== fan-out", "== idle sockets", "== connect storm", "== scale: group messages")
 #: A fan-out row: N, rate, target, metric, Herald, peer, ratio.
 ROW = re.compile(r"^\s*(\d+)\s+(\S+)\s+(all|half)\s+(.+?)\s{2,}(\S+)\s+(\S+)\s+(\S+)\s*$")
 
@@ -42,3 +42,7 @@ def test_bench_smoke() -> None:
         assert r[4] == "0" and r[5] == "0", f"fan-out lost messages: {r}"
     for r in rates:
         assert float(r[4]) > 0 and float(r[5]) > 0, f"fan-out delivered nothing: {r}"
+    # scale tables: routing, F, six figures, lost; nothing lost in any
+    scale = [line.split() for line in out.splitlines()
+             if re.match(r"^\s*(fanout|targeted)\s+\d+\s", line)]
+    assert scale and all(row[-1] == "0" for row in scale), f"scale lost messages:\n{out}"

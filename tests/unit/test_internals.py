@@ -7,7 +7,7 @@ internals are touched from exactly one module.
   ``receive_bytes``, ``close_reason``/``close_message``, ``mode`` and ``_handle_events``;
   the server taking a ``thread_class``; ``Base.close`` sending the close frame through
   ``self.sock``; wsproto's ``handshake``; the gevent socket's ``_sock``).
-- py-amqp: only ``service/bus/amqp.py`` (the transport's ``_read_buffer`` and ``sock``).
+- py-amqp: only ``service/bus/amqp_consumer.py`` (the transport's ``_read_buffer`` and ``sock``).
 - gunicorn: only ``service/sockets/wsio.py`` (a response that raises ``StopIteration``
   ends the request with nothing written).
 """
@@ -69,7 +69,7 @@ INTERNALS = {
     "service/delivery/wsock.py": re.compile(
         r"\._handle_events|\.input_buffer|\._sock\b|\.ws\.receive_data|simple_websocket\.ws"
         r"|from wsproto|\.handshake = |ws, \"close_reason\""),
-    "service/bus/amqp.py": re.compile(r"_read_buffer|transport\.sock"),
+    "service/bus/amqp_consumer.py": re.compile(r"_read_buffer|transport\.sock"),
     "service/sockets/wsio.py": re.compile(r"raise StopIteration"),
 }
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import requests
 from kombu import Connection, Exchange
 
 from service.bus import BusConsumer, BusPublisher
@@ -56,6 +59,8 @@ def exchange() -> Iterator[str]:
     yield name
     with Connection(URL) as conn:
         Exchange(name, channel=conn.channel()).delete()
+        with contextlib.suppress(*conn.channel_errors):  # declared once something routed
+            Exchange(f"{name}.routed", channel=conn.channel()).delete()
 
 
 @pytest.fixture
@@ -226,3 +231,68 @@ def test_a_backlog_reaches_on_batch_in_order_and_in_batches(exchange: str,
     assert got == [b"m%d" % i for i in range(301)]
     assert max(len(b) for b in batches) > 1  # the backlog came out in batches
     assert max(len(b) for b in batches) <= 256  # bounded by CONSUME_BATCH_MAX
+
+
+# --- routing keys ----------------------------------------------------------------------------
+
+RABBIT_API = "http://127.0.0.1:15672/api"
+AUTH = ("guest", "guest")
+
+
+def _queue_keys(queue_name: str) -> set[str]:
+    """The routing keys the broker has this queue bound with (its management API)."""
+    url = f"{RABBIT_API}/queues/%2F/{urllib.parse.quote(queue_name, safe='')}/bindings"
+    return {b["routing_key"] for b in requests.get(url, auth=AUTH, timeout=5).json()
+            if b["source"].endswith(".routed")}
+
+
+def test_a_routed_publish_reaches_only_the_bound_queue(exchange: str,
+                                                       started: list[Any]) -> None:
+    one, two = Running(exchange), Running(exchange)
+    started += [one, two]
+    publisher = BusPublisher(URL, exchange)
+    started.append(publisher)
+    one.consumer.bind("g.s/room")
+    assert one.consumer.wait_bound(["g.s/room"], WAIT_S)
+    assert _queue_keys(one.queue_name) == {"g.s/room"} and _queue_keys(two.queue_name) == set()
+    publisher.publish(b"routed", "g.s/room")
+    publisher.publish(b"marker")  # fanout, after it: what two gets first
+    assert (one.get(), one.get()) == (b"routed", b"marker")
+    assert two.get() == b"marker"
+    one.consumer.unbind("g.s/room")
+    wait_until(lambda: one.consumer.bound_count() == 0)
+    assert _queue_keys(one.queue_name) == set()
+    publisher.publish(b"nobody", "g.s/room")
+    publisher.publish(b"marker2")
+    assert one.get() == b"marker2" and two.get() == b"marker2"
+
+
+def test_many_binds_land_in_rounds(exchange: str, started: list[Any]) -> None:
+    one = Running(exchange)
+    started.append(one)
+    keys = [f"u.user-{i}" for i in range(1200)]  # more than one round's worth
+    for key in keys:
+        one.consumer.bind(key)
+    assert one.consumer.wait_bound(keys, WAIT_S)
+    assert len(_queue_keys(one.queue_name)) == 1200 == one.consumer.bound_count()
+
+
+def test_bindings_are_back_before_a_reconnected_consumer_is_ready(
+        exchange: str, started: list[Any]) -> None:
+    one = Running(exchange)
+    started.append(one)
+    one.consumer.bind("u.alice")
+    assert one.consumer.wait_bound(["u.alice"], WAIT_S)
+    url = f"{RABBIT_API}/queues/%2F/{urllib.parse.quote(one.queue_name, safe='')}"
+    consumers = wait_until(lambda: requests.get(url, auth=AUTH, timeout=5).json().get(
+        "consumer_details"), timeout=WAIT_S, interval=0.5)
+    name = consumers[0]["channel_details"]["connection_name"]
+    requests.delete(f"{RABBIT_API}/connections/{urllib.parse.quote(name, safe='')}",
+                    auth=AUTH, timeout=5)
+    queue_name, first = one.ready.get(timeout=WAIT_S)  # on_ready: bound, not consuming yet
+    assert first is False and queue_name != one.queue_name
+    assert _queue_keys(queue_name) == {"u.alice"}
+    publisher = BusPublisher(URL, exchange)
+    started.append(publisher)
+    publisher.publish(b"after", "u.alice")
+    assert one.get() == b"after"

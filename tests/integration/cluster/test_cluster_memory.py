@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import gevent
 import msgspec
@@ -24,15 +25,15 @@ def bus_url() -> str:
 
 
 @pytest.fixture
-def nodes(database: str, bus_url: str) -> Iterator[Callable[[str], Frontend]]:
+def nodes(database: str, bus_url: str) -> Iterator[Callable[..., Frontend]]:
     from service.core.config import Settings
 
     started: list[Frontend] = []
 
-    def start(name: str) -> Frontend:
+    def start(name: str, **overrides: Any) -> Frontend:
         settings = dataclasses.replace(Settings.from_env(), broker_url=bus_url,
                                        frontend_id=f"{name}-{uuid.uuid4().hex[:6]}",
-                                       heartbeat_s=0.5)
+                                       heartbeat_s=0.5, **overrides)
         node = Frontend(settings)
         node.start()
         wait(lambda: node.consumer.connected and node.registered)
@@ -117,3 +118,85 @@ def test_an_http_publish_on_a_reaches_a_socket_on_b(nodes: Callable[[str], Front
         assert bad.status_code == 401 and bad.get_json()["error"] == "unauthorized"
     finally:
         a.stop()
+
+
+# --- targeted routing ----------------------------------------------------------------------
+
+def routed(node: Frontend, bus_url: str) -> int:
+    """Bodies the broker routed to this frontend's queue (the broker's view)."""
+    broker = memory.broker(f"{bus_url}#{node.settings.exchange}")
+    return broker.deliveries[node.consumer.queue_name or ""]
+
+
+def test_targeted_messages_reach_only_the_frontends_holding_a_recipient(
+        nodes: Callable[..., Frontend], bus_url: str) -> None:
+    a, b, c = nodes("a"), nodes("b"), nodes("c")
+    member = socket_on(b, "m")
+    b.join(member, ("default", "room"))
+    alice = socket_on(c, "alice")
+    gevent.sleep(0.2)  # the join's presence (fanout) has reached everyone
+    before = {n.id: routed(n, bus_url) for n in (a, b, c)}
+    for i in range(5):
+        a.publish(Target.group("room", "default"), "said", raw_json(i), durable=False)
+    a.publish(Target.user("alice"), "dm", raw_json(0), durable=True)
+    a.publish(Target.connection(member.id), "whisper", raw_json(0), durable=False)
+    wait(lambda: len(events(member, "said")) == 5 and events(alice, "dm")
+         and events(member, "whisper"))
+    gevent.sleep(0.1)
+    assert [e["data"] for e in events(member, "said")] == [0, 1, 2, 3, 4]  # once, in order
+    got = {n.id: routed(n, bus_url) - before[n.id] for n in (a, b, c)}
+    # each publish is one bus message, to the one frontend with its recipient
+    assert got == {a.id: 0, b.id: 6, c.id: 1}, got
+    assert (b.meter.bus_events, c.meter.bus_events) == (6, 1)
+
+
+def test_a_frontend_whose_last_member_left_stops_receiving_the_group(
+        nodes: Callable[..., Frontend], bus_url: str) -> None:
+    a, b = nodes("a"), nodes("b")
+    one, two = socket_on(b), socket_on(b)
+    b.join(one, ("default", "g"))
+    b.join(two, ("default", "g"))
+    b.leave(one, ("default", "g"))
+    a.publish(Target.group("g", "default"), "still", raw_json(1), durable=False)
+    wait(lambda: events(two, "still"))
+    b.leave(two, ("default", "g"))
+    gevent.sleep(0.1)
+    before = routed(b, bus_url)
+    a.publish(Target.group("g", "default"), "gone", raw_json(2), durable=False)
+    gevent.sleep(0.2)
+    assert routed(b, bus_url) == before and b.consumer.bound_count() == 3  # user, 2 conns
+
+
+def test_the_fanout_setting_sends_everything_everywhere(
+        nodes: Callable[..., Frontend], bus_url: str) -> None:
+    a, b = nodes("a", routing="fanout"), nodes("b", routing="fanout")
+    before = routed(b, bus_url)
+    a.publish(Target.group("nobody-here", "default"), "x", raw_json(1), durable=False)
+    wait(lambda: routed(b, bus_url) == before + 1)
+    assert b.consumer.bound_count() == 1  # "#": what targeted publishers send, too
+
+
+def test_bindings_are_back_before_a_reconnected_frontend_consumes(
+        nodes: Callable[..., Frontend], bus_url: str) -> None:
+    a, b = nodes("a"), nodes("b")
+    member = socket_on(b)
+    b.join(member, ("default", "back"))
+    broker = memory.broker(f"{bus_url}#{b.settings.exchange}")
+    old_queue = b.consumer.queue_name
+    broker.down = True
+    wait(lambda: not b.consumer.connected)
+    broker.down = False
+    wait(lambda: b.consumer.connected)
+    assert b.consumer.queue_name != old_queue
+    assert "g.default/back" in broker.keys[b.consumer.queue_name or ""]
+    a.publish(Target.group("back", "default"), "again", raw_json(1), durable=False)
+    wait(lambda: events(member, "again"))
+
+
+def test_any_mix_of_the_routing_setting_delivers_everything(
+        nodes: Callable[..., Frontend]) -> None:
+    targeted, fanout = nodes("t"), nodes("f", routing="fanout")
+    on_t, on_f = socket_on(targeted, "ut"), socket_on(fanout, "uf")
+    targeted.publish(Target.user("uf"), "to-f", raw_json(1), durable=False)  # routed
+    fanout.publish(Target.user("ut"), "to-t", raw_json(2), durable=False)  # fanout
+    wait(lambda: events(on_f, "to-f") and events(on_t, "to-t"))

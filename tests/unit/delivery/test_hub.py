@@ -407,3 +407,34 @@ def test_a_partial_fast_write_is_finished_by_the_writer_intact(hub: Hub) -> None
     settle()
     assert hub.meter.frames_out == 2
     assert not conn._owns_lock and conn._writer is None
+
+
+def test_the_index_asks_for_a_routing_key_at_the_first_recipient_and_drops_it_at_the_last(
+) -> None:
+    changes: list[tuple[str, bool]] = []
+    hub = Hub(on_route=lambda key, present: changes.append((key, present)))
+    a, b = Conn("a", "alice", FakeWS(), 10), Conn("b", "alice", FakeWS(), 10)
+    hub.add(a)
+    assert changes == [("u.alice", True), ("c.a", True)]
+    hub.add(b)  # the same user: only the connection's key is new
+    assert changes[2:] == [("c.b", True)]
+    assert hub.join(a, ("s", "g")) and hub.join(b, ("s", "g"))
+    assert changes[3:] == [("g.s/g", True)]
+    assert hub.leave(a, ("s", "g"))
+    assert changes[4:] == []  # b is still a member here
+    assert hub.routes_of(b) == ["u.alice", "c.b", "g.s/g"]
+    hub.remove(b)
+    assert sorted(changes[4:]) == [("c.b", False), ("g.s/g", False)]
+    hub.remove(a)
+    assert sorted(changes[6:]) == [("c.a", False), ("u.alice", False)]
+    assert hub.conns == {} and hub.by_user == {} and hub.by_group == {}
+
+
+def test_a_resumed_successor_keeps_the_connection_key() -> None:
+    changes: list[tuple[str, bool]] = []
+    hub = Hub(on_route=lambda key, present: changes.append((key, present)))
+    old, new = Conn("c", "u", FakeWS(), 10), Conn("c", "u", FakeWS(), 10)
+    hub.add(old)
+    hub.add(new)  # same id, before the old one is removed
+    hub.remove(old)
+    assert ("c.c", False) not in changes and hub.conns["c"] is new

@@ -1,0 +1,259 @@
+"""The AMQP consumer loop (see ``amqp.py`` for the backend as a whole): one exclusive
+queue bound to the fanout and to the routed (topic) exchange with every routing key its owner
+wants (``bindings.py``), read in batches, reconnected with capped backoff.
+
+This is the one module that touches py-amqp's internals: the transport's ``_read_buffer``
+(``tests/unit/test_internals.py`` pins it). py-amqp reads whole frames into it, so a
+``select`` on the socket cannot tell whether more messages are already here; kombu's
+public API has no "is more buffered" call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent import monkey
+from gevent.hub import Waiter
+from kombu import Connection, Queue
+
+from service.core.backoff import Backoff
+
+from .amqp import (
+    BROKER_HEARTBEAT_S,
+    CONSUME_BATCH_MAX,
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+    close_quietly,
+    fanout_exchange,
+    routed_exchange,
+)
+from .bindings import Bindings
+
+log = logging.getLogger(__name__)
+
+_SELECT = monkey.get_original("select", "select")
+
+
+class BusConsumer:
+    """Consumes the fanout through one exclusive queue; reconnects by itself.
+
+    ``on_body`` gets each message's raw bytes; an exception there is logged and the loop
+    goes on. With ``on_batch`` instead, every message already readable from the broker
+    (up to ``CONSUME_BATCH_MAX``) is collected first and handed over as one list: under a
+    backlog the owner then writes each socket once for many messages, and with no backlog
+    a batch is one message, with no wait added. ``on_ready(queue_name, first)`` runs after
+    each (re)declare and bind (the fanout, and every wanted routing key), before consuming
+    starts; ``on_lost()`` when the connection drops. ``bind``/``unbind``/``wait_bound``:
+    see ``bindings.py``.
+    """
+
+    def __init__(self, url: str, exchange: str, on_body: Callable[[bytes], None] | None = None,
+                 *, on_batch: Callable[[list[bytes]], None] | None = None,
+                 on_ready: Callable[[str, bool], None] | None = None,
+                 on_lost: Callable[[], None] | None = None,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        self.url = url
+        self.exchange = fanout_exchange(exchange)
+        self.routed = routed_exchange(exchange)
+        self.bindings = Bindings()
+        self.on_body = on_body
+        self.on_batch = on_batch
+        self._pending: list[bytes] = []
+        self.on_ready = on_ready
+        self.on_lost = on_lost
+        self.should_stop = False
+        self.connected = False
+        self.queue_name: str | None = None
+        self.reconnects = 0
+        self._sleep = sleep or time.sleep
+        self._connection: Connection | None = None
+
+    def bind(self, key: str) -> None:
+        self.bindings.want(key)
+
+    def unbind(self, key: str) -> None:
+        self.bindings.drop(key)
+
+    def wait_bound(self, keys: list[str], timeout: float) -> bool:
+        return self.bindings.wait_bound(keys, timeout)
+
+    def bound_count(self) -> int:
+        return len(self.bindings.bound)
+
+    def stop(self, close: bool = True) -> None:
+        """End the loop. ``close=True`` also closes the connection from outside, which
+        unblocks a loop running in another thread; a greenlet owner instead kills the
+        loop's greenlet (whose ``finally`` closes it), since gevent forbids closing a
+        socket another greenlet is reading."""
+        self.should_stop = True
+        if close and self._connection is not None:
+            close_quietly(self._connection)
+
+    def run(self) -> None:
+        """The consumer loop: connect, declare, bind, drain; on loss back off and again."""
+        try:
+            self._run()
+        finally:
+            self.bindings.close()
+
+    def _run(self) -> None:
+        backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        first = True
+        while not self.should_stop:
+            conn = Connection(self.url, heartbeat=BROKER_HEARTBEAT_S)
+            self._connection = conn
+            try:
+                conn.connect()
+                channel = conn.channel()
+                self.exchange(channel).declare()
+                queue = Queue("", exchange=self.exchange, exclusive=True, auto_delete=True,
+                              durable=False, channel=channel)
+                queue.declare()
+                self.queue_name = queue.name
+                self.routed(channel).declare()
+                self.bindings.fresh_queue()
+                self.bindings.settle(channel, queue.name, self.routed.name)
+                # bound but not yet consuming: what arrives now waits in the queue while
+                # the owner catches up (a replay), so order is kept
+                if self.on_ready is not None:
+                    self.on_ready(queue.name, first)
+                first = False
+                # py-amqp's own consumer: its Message already holds the body, and kombu's
+                # Consumer would wrap each one again (decoding properties, acks state)
+                channel.basic_consume(queue.name, no_ack=True, callback=self._on_message)
+                self.connected = True
+                backoff.reset()
+                log.info("bus: consuming %s on exchange %s", queue.name, self.exchange.name)
+                self._drain(conn, channel, queue.name)
+            except Exception as exc:
+                if self.should_stop:
+                    break  # whatever a connection closed under us raises, we are done
+                if not isinstance(exc, (*conn.connection_errors, *conn.channel_errors, OSError)):
+                    log.exception("bus: unexpected error in the consumer; reconnecting")
+                log.warning("bus: connection lost (%s); reconnecting in %.2fs", exc,
+                            backoff.peek())
+            finally:
+                was_connected = self.connected
+                self.connected = False
+                self.bindings.lost()
+                close_quietly(conn)
+            if was_connected:
+                self.reconnects += 1
+                if self.on_lost is not None and not self.should_stop:
+                    self.on_lost()
+            if not self.should_stop:
+                self._sleep(backoff.next())
+
+    def _drain(self, conn: Connection, channel: Any, queue: str) -> None:
+        bindings = self.bindings
+        ready = Readiness(conn.connection.transport.sock, bindings.wake_fd)
+        try:
+            self._drain_loop(conn, channel, queue, ready)
+        finally:
+            ready.close()
+
+    def _drain_loop(self, conn: Connection, channel: Any, queue: str,
+                    ready: Readiness) -> None:
+        bindings = self.bindings
+        while not self.should_stop:
+            try:
+                with contextlib.suppress(TimeoutError):
+                    if bindings.dirty:
+                        bindings.apply(channel, queue, self.routed.name)
+                    if _buffered(conn) or ready.wait(BROKER_HEARTBEAT_S / 4):
+                        conn.drain_events(timeout=BROKER_HEARTBEAT_S / 4)
+                        while (self._pending and len(self._pending) < CONSUME_BATCH_MAX
+                               and _readable(conn)):
+                            conn.drain_events(timeout=BROKER_HEARTBEAT_S / 4)
+            finally:  # what arrived before a connection loss is still delivered, in order
+                if self._pending:
+                    self._hand_over()
+            if self.should_stop:
+                break
+            # after every drain, busy or idle: with no_ack we send nothing else, and the
+            # broker closes a connection that stays silent for two heartbeats
+            conn.heartbeat_check()
+
+    def _on_message(self, message: Any) -> None:
+        if self.on_batch is not None:
+            self._pending.append(message.body)
+            return
+        try:
+            if self.on_body is not None:
+                self.on_body(message.body)
+        except Exception:  # one bad message must not stop the consumer
+            log.exception("bus: failed to handle a message; skipped")
+
+    def _hand_over(self) -> None:
+        batch, self._pending = self._pending, []
+        try:
+            if self.on_batch is not None:
+                self.on_batch(batch)
+        except Exception:  # one bad batch must not stop the consumer
+            log.exception("bus: failed to handle %d messages; skipped", len(batch))
+
+
+def _buffered(conn: Connection) -> bool:
+    """True when py-amqp holds read but unparsed bytes of the broker's (a select on the
+    socket cannot see those)."""
+    transport = getattr(conn.connection, "transport", None)
+    return bool(transport is not None and getattr(transport, "_read_buffer", b""))
+
+
+def _readable(conn: Connection) -> bool:
+    """True when more of the broker's data is buffered or waiting on the socket."""
+    transport = getattr(conn.connection, "transport", None)
+    if transport is None or transport.sock is None:
+        return False
+    if _buffered(conn):
+        return True
+    # the unpatched select with no timeout: one system call that never blocks (gevent's
+    # would make and drop a watcher)
+    ready, _, _ = _SELECT([transport.sock], [], [], 0)
+    return bool(ready)
+
+
+class Readiness:
+    """Waits until the broker's socket is readable (True), or the bindings' pipe wakes the
+    loop or the timeout passes (False).
+
+    Under gevent its io watchers live as long as the connection: gevent's ``select`` makes
+    and drops a watcher per descriptor per call (and the kernel registration with it),
+    which was a fifth of a lone message's consume cost. In plain threads it is ``select``.
+    """
+
+    def __init__(self, sock: Any, wake_fd: int) -> None:
+        self.sock = sock
+        self.wake_fd = wake_fd
+        self.loop: Any = None
+        if monkey.is_module_patched("select"):
+            self.loop = gevent.get_hub().loop
+            self.on_sock = self.loop.io(sock.fileno(), 1)
+            self.on_wake = self.loop.io(wake_fd, 1)
+
+    def wait(self, timeout: float) -> bool:
+        if self.loop is None:
+            ready, _, _ = select.select([self.sock, self.wake_fd], [], [], timeout)
+            return self.sock in ready
+        waiter: Waiter[bool] = Waiter()
+        timer = self.loop.timer(timeout)
+        self.on_sock.start(waiter.switch, True)
+        self.on_wake.start(waiter.switch, False)
+        timer.start(waiter.switch, False)
+        try:
+            return bool(waiter.get())
+        finally:
+            self.on_sock.stop()
+            self.on_wake.stop()
+            timer.close()
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.on_sock.close()
+            self.on_wake.close()

@@ -1,0 +1,131 @@
+"""A frontend's groups and routing keys (mixed into ``Frontend``): pg's join and leave of
+local sockets, server-side membership of any connection, the control envelopes that carry
+it, and, with targeted routing, the routing keys its hub asks for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.bus import BROKER_ERRORS, Consumer, Publisher
+from service.core.config import Settings
+from service.core.envelope import Envelope, control_envelope, encode
+from service.core.routes import group_key
+from service.delivery.conn import CLOSE_REPLACED, Conn, GroupKey
+from service.delivery.hub import Hub
+from service.store import registry
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+log = logging.getLogger(__name__)
+
+#: How long an op waits for its registry write before answering anyway (DB outage).
+REGISTRY_ACK_TIMEOUT_S = 5.0
+#: How long a join or welcome waits for its routing keys to be bound (broker trouble).
+BIND_WAIT_S = 5.0
+
+
+class Membership:
+    """Groups and routing keys for a frontend; the host class provides the parts."""
+
+    id: str
+    settings: Settings
+    engine: Engine
+    hub: Hub
+    publisher: Publisher
+    consumer: Consumer
+    registry: registry.RegistryWriter
+
+    # Publishing provides it (an annotation only: a method here would shadow that one)
+    publish_presence: Callable[[GroupKey, list[dict[str, str]], list[dict[str, str]]], None]
+
+    # --- routing keys (targeted routing) -------------------------------------------------
+
+    def _on_route(self, key: str, present: bool) -> None:
+        (self.consumer.bind if present else self.consumer.unbind)(key)
+
+    def await_routes(self, keys: list[str]) -> None:
+        """Wait (bounded) until the queue is bound to ``keys``: a message published after
+        this returns reaches us. Returns at once without a queue (the next one is bound
+        before it consumes, and the gap is replayed from the log)."""
+        if (self.settings.targeted and not self.consumer.wait_bound(keys, BIND_WAIT_S)
+                and self.consumer.connected):
+            log.warning("routing keys not bound after %.0f s: %s", BIND_WAIT_S, keys[:3])
+
+    # --- groups (pg join/leave) ----------------------------------------------------------
+
+    def join(self, conn: Conn, key: GroupKey, record: bool = True, wait: bool = True) -> bool:
+        """Join a local socket to a group: index (and routing key), registry (awaited),
+        presence; ``wait``: return once the group's routing key is bound."""
+        if not self.hub.join(conn, key):
+            return False
+        if record:
+            try:
+                self.registry.write("join", REGISTRY_ACK_TIMEOUT_S, connection_id=conn.id,
+                                    scope=key[0], group=key[1])
+            except SQLAlchemyError:
+                self.hub.leave(conn, key)
+                raise
+        if wait:  # its bind went out with the index change: it overlapped the write
+            self.await_routes([group_key(*key)])
+        self.publish_presence(key, [self.member_info(conn)], [])
+        return True
+
+    def leave(self, conn: Conn, key: GroupKey, record: bool = True) -> bool:
+        """Remove a local socket from a group: index, registry (awaited), presence."""
+        if not self.hub.leave(conn, key):
+            return False
+        if record:
+            self.registry.write("leave", REGISTRY_ACK_TIMEOUT_S, connection_id=conn.id,
+                                scope=key[0], group=key[1])
+        self.publish_presence(key, [], [self.member_info(conn)])
+        return True
+
+    def server_membership(self, action: str, key: GroupKey, connection_id: str) -> None:
+        """Server-side join or leave of any connection, wherever it is (pg:join/leave).
+
+        The registry row is written here, so `members` agrees at once; the frontend that
+        holds the socket updates its index and publishes presence (directly when that is us,
+        else through a control envelope on the fanout).
+        """
+        registry.record_server_membership(self.engine, action, connection_id, key[0], key[1])
+        conn = self.hub.conns.get(connection_id)
+        if conn is not None:
+            (self.join if action == "join" else self.leave)(conn, key, record=False)
+            return
+        self.publisher.publish(encode(control_envelope(self.id, connection_id, action,
+                                                       key[0], key[1])))
+
+    def _apply_control(self, env: Envelope) -> None:
+        conn = self.hub.conns.get(env.target.get("connection", ""))
+        if conn is None:
+            return
+        if env.event == "kick":  # the session resumed elsewhere
+            conn.moved = True
+            conn.close(CLOSE_REPLACED, "resumed on another socket")
+            self.hub.remove(conn)
+            return
+        body = msgspec.json.decode(env.data, type=dict[str, str])
+        key = (body["scope"], body["group"])
+        if env.event == "join":
+            self.join(conn, key, record=False, wait=False)  # on the consumer loop: no wait
+        elif env.event == "leave":
+            self.leave(conn, key, record=False)
+
+    def member_info(self, conn: Conn) -> dict[str, str]:
+        return {"connection_id": conn.id, "user_id": conn.user_id, "frontend": self.id}
+
+    def evict(self, connection_id: str) -> None:
+        """Ask whichever frontend still holds this connection id to let go of it."""
+        try:
+            # "kick" is the control event's name on the wire (older frontends know it)
+            self.publisher.publish(encode(control_envelope(self.id, connection_id, "kick",
+                                                           "", "")))
+        except BROKER_ERRORS as exc:
+            log.warning("eviction of %s not published: %s", connection_id, exc)
