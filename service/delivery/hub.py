@@ -3,7 +3,7 @@ ready frame to every matching socket (each written through its own ``Conn``).
 
 The index also says which routing keys this frontend needs (``core/routes.py``): it calls
 ``on_route(key, True)`` when the first local recipient of a group, a user or a connection
-appears and ``on_route(key, False)`` when the last one goes.
+shard appears and ``on_route(key, False)`` when the last one goes.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Hub:
         self.by_user: dict[str, set[Conn]] = {}
         self.by_group: dict[GroupKey, set[Conn]] = {}
         self.monitors: dict[GroupKey, set[Conn]] = {}
+        self.shards: dict[str, int] = {}  # connection key -> local connections in it
 
     def add(self, conn: Conn) -> None:
         fresh = conn.id not in self.conns
@@ -42,7 +43,11 @@ class Hub:
             self._route(user_key(conn.user_id), True)
         users.add(conn)
         if fresh:
-            self._route(connection_key(conn.id), True)
+            shard = connection_key(conn.id)
+            held = self.shards.get(shard, 0)
+            self.shards[shard] = held + 1
+            if not held:
+                self._route(shard, True)
 
     def routes_of(self, conn: Conn) -> list[str]:
         """The routing keys a socket's messages come by (its user, itself, its groups)."""
@@ -59,7 +64,12 @@ class Hub:
         Never blocks: stopping the writer is the socket's own greenlet's job."""
         if self.conns.get(conn.id) is conn:  # not a resumed successor with the same id
             del self.conns[conn.id]
-            self._route(connection_key(conn.id), False)
+            shard = connection_key(conn.id)
+            left = self.shards.pop(shard, 1) - 1
+            if left:
+                self.shards[shard] = left
+            else:
+                self._route(shard, False)
         if _discard(self.by_user, conn.user_id, conn):
             self._route(user_key(conn.user_id), False)
         groups = list(conn.groups)

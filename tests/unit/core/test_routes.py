@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from service.core.envelope import NAME_MAX, Target
-from service.core.routes import KEY_MAX_BYTES, connection_key, group_key, route_of, user_key
+from service.core.routes import (
+    CONNECTION_SHARDS,
+    KEY_MAX_BYTES,
+    connection_key,
+    group_key,
+    route_of,
+    user_key,
+)
 
 
 def test_keys_name_their_target() -> None:
     assert route_of(Target.all()) == ""
     assert route_of(Target.group("room", "s")) == group_key("s", "room") == "g.s/room"
     assert route_of(Target.user("alice")) == user_key("alice") == "u.alice"
-    assert route_of(Target.connection("c1")) == connection_key("c1") == "c.c1"
+    shard = connection_key("c1")  # connections are hashed into shards
+    assert route_of(Target.connection("c1")) == shard
+    assert shard.startswith("c.") and int(shard[2:], 16) < CONNECTION_SHARDS
     # kinds never collide: a user named like a group key is another key
     assert user_key("s/room") != group_key("s", "room")
 

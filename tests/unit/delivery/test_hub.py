@@ -9,6 +9,7 @@ import pytest
 from gevent.event import Event
 
 from service.core.envelope import Target, ws_text_frame
+from service.core.routes import connection_key
 from service.delivery.conn import CLOSE_BEHIND, OVERFLOW_REASON, Conn
 from service.delivery.hub import Hub
 from tests.fakes import FakeWS
@@ -413,21 +414,38 @@ def test_the_index_asks_for_a_routing_key_at_the_first_recipient_and_drops_it_at
 ) -> None:
     changes: list[tuple[str, bool]] = []
     hub = Hub(on_route=lambda key, present: changes.append((key, present)))
+    ca, cb = connection_key("a"), connection_key("b")
+    assert ca != cb
     a, b = Conn("a", "alice", FakeWS(), 10), Conn("b", "alice", FakeWS(), 10)
     hub.add(a)
-    assert changes == [("u.alice", True), ("c.a", True)]
-    hub.add(b)  # the same user: only the connection's key is new
-    assert changes[2:] == [("c.b", True)]
+    assert changes == [("u.alice", True), (ca, True)]
+    hub.add(b)  # the same user: only the connection's shard is new
+    assert changes[2:] == [(cb, True)]
     assert hub.join(a, ("s", "g")) and hub.join(b, ("s", "g"))
     assert changes[3:] == [("g.s/g", True)]
     assert hub.leave(a, ("s", "g"))
     assert changes[4:] == []  # b is still a member here
-    assert hub.routes_of(b) == ["u.alice", "c.b", "g.s/g"]
+    assert hub.routes_of(b) == ["u.alice", cb, "g.s/g"]
     hub.remove(b)
-    assert sorted(changes[4:]) == [("c.b", False), ("g.s/g", False)]
+    assert sorted(changes[4:]) == sorted([(cb, False), ("g.s/g", False)])
     hub.remove(a)
-    assert sorted(changes[6:]) == [("c.a", False), ("u.alice", False)]
-    assert hub.conns == {} and hub.by_user == {} and hub.by_group == {}
+    assert sorted(changes[6:]) == sorted([(ca, False), ("u.alice", False)])
+    assert hub.conns == {} and hub.by_user == {} and hub.by_group == {} and hub.shards == {}
+
+
+def test_connections_of_one_shard_share_its_key() -> None:
+    changes: list[tuple[str, bool]] = []
+    hub = Hub(on_route=lambda key, present: changes.append((key, present)))
+    ids = [f"c{i}" for i in range(2000)]
+    first = next(i for i in ids[1:] if connection_key(i) == connection_key(ids[0]))
+    one, two = Conn(ids[0], "u", FakeWS(), 10), Conn(first, "u", FakeWS(), 10)
+    hub.add(one)
+    hub.add(two)
+    hub.remove(one)
+    shard = connection_key(ids[0])
+    assert changes.count((shard, True)) == 1 and (shard, False) not in changes
+    hub.remove(two)
+    assert changes.count((shard, False)) == 1
 
 
 def test_a_resumed_successor_keeps_the_connection_key() -> None:
@@ -437,4 +455,4 @@ def test_a_resumed_successor_keeps_the_connection_key() -> None:
     hub.add(old)
     hub.add(new)  # same id, before the old one is removed
     hub.remove(old)
-    assert ("c.c", False) not in changes and hub.conns["c"] is new
+    assert (connection_key("c"), False) not in changes and hub.conns["c"] is new
