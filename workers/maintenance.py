@@ -1,4 +1,5 @@
-"""Periodic maintenance run by celery beat: sweep dead frontends, prune the log."""
+"""Periodic maintenance run by celery beat: sweep dead frontends, keep the log's
+partitions (made ahead, dropped when expired)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, delete, func, select
 
+from service.store import partitions
 from service.store.db import get_engine
-from service.store.models import ConnectionRecord, FrontendRecord, Message
+from service.store.models import ConnectionRecord, FrontendRecord
 from service.store.registry import detach_frontends, memberships_of_frontends
 from workers.celery_app import app, settings
 
@@ -49,11 +51,14 @@ def sweep_frontends() -> int:
 
 @app.task(name="herald.prune_log", ignore_result=True)
 def prune_log() -> int:
-    """Beat task: delete durable messages, and detached connections nobody resumed,
-    older than HERALD_HISTORY_TTL."""
-    cutoff = func.now() - timedelta(seconds=settings.history_ttl_s)
+    """Beat task: keep the durable log's day partitions made ahead and drop those older
+    than HERALD_HISTORY_TTL (whole partitions: ``store/partitions.py``), and delete
+    detached connections nobody resumed in that time. Returns the partitions dropped."""
     engine = get_engine(settings.database_url, pool_size=2)
+    made, dropped = partitions.maintain(engine, settings.history_ttl_s)
+    if made or dropped:
+        log.info("log partitions: made %s, dropped %s", made, dropped)
+    cutoff = func.now() - timedelta(seconds=settings.history_ttl_s)
     with engine.begin() as db:
-        result = db.execute(delete(Message).where(Message.created_at < cutoff))
         db.execute(delete(ConnectionRecord).where(ConnectionRecord.detached_at < cutoff))
-    return int(result.rowcount or 0)
+    return len(dropped)

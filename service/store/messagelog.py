@@ -9,18 +9,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, Engine, Text, bindparam, cast, literal, select
+from sqlalchemy import Connection, Engine, Text, bindparam, cast, func, literal, select
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import DataError
 
 from service.core.envelope import Target
 from service.core.errors import BadRequest
-from service.store.models import Message
+from service.store.models import Message, MessageKey
 
 log = logging.getLogger(__name__)
 
 #: Most messages one POST /api/publish/batch may carry.
 PUBLISH_BATCH_MAX = 500
+#: The sequence every message id comes from (the log's partitions share it).
+MESSAGE_ID_SEQ = "messages_id_seq"
 _NUL_ERROR = "data cannot be stored (a \\u0000 in a string?)"
 
 
@@ -68,16 +70,21 @@ def append_in(db: Connection, origin: str, target: Target, event: str, data: msg
         "event": event,
         "data": cast(literal(_json_text(data), Text), JSONB),
         "origin": origin,
-        "dedupe_key": dedupe_key,
     }
-    stmt = insert(Message).values(**values)
-    if dedupe_key is not None:
-        stmt = stmt.on_conflict_do_nothing(index_elements=[Message.dedupe_key])
-    msg_id = db.execute(stmt.returning(Message.id)).scalar()
-    if msg_id is None:
-        msg_id = db.execute(
-            select(Message.id).where(Message.dedupe_key == dedupe_key)).scalar_one()
-    return int(msg_id)
+    if dedupe_key is None:
+        return int(db.execute(insert(Message).values(**values).returning(Message.id))
+                   .scalar_one())
+    # claim the key with the id the message will get; a second append finds it taken
+    # (waiting for the first one's commit, if it is still open) and returns that id
+    msg_id = int(db.execute(select(func.nextval(MESSAGE_ID_SEQ))).scalar_one())
+    claimed = db.execute(insert(MessageKey).values(key=dedupe_key, message_id=msg_id)
+                         .on_conflict_do_nothing(index_elements=[MessageKey.key])
+                         .returning(MessageKey.key)).first()
+    if claimed is None:
+        return int(db.execute(select(MessageKey.message_id)
+                              .where(MessageKey.key == dedupe_key)).scalar_one())
+    db.execute(insert(Message).values(id=msg_id, **values))
+    return msg_id
 
 
 _MANY = insert(Message).values(

@@ -99,8 +99,12 @@ class Message(Base):
     """The durable message log that resume and broker-outage recovery replay from.
 
     ``target_kind`` is all, group, user or connection; ``target_key`` is "" for all,
-    "<scope>/<group>" for a group, else the user or connection id. ``dedupe_key`` lets a
-    re-run task log its outcome once, so a second publish carries the same id.
+    "<scope>/<group>" for a group, else the user or connection id.
+
+    Partitioned by ``created_at``, a partition per UTC day (``store/partitions.py``):
+    retention drops whole partitions. Postgres wants the partition key in the primary
+    key, hence (id, created_at); ids still come from one sequence, so they stay unique
+    and ordered across partitions.
     """
 
     __tablename__ = "messages"
@@ -111,11 +115,24 @@ class Message(Base):
     event: Mapped[str] = mapped_column(String(NAME_LEN))
     data: Mapped[Any] = mapped_column(JSONB)
     origin: Mapped[str] = mapped_column(String(ID_LEN))
-    dedupe_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), primary_key=True, index=True)
+
+    __table_args__ = (Index("ix_messages_target", "target_kind", "target_key", "id"),
+                      {"postgresql_partition_by": "RANGE (created_at)"})
+
+
+class MessageKey(Base):
+    """A task outcome's dedupe key and the id it was logged under: a task that runs again
+    after a crash re-publishes under the same id, and clients drop the copy. Its own
+    table because a unique index on the partitioned log would have to include the day."""
+
+    __tablename__ = "message_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    message_id: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), index=True)
-
-    __table_args__ = (Index("ix_messages_target", "target_kind", "target_key", "id"),)
 
 
 class TaskRecord(Base):

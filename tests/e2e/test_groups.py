@@ -12,14 +12,18 @@ def uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-def marker(clients: list[Client], pa: Any) -> None:
-    """Publish a transient `marker` to all and wait for it everywhere: what came before it
-    from the same publisher has been delivered."""
-    tag = uid("m")
-    api(pa, "POST", "/api/publish", json={"target": {"all": True}, "event": "marker",
-                                          "data": tag, "durable": False})
+def marker(clients: list[Client], *frontends: Any) -> None:
+    """Publish a transient `marker` to all through each of ``frontends`` and wait for every
+    one everywhere: what came before it from the same publisher has been delivered (order
+    holds per publisher only, so each frontend that published sends its own)."""
+    tags = []
+    for fe in frontends:
+        tags.append(tag := uid("m"))
+        api(fe, "POST", "/api/publish", json={"target": {"all": True}, "event": "marker",
+                                              "data": tag, "durable": False})
     for c in clients:
-        c.wait_for(lambda f: f.get("event") == "marker" and f["data"] == tag)
+        for tag in tags:
+            c.wait_for(lambda f, tag=tag: f.get("event") == "marker" and f["data"] == tag)
 
 
 def test_targets_reach_exactly_their_sockets(pair: Any, token: Any) -> None:
@@ -39,7 +43,7 @@ def test_targets_reach_exactly_their_sockets(pair: Any, token: Any) -> None:
     api(pa, "POST", "/api/publish", json={"target": {"connection": w_b1["connection_id"]},
                                           "event": "to-b1"})
     b1.request("publish", group=room, event="from-b1", data=1)  # a frame, same rules
-    marker(everyone, pa)
+    marker(everyone, pa, pb)
 
     def got(c: Client) -> list[str]:
         return sorted(e["event"] for e in c.events() if e["event"] != "marker")

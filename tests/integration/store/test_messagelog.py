@@ -21,7 +21,7 @@ def origin() -> str:
 
 def row(engine: Engine, msg_id: int) -> dict[str, Any]:
     with engine.connect() as db:
-        r = db.execute(text("SELECT target_kind, target_key, event, data, origin, dedupe_key, "
+        r = db.execute(text("SELECT target_kind, target_key, event, data, origin, "
                             "jsonb_typeof(data) AS typ, data IS NULL AS sql_null "
                             "FROM messages WHERE id = :i"), {"i": msg_id}).mappings().one()
     return dict(r)
@@ -78,8 +78,8 @@ def test_target_columns(engine: Engine, target: Target, kind: str, key: str) -> 
     o = origin()
     msg_id = append(engine, o, target, "evt.name", msgspec.Raw(b"{}"))
     r = row(engine, msg_id)
-    assert (r["target_kind"], r["target_key"], r["event"], r["origin"], r["dedupe_key"]) == (
-        kind, key, "evt.name", o, None)
+    assert (r["target_kind"], r["target_key"], r["event"], r["origin"]) == (
+        kind, key, "evt.name", o)
 
 
 def test_dedupe_key_returns_the_first_id(engine: Engine) -> None:
@@ -89,10 +89,11 @@ def test_dedupe_key_returns_the_first_id(engine: Engine) -> None:
     second = append(engine, o, Target.user("u"), "task.succeeded", msgspec.Raw(b'{"r": 2}'), key)
     assert second == first
     assert row(engine, first)["data"] == {"r": 1}  # the copy changed nothing
-    assert row(engine, first)["dedupe_key"] == key
     with engine.connect() as db:
-        assert db.execute(text("SELECT count(*) FROM messages WHERE dedupe_key = :k"),
-                          {"k": key}).scalar() == 1
+        assert db.execute(text("SELECT message_id FROM message_keys WHERE key = :k"),
+                          {"k": key}).scalars().all() == [first]
+        assert db.execute(text("SELECT count(*) FROM messages WHERE id = :i"),
+                          {"i": first}).scalar() == 1
     third = append(engine, o, Target.user("u"), "task.succeeded", msgspec.Raw(b"1"), key + "x")
     assert third > first
 

@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, inspect
 
 from service.store.db import drop_database
 from service.store.models import Base
+from service.store.partitions import include_name
 from tests.conftest import ENV
 
 
@@ -32,7 +33,8 @@ def test_upgrade_downgrade_upgrade_and_no_pending_diff(runner: Any) -> None:
 
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(
-                conn, opts={"compare_type": True}), Base.metadata)
+                conn, opts={"compare_type": True, "include_name": include_name}),
+                Base.metadata)
         assert diff == []
         engine.dispose()
     finally:

@@ -84,7 +84,7 @@ def test_prune_removes_old_messages_and_unresumed_connections(engine: Any) -> No
                                              detached_at=func.now() - timedelta(days=30)))
         db.execute(update(Message).where(Message.id == old)
                    .values(created_at=func.now() - timedelta(days=30)))
-    assert prune_log() >= 1
+    assert prune_log() == 0  # no day partition expired; the old row was in the default one
     with engine.connect() as db:
         left = set(db.execute(select(Message.id).where(Message.id.in_([old, new]))).scalars())
         conn_left = db.execute(select(ConnectionRecord.id)
