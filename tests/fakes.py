@@ -61,19 +61,26 @@ def socket_on(node: Frontend, user: str = "u") -> Conn:
     return conn
 
 
+def unframe(data: bytes) -> tuple[int, bytes, bytes]:
+    """Decode the first unmasked server frame by hand (RFC 6455 §5.2): (first byte,
+    payload, what follows it)."""
+    assert data[1] & 0x80 == 0, "server frames must not be masked"
+    n = data[1] & 0x7F
+    head = 2
+    if n == 126:
+        n, head = int.from_bytes(data[2:4], "big"), 4
+    elif n == 127:
+        n, head = int.from_bytes(data[2:10], "big"), 10
+    return data[0], data[head:head + n], data[head + n:]
+
+
 def frames(conn: Conn) -> list[dict[str, Any]]:
     """Every JSON frame written to a fake socket (unframed: the fakes get whole frames)."""
     out = []
     for chunk in conn.sock._sock.chunks:
         while chunk:
-            n = chunk[1] & 0x7F
-            head = 2
-            if n == 126:
-                n, head = int.from_bytes(chunk[2:4], "big"), 4
-            elif n == 127:
-                n, head = int.from_bytes(chunk[2:10], "big"), 10
-            out.append(json.loads(chunk[head:head + n]))
-            chunk = chunk[head + n:]
+            _, payload, chunk = unframe(chunk)
+            out.append(json.loads(payload))
     return out
 
 

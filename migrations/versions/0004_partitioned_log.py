@@ -30,6 +30,22 @@ def _create_day(day: date) -> None:
                f"('{lo.isoformat()}') TO ('{(lo + timedelta(days=1)).isoformat()}')")
 
 
+def _message_columns(*extra: sa.Column) -> list[sa.Column]:
+    """The log's columns in both shapes (the flat one adds ``dedupe_key``)."""
+    return [
+        sa.Column('id', sa.BigInteger(), server_default=sa.text("nextval('messages_id_seq')"),
+                  nullable=False),
+        sa.Column('target_kind', sa.String(length=16), nullable=False),
+        sa.Column('target_key', sa.String(length=257), nullable=False),
+        sa.Column('event', sa.String(length=128), nullable=False),
+        sa.Column('data', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column('origin', sa.String(length=64), nullable=False),
+        *extra,
+        sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'),
+                  nullable=False),
+    ]
+
+
 def upgrade() -> None:
     op.execute("ALTER TABLE messages RENAME TO messages_flat")
     op.execute("ALTER TABLE messages_flat RENAME CONSTRAINT pk_messages TO pk_messages_flat")
@@ -40,15 +56,7 @@ def upgrade() -> None:
     op.execute("ALTER SEQUENCE messages_id_seq OWNED BY NONE")
     op.create_table(
         'messages',
-        sa.Column('id', sa.BigInteger(), server_default=sa.text("nextval('messages_id_seq')"),
-                  nullable=False),
-        sa.Column('target_kind', sa.String(length=16), nullable=False),
-        sa.Column('target_key', sa.String(length=257), nullable=False),
-        sa.Column('event', sa.String(length=128), nullable=False),
-        sa.Column('data', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-        sa.Column('origin', sa.String(length=64), nullable=False),
-        sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'),
-                  nullable=False),
+        *_message_columns(),
         sa.PrimaryKeyConstraint('id', 'created_at', name=op.f('pk_messages')),
         postgresql_partition_by='RANGE (created_at)')
     op.execute("ALTER SEQUENCE messages_id_seq OWNED BY messages.id")
@@ -89,16 +97,7 @@ def downgrade() -> None:
     op.execute("ALTER SEQUENCE messages_id_seq OWNED BY NONE")
     op.create_table(
         'messages',
-        sa.Column('id', sa.BigInteger(), server_default=sa.text("nextval('messages_id_seq')"),
-                  nullable=False),
-        sa.Column('target_kind', sa.String(length=16), nullable=False),
-        sa.Column('target_key', sa.String(length=257), nullable=False),
-        sa.Column('event', sa.String(length=128), nullable=False),
-        sa.Column('data', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-        sa.Column('origin', sa.String(length=64), nullable=False),
-        sa.Column('dedupe_key', sa.String(length=255), nullable=True),
-        sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'),
-                  nullable=False),
+        *_message_columns(sa.Column('dedupe_key', sa.String(length=255), nullable=True)),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_messages')),
         sa.UniqueConstraint('dedupe_key', name=op.f('uq_messages_dedupe_key')))
     op.execute("ALTER SEQUENCE messages_id_seq OWNED BY messages.id")

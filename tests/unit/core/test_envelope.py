@@ -23,6 +23,7 @@ from service.core.envelope import (
     ws_text_frame,
 )
 from service.core.errors import BadRequest
+from tests.fakes import unframe
 
 
 @pytest.mark.parametrize(("obj", "expected"), [
@@ -96,17 +97,10 @@ def test_target_of_round_trips_as_json(target: Target) -> None:
 
 
 def _decode_ws(frame: bytes) -> tuple[int, bytes]:
-    """Decode one unmasked server frame by hand (RFC 6455 §5.2): (first byte, payload)."""
-    assert frame[1] & 0x80 == 0, "server frames must not be masked"
-    n = frame[1] & 0x7F
-    offset = 2
-    if n == 126:
-        n, offset = int.from_bytes(frame[2:4], "big"), 4
-    elif n == 127:
-        n, offset = int.from_bytes(frame[2:10], "big"), 10
-    payload = frame[offset:]
-    assert len(payload) == n
-    return frame[0], payload
+    """Decode one unmasked server frame by hand: (first byte, payload)."""
+    first, payload, rest = unframe(frame)
+    assert rest == b""
+    return first, payload
 
 
 @pytest.mark.parametrize(("size", "header_len", "len7"), [
