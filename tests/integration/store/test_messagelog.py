@@ -130,7 +130,7 @@ def test_concurrent_durable_publishes_share_inserts_and_bus_messages(engine: Eng
     messages, in id order."""
     from kombu import Connection, Queue
 
-    from service.bus import BusPublisher, fanout_exchange
+    from service.bus.amqp import BusPublisher, fanout_exchange, routed_exchange
     from service.cluster.pipeline import LogPublisher
     from service.core.envelope import decode_bus
     from tests.conftest import ENV
@@ -161,6 +161,7 @@ def test_concurrent_durable_publishes_share_inserts_and_bus_messages(engine: Eng
         finally:
             bus.close()
             exchange(channel).delete()
+            routed_exchange(name)(channel).delete()  # the publisher declares both
     assert len(set(ids)) == 200
     envs = [e for body in bodies for e in decode_bus(body)]
     assert [e.id for e in envs] == sorted(ids)  # one bus order, the log's order
