@@ -31,8 +31,6 @@ class Bindings:
         # keys whose wanted and bound states may differ: a round looks at these only, so
         # its cost follows the changes, not every key held (a connect storm is O(n))
         self.pending: set[str] = set()
-        self.binds = 0  # broker binds made, for metrics and tests
-        self.unbinds = 0
         self.dirty = False
         self.live = False  # a queue exists that the loop keeps bound
         self._lock = threading.Lock()  # owners may be other threads (tests, scripts)
@@ -122,12 +120,10 @@ class Bindings:
         with self._lock:
             self.bound.update(adds)
             self._notify(adds)
-        self.binds += len(adds)
         for key in removes:
             if key not in self.wanted:  # wanted again meanwhile: keep it
                 channel.queue_unbind(queue, exchange, key)
                 self.bound.discard(key)
-                self.unbinds += 1
         with self._lock:
             self._notify(removes)  # a waiter for a key dropped meanwhile waits no more
         if self.pending:

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.core.routes import ROUTINGS
+
 log = logging.getLogger(__name__)
 
 DEV_SECRET_DIR = Path(os.environ.get("HERALD_VAR_DIR")
@@ -256,7 +258,7 @@ class Settings:
                             ("HERALD_USER_QUERIES_PER_MIN", self.user_queries_per_min)):
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive finite number")
-        if self.routing not in ("targeted", "fanout"):
+        if self.routing not in ROUTINGS:
             raise ConfigError(f"HERALD_ROUTING must be targeted or fanout, got {self.routing!r}")
         if self.max_user_connections < 0:
             raise ConfigError("HERALD_MAX_USER_CONNECTIONS must be 0 (no limit) or positive")
