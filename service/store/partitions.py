@@ -75,6 +75,18 @@ def create_day(db: Connection, day: date) -> bool:
     return True
 
 
+def drop_day(engine: Engine, day: date) -> bool:
+    """Drop the partition of ``day``; False when it is gone already. Under the same lock
+    as ``create_day``: two maintainers dropping one partition at once make Postgres fail
+    ("could not find tuple for parent"), so the second waits and finds it gone."""
+    with engine.begin() as db:
+        db.execute(text(f"LOCK TABLE {PARENT} IN SHARE ROW EXCLUSIVE MODE"))
+        if day not in day_partitions(db):
+            return False
+        db.execute(text(f"DROP TABLE {partition_name(day)}"))
+    return True
+
+
 def maintain(engine: Engine, ttl_s: float, now: datetime | None = None
              ) -> tuple[list[str], list[str]]:
     """Make the coming days' partitions and drop the expired ones; (made, dropped)."""
@@ -92,9 +104,7 @@ def maintain(engine: Engine, ttl_s: float, now: datetime | None = None
         existing = day_partitions(db)
     for day, name in sorted(existing.items()):
         end = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
-        if end <= cutoff:  # every row in it is older than the retention
-            with engine.begin() as db:
-                db.execute(text(f"DROP TABLE IF EXISTS {name}"))
+        if end <= cutoff and drop_day(engine, day):  # every row is past the retention
             dropped.append(name)
     with engine.begin() as db:  # what the default partition and the key table hold
         db.execute(text(f"DELETE FROM {DEFAULT} WHERE created_at < :cutoff"),

@@ -52,13 +52,46 @@ def test_a_day_without_its_partition_is_moved_in_when_it_is_made(engine: Engine)
         db.execute(text("UPDATE messages SET created_at = :at WHERE id = :i"),
                    {"at": later, "i": msg_id})
     assert where(engine, msg_id) == partitions.DEFAULT
-    threads = [threading.Thread(target=partitions.maintain, args=(engine, DAY_S, later))
-               for _ in range(2)]  # two maintainers at once: one makes it, both succeed
+    results: list[Any] = []
+
+    def maintainer() -> None:
+        try:
+            results.append(partitions.maintain(engine, 100 * DAY_S, later))  # nothing expires
+        except Exception as exc:  # reported below: the test fails on it
+            results.append(exc)
+
+    threads = [threading.Thread(target=maintainer) for _ in range(2)]  # two at once
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
+    assert len(results) == 2 and not [r for r in results if isinstance(r, Exception)], results
+    made = [name for r in results for name in r[0]]
+    assert made.count(partitions.partition_name(later.date())) == 1  # made once, by one
     assert where(engine, msg_id) == partitions.partition_name(later.date())
+
+
+def test_two_maintainers_drop_an_expired_day_once(engine: Engine) -> None:
+    now = datetime.now(UTC)
+    old_day = (now - timedelta(days=9)).date()
+    with engine.begin() as db:
+        partitions.create_day(db, old_day)
+    results: list[Any] = []
+
+    def maintainer() -> None:
+        try:
+            results.append(partitions.maintain(engine, 3 * DAY_S, now))
+        except Exception as exc:  # reported below: the test fails on it
+            results.append(exc)
+
+    threads = [threading.Thread(target=maintainer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 2 and not [r for r in results if isinstance(r, Exception)], results
+    dropped = [name for r in results for name in r[1]]
+    assert dropped.count(partitions.partition_name(old_day)) == 1
 
 
 def test_retention_drops_whole_days(engine: Engine) -> None:
