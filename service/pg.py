@@ -53,7 +53,7 @@ class Herald:
         self.origin = f"backend:{socket.gethostname()}:{os.getpid()}"
         self.engine = get_engine(self.settings.database_url, pool_size=2)
         self.bus = make_publisher(self.settings.broker_url, self.settings.exchange,
-                                  confirm=True)
+                                  confirm=True, heartbeat_s=self.settings.broker_heartbeat_s)
         self.log = pipeline.LogPublisher(self.engine, self.bus, self.origin,
                                            targeted=self.settings.targeted)
 
@@ -106,7 +106,8 @@ class Herald:
                 inbox.put(body)
 
         consumer = make_consumer(self.settings.broker_url, self.settings.exchange,
-                                 on_batch=put_all, on_ready=lambda _name, _first: ready.set())
+                                 on_batch=put_all, on_ready=lambda _name, _first: ready.set(),
+                                 heartbeat_s=self.settings.broker_heartbeat_s)
         thread = threading.Thread(target=consumer.run, name="herald-monitor", daemon=True)
         thread.start()
         try:

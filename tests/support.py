@@ -54,24 +54,29 @@ def namespace_env() -> dict[str, str]:
 class Proc:
     """One role started by a test, in its own process group, stopped by that PID only."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], port: int | None = None):
+    def __init__(self, name: str, args: list[str], env: dict[str, str], port: int | None = None,
+                 prefix: list[str] | None = None, host: str = "127.0.0.1"):
         self.name = name
         self.port = port
+        self.host = host
         ARTIFACTS.mkdir(exist_ok=True)
         self.log_path = ARTIFACTS / f"{env.get('HERALD_NS', 'x')}-{name}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen([PYTHON, str(ROOT / "manage.py"), *args], cwd=ROOT,
+        # ``prefix`` runs it elsewhere, e.g. ``ip netns exec NS``, which execs in place, so
+        # the PID is still the role's own
+        self.popen = subprocess.Popen([*(prefix or []), PYTHON, str(ROOT / "manage.py"), *args],
+                                      cwd=ROOT,
                                       env={**os.environ, **env}, stdout=self._log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.popen.pid
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"ws://{self.host}:{self.port}/ws"
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -215,8 +220,9 @@ class ResumingClient:
     """What herald.js does, for tests: remember the resume token and the highest durable
     id, reconnect with both, and count every durable id received across sockets."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, client: type[Client] = Client) -> None:
         self.token = token
+        self.client = client
         self.sockets: list[Client] = []
         self.welcomes: list[dict[str, Any]] = []
         self.connect(url)
@@ -229,7 +235,7 @@ class ResumingClient:
         fields: dict[str, Any] = {}
         if self.welcomes:
             fields = {"resume": self.welcomes[-1]["resume"], "last_id": self.last_id()}
-        client = Client(url)
+        client = self.client(url)
         self.sockets.append(client)
         welcome = client.hello(self.token, **fields)
         self.welcomes.append(welcome)

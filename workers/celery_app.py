@@ -14,12 +14,17 @@ SWEEP_EVERY_S = max(1.0, settings.heartbeat_s)
 PRUNE_EVERY_S = 300.0
 
 # the demo tasks exist only in development: a production worker does not even know them
+# a ";"-separated list of a cluster's nodes is Celery's (kombu's) failover list as it is
 app = Celery("herald", broker=settings.broker_url,
              include=["workers.maintenance", *([] if settings.production else ["workers.tasks"])])
 _task_exchange = Exchange(settings.task_queue, type="direct", durable=True)
+_quorum = settings.task_queue_type == "quorum"
 app.conf.update(
+    # quorum queues are replicated over the cluster's nodes (Celery then turns off global
+    # QoS, which they lack, by itself: worker_detect_quorum_queues)
     task_queues=[Queue(settings.task_queue, _task_exchange, routing_key=settings.task_queue,
-                       durable=True)],
+                       durable=True,
+                       queue_arguments={"x-queue-type": "quorum"} if _quorum else None)],
     task_default_queue=settings.task_queue,
     task_default_exchange=settings.task_queue,
     task_default_routing_key=settings.task_queue,
@@ -31,7 +36,10 @@ app.conf.update(
     accept_content=["json"],
     result_serializer="json",
     task_ignore_result=True,  # outcomes live in Herald's own tasks table
-    broker_heartbeat=10,
+    broker_heartbeat=settings.broker_heartbeat_s,
+    broker_failover_strategy="round-robin",
+    # on a cluster an enqueue is answered once a majority of nodes hold the task
+    broker_transport_options={"confirm_publish": True} if _quorum else {},
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
     worker_send_task_events=True,  # for Flower

@@ -55,7 +55,8 @@ class WorkerPublisher:
         self.settings = settings
         self.origin = f"worker:{socket.gethostname()}:{os.getpid()}"
         self.engine = get_engine(settings.database_url, pool_size=2)
-        self.bus = make_publisher(settings.broker_url, settings.exchange, confirm=True)
+        self.bus = make_publisher(settings.broker_url, settings.exchange, confirm=True,
+                                  heartbeat_s=settings.broker_heartbeat_s)
         self.log = pipeline.LogPublisher(self.engine, self.bus, self.origin,
                                            targeted=self.settings.targeted)
         # keep the broker connection's heartbeats going between publishes

@@ -10,6 +10,11 @@ reconnects with capped backoff, declares a new queue, binds every wanted key aga
 owner (who replays the gap from the durable log). Workers construct only a publisher (write-only
 mode), with publisher confirms.
 
+The URL may list several brokers of one RabbitMQ cluster separated by ``;`` (kombu's and
+Celery's failover syntax). A connection that fails or drops moves on to the next node in the
+list (``BrokerNodes``); the exchanges are durable, so they exist on every node, while the
+exclusive queue is made anew on the node the consumer lands on.
+
 An exclusive queue can only be bound from its own connection, which the consumer loop reads; so the
 loop applies binding changes itself, between reads: ``bind`` records the key and wakes the loop
 through a pipe. Binds of one round are pipelined (``nowait``) and closed by one awaited bind, whose
@@ -51,6 +56,37 @@ CONSUME_BATCH_MAX = 256
 PUBLISH_RETRY_DELAYS_S = (0.1, 0.6, 1.1, 1.6, 2.0, 2.0)
 
 
+class BrokerNodes:
+    """The brokers of a ``;``-separated URL list, tried in turn: ``current`` is the one to
+    connect to, ``failed()`` moves on to the next and says whether a whole round failed
+    since the last success (only then is a backoff pause due)."""
+
+    def __init__(self, url: str) -> None:
+        self.urls = [part.strip() for part in url.split(";") if part.strip()]
+        if not self.urls:
+            raise ValueError("HERALD_BROKER_URL names no broker")
+        self._at = 0
+        self._failures = 0
+
+    @property
+    def current(self) -> str:
+        return self.urls[self._at]
+
+    def failed(self) -> bool:
+        self._at = (self._at + 1) % len(self.urls)
+        self._failures += 1
+        return self._failures >= len(self.urls)
+
+    def new_round(self) -> None:
+        """A connection succeeded, or a round's pause is over: count failures afresh."""
+        self._failures = 0
+
+
+def broker_host(url: str) -> str:
+    """``host:port`` of a broker URL, for logs (never the credentials)."""
+    return url.rsplit("@", 1)[-1].split("/", 1)[0]
+
+
 def fanout_exchange(name: str) -> Exchange:
     return Exchange(name, type="fanout", durable=True)
 
@@ -77,19 +113,25 @@ class BusPublisher:
     """
 
     def __init__(self, url: str, exchange: str, *, confirm: bool = False,
-                 lock: Any = None, sleep: Callable[[float], None] | None = None) -> None:
+                 lock: Any = None, sleep: Callable[[float], None] | None = None,
+                 heartbeat_s: float = BROKER_HEARTBEAT_S) -> None:
         self.exchange = fanout_exchange(exchange)
         self.routed = routed_exchange(exchange)
+        self.nodes = BrokerNodes(url)
         # connecting is retried by publish() itself: kombu's own default retries forever
-        options: dict[str, Any] = {"max_retries": 1, "interval_start": 0.1}
+        self._options: dict[str, Any] = {"max_retries": 1, "interval_start": 0.1}
         if confirm:
-            options["confirm_publish"] = True
-        self.connection = Connection(url, heartbeat=BROKER_HEARTBEAT_S,
-                                     transport_options=options)
+            self._options["confirm_publish"] = True
+        self._heartbeat_s = heartbeat_s
+        self.connection = self._connection()
         # one lock per publisher: a channel is not safe to share between greenlets
         self._lock = lock if lock is not None else threading.Lock()
         self._channel: Any = None
         self._sleep = sleep or time.sleep
+
+    def _connection(self) -> Connection:
+        return Connection(self.nodes.current, heartbeat=self._heartbeat_s,
+                          transport_options=self._options)
 
     def _get_channel(self) -> Any:
         if self._channel is None:
@@ -97,6 +139,7 @@ class BusPublisher:
             self.exchange(channel).declare()
             self.routed(channel).declare()
             self._channel = channel
+            self.nodes.new_round()
         return self._channel
 
     def publish(self, body: bytes, route: str = "") -> None:
@@ -104,7 +147,8 @@ class BusPublisher:
         that key; retries a lost connection (bounded), then raises."""
         exchange = self.routed.name if route else self.exchange.name
         with self._lock:
-            for delay in (*PUBLISH_RETRY_DELAYS_S, None):
+            delays = iter(PUBLISH_RETRY_DELAYS_S)
+            while True:
                 try:
                     self._get_channel().basic_publish(
                         amqp.Message(body, content_type=CONTENT_TYPE,
@@ -113,6 +157,15 @@ class BusPublisher:
                     return
                 except BROKER_ERRORS:
                     self._reset()
+                    # the next node of the cluster at once; a pause once all were tried
+                    round_failed = self.nodes.failed()
+                    self.connection = self._connection()
+                    if not round_failed:
+                        log.warning("bus: publish failed; trying %s",
+                                    broker_host(self.nodes.current))
+                        continue
+                    self.nodes.new_round()
+                    delay = next(delays, None)
                     if delay is None:
                         raise
                     log.warning("bus: publish failed; reconnecting in %.1fs", delay)

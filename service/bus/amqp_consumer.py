@@ -29,6 +29,8 @@ from .amqp import (
     CONSUME_BATCH_MAX,
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
+    BrokerNodes,
+    broker_host,
     close_quietly,
     fanout_exchange,
     routed_exchange,
@@ -57,8 +59,10 @@ class BusConsumer:
                  *, on_batch: Callable[[list[bytes]], None] | None = None,
                  on_ready: Callable[[str, bool], None] | None = None,
                  on_lost: Callable[[], None] | None = None,
-                 sleep: Callable[[float], None] | None = None) -> None:
-        self.url = url
+                 sleep: Callable[[float], None] | None = None,
+                 heartbeat_s: float = BROKER_HEARTBEAT_S) -> None:
+        self.nodes = BrokerNodes(url)
+        self.heartbeat_s = heartbeat_s
         self.exchange = fanout_exchange(exchange)
         self.routed = routed_exchange(exchange)
         self.bindings = Bindings()
@@ -71,6 +75,7 @@ class BusConsumer:
         self.connected = False
         self.queue_name: str | None = None
         self.reconnects = 0
+        self.last_seen = time.time()
         self._sleep = sleep or time.sleep
         self._connection: Connection | None = None
 
@@ -106,7 +111,7 @@ class BusConsumer:
         backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
         first = True
         while not self.should_stop:
-            conn = Connection(self.url, heartbeat=BROKER_HEARTBEAT_S)
+            conn = Connection(self.nodes.current, heartbeat=self.heartbeat_s)
             self._connection = conn
             try:
                 conn.connect()
@@ -119,6 +124,7 @@ class BusConsumer:
                 self.routed(channel).declare()
                 self.bindings.fresh_queue()
                 self.bindings.settle(channel, queue.name, self.routed.name)
+                self.last_seen = time.time()
                 # bound but not yet consuming: what arrives now waits in the queue while
                 # the owner catches up (a replay), so order is kept
                 if self.on_ready is not None:
@@ -129,15 +135,17 @@ class BusConsumer:
                 channel.basic_consume(queue.name, no_ack=True, callback=self._on_message)
                 self.connected = True
                 backoff.reset()
-                log.info("bus: consuming %s on exchange %s", queue.name, self.exchange.name)
+                self.nodes.new_round()
+                log.info("bus: consuming %s on exchange %s at %s", queue.name,
+                         self.exchange.name, broker_host(self.nodes.current))
                 self._drain(conn, channel, queue.name)
             except Exception as exc:
                 if self.should_stop:
                     break  # whatever a connection closed under us raises, we are done
                 if not isinstance(exc, (*conn.connection_errors, *conn.channel_errors, OSError)):
                     log.exception("bus: unexpected error in the consumer; reconnecting")
-                log.warning("bus: connection lost (%s); reconnecting in %.2fs", exc,
-                            backoff.peek())
+                log.warning("bus: connection to %s lost (%s); reconnecting",
+                            broker_host(self.nodes.current), exc)
             finally:
                 was_connected = self.connected
                 self.connected = False
@@ -147,7 +155,9 @@ class BusConsumer:
                 self.reconnects += 1
                 if self.on_lost is not None and not self.should_stop:
                     self.on_lost()
-            if not self.should_stop:
+            # a cluster's next node at once; the backoff pause once every node failed
+            if not self.should_stop and self.nodes.failed():
+                self.nodes.new_round()
                 self._sleep(backoff.next())
 
     def _drain(self, conn: Connection, channel: Any, queue: str) -> None:
@@ -166,11 +176,12 @@ class BusConsumer:
                 with contextlib.suppress(TimeoutError):
                     if bindings.dirty:
                         bindings.apply(channel, queue, self.routed.name)
-                    if _buffered(conn) or ready.wait(BROKER_HEARTBEAT_S / 4):
-                        conn.drain_events(timeout=BROKER_HEARTBEAT_S / 4)
+                    if _buffered(conn) or ready.wait(self.heartbeat_s / 4):
+                        conn.drain_events(timeout=self.heartbeat_s / 4)
+                        self.last_seen = time.time()
                         while (self._pending and len(self._pending) < CONSUME_BATCH_MAX
                                and _readable(conn)):
-                            conn.drain_events(timeout=BROKER_HEARTBEAT_S / 4)
+                            conn.drain_events(timeout=self.heartbeat_s / 4)
             finally:  # what arrived before a connection loss is still delivered, in order
                 if self._pending:
                     self._hand_over()

@@ -43,6 +43,9 @@ class Consumer(Protocol):
     connected: bool
     queue_name: str | None
     reconnects: int
+    #: Wall-clock time of the last frame from the broker: a link that died silently
+    #: stopped delivering then, not when the loss was noticed (heartbeats later).
+    last_seen: float
 
     def run(self) -> None: ...
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from typing import Any
 
 import gevent
@@ -112,6 +113,7 @@ class MemoryConsumer:
         self.connected = False
         self.queue_name: str | None = None
         self.reconnects = 0
+        self.last_seen = time.time()  # in one process nothing dies silently
         self.wanted: set[str] = set()
 
     def stop(self, close: bool = True) -> None:

@@ -23,7 +23,7 @@ import gevent
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.bus import BROKER_HEARTBEAT_S, make_consumer, make_publisher
+from service.bus import make_consumer, make_publisher
 from service.cluster.leaves import publish_leaves
 from service.cluster.membership import Membership
 from service.cluster.publishing import Publishing
@@ -37,13 +37,16 @@ from service.core.envelope import (
 from service.core.limits import UserQuotas
 from service.core.metrics import Meter
 from service.core.routes import EVERYTHING
-from service.delivery.conn import CLOSE_DRAINING, Conn
+from service.delivery.conn import CLOSE_DRAINING, CLOSE_REPLACED, Conn
 from service.delivery.hub import Hub
 from service.store import registry, replay
 from service.store.db import get_engine
 
 log = logging.getLogger(__name__)
 
+#: Seconds before the last frame heard from the broker that a bus gap replay starts at
+#: (messages in flight on a link that died then, and clock skew with Postgres).
+BUS_GAP_MARGIN_S = 2.0
 #: How long a reconnected bus waits for its gap replay before live delivery resumes.
 REPLAY_BEFORE_LIVE_S = 10.0
 #: Retry delays (first, cap) when the bus-gap replay cannot reach Postgres yet.
@@ -70,10 +73,12 @@ class Frontend(Membership, Publishing):
         self.registry = registry.RegistryWriter(self.engine)
         # the URL picks the backend: amqp:// in production, memory:// in unit tests
         self.publisher = make_publisher(settings.broker_url, settings.exchange,
-                                        lock=threading.RLock())
+                                        lock=threading.RLock(),
+                                        heartbeat_s=settings.broker_heartbeat_s)
         self.consumer = make_consumer(settings.broker_url, settings.exchange,
                                       on_batch=self.on_bus_batch, on_ready=self._on_bus_ready,
-                                      on_lost=self._on_bus_lost, sleep=gevent.sleep)
+                                      on_lost=self._on_bus_lost, sleep=gevent.sleep,
+                                      heartbeat_s=settings.broker_heartbeat_s)
         self.hub = Hub(self.meter, self._on_route if settings.targeted else None)
         if not settings.targeted:  # what targeted publishers send reaches us too
             self.consumer.bind(EVERYTHING)
@@ -142,33 +147,47 @@ class Frontend(Membership, Publishing):
             publish_leaves(stale, self.publisher.publish, self.id)
 
     def _heartbeat_loop(self) -> None:
+        resync = False  # owed until it succeeds: Postgres may fail again in between
         while True:
             gevent.sleep(self.settings.heartbeat_s)
             try:
                 if not self.registered:
                     self._try_register()
-                    if self.registered:
-                        self._resync_registry()
+                    resync = resync or self.registered
                 elif not registry.heartbeat(self.engine, self.id, self.consumer.queue_name,
                                             self.draining):
                     log.warning("frontend %s was swept while alive; re-registering", self.id)
                     self._try_register()
+                    resync = True
+                if resync and self.registered:
                     self._resync_registry()
+                    resync = False
             except SQLAlchemyError as exc:
                 log.warning("heartbeat failed: %s", exc.__class__.__name__)
 
     def _broker_heartbeat_loop(self) -> None:
         """The publisher's AMQP heartbeats (the consumer services its own)."""
         while True:
-            gevent.sleep(BROKER_HEARTBEAT_S / 4)
+            gevent.sleep(self.settings.broker_heartbeat_s / 4)
             self.publisher.heartbeat_tick()
 
     def _resync_registry(self) -> None:
-        """Write every local connection and membership again (after a sweep or outage)."""
-        for conn in list(self.hub.conns.values()):
-            self.registry.submit("connect", id=conn.id, frontend_id=self.id, user_id=conn.user_id)
-            for scope, group in conn.groups:
-                self.registry.submit("join", connection_id=conn.id, scope=scope, group=group)
+        """Take back the rows of every local socket after a sweep or an outage; a socket
+        whose session was resumed elsewhere meanwhile lost it: the newer socket wins, so
+        this one is closed with 4409 (it could not hear the eviction while cut off)."""
+        conns = list(self.hub.conns.values())
+        taken = registry.reclaim(self.engine, self.id, [
+            (c.id, c.user_id, c.gen, list(c.groups)) for c in conns])
+        for conn in conns:
+            if conn.id in taken:
+                for key in conn.groups:  # the sweep told their monitors they had left
+                    self.publish_presence(key, [self.member_info(conn)], [])
+            elif self.hub.conns.get(conn.id) is conn:
+                conn.moved = True  # its row is another socket's now: leave it alone
+                conn.close(CLOSE_REPLACED, "resumed on another socket")
+                self.hub.remove(conn)
+        log.info("registry resync: %d sockets taken back, %d resumed elsewhere",
+                 len(taken), len(conns) - len(taken))
 
     def _on_bus_ready(self, queue: str, first: bool) -> None:
         if self.registered:
@@ -182,14 +201,19 @@ class Frontend(Membership, Publishing):
 
     def _on_bus_lost(self) -> None:
         log.warning("frontend %s lost its bus queue", self.id)
+        self.begin_bus_gap()
         if self._bus_lost_at is None:
-            self._bus_lost_at = datetime.now(UTC)
+            # from the last frame heard, less a margin for messages then in flight:
+            # a cut link is noticed two broker heartbeats after it went quiet
+            seen = min(time.time(), self.consumer.last_seen) - BUS_GAP_MARGIN_S
+            self._bus_lost_at = datetime.fromtimestamp(seen, UTC)
 
     def _replay_bus_gap(self) -> None:
         """Our old queue died with its connection: deliver to our sockets every durable
         message logged while we were away (clients drop the ones they already have)."""
         lost_at, self._bus_lost_at = self._bus_lost_at, None
         if lost_at is None:
+            self.end_bus_gap([], replay.OPEN_MARGIN_S)
             return
         backoff = Backoff(RECONNECT_REPLAY_RETRY_S, RECONNECT_REPLAY_RETRY_MAX_S)
         while True:
@@ -199,12 +223,10 @@ class Frontend(Membership, Publishing):
             except SQLAlchemyError as exc:
                 log.warning("bus gap replay waits for the database: %s", exc.__class__.__name__)
                 gevent.sleep(backoff.next())
-        for env in envelopes:
-            # a socket opened after this message was published did not miss it live
-            self.hub.deliver(target_of(env), ws_text_frame(event_frame(env)), env.exclude,
-                             opened_by=env.ts + replay.OPEN_MARGIN_S)
-        self.meter.replayed += len(envelopes)
-        log.info("replayed %d durable messages after a bus reconnect", len(envelopes))
+        # no switch from here on: what we publish next is delivered live, after these
+        delivered = self.end_bus_gap(envelopes, replay.OPEN_MARGIN_S)
+        self.meter.replayed += delivered
+        log.info("replayed %d durable messages after a bus reconnect", delivered)
 
     def count_overflow(self, conn: Conn) -> None:
         self.meter.outbox_overflows += 1

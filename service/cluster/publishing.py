@@ -59,6 +59,8 @@ class Publishing:
                                            targeted=self.settings.targeted)
         # presence changes made in one turn of the loop leave in one bus message
         self._presence: NextTick[Envelope] = NextTick(self._send_presence)
+        # while the bus is lost: our own durable messages, held back for the gap replay
+        self._gap: list[Envelope] | None = None
 
     def _apply_control(self, env: Envelope) -> None:
         raise NotImplementedError  # the host applies server-side joins, leaves and kicks
@@ -80,10 +82,35 @@ class Publishing:
         return self.log.publish_many(entries, durable)
 
     def _deliver_own(self, envs: list[Envelope]) -> None:
-        """A batch we publish reaches our own sockets first (the bus skips our origin)."""
+        """A batch we publish reaches our own sockets first (the bus skips our origin).
+
+        While the bus is lost, durable ones wait for the gap replay instead: the others'
+        messages of that time come from the log then, and ours must not overtake them."""
         self.log_head.seen(max((e.id for e in envs if e.id is not None), default=None))
+        if self._gap is not None:
+            self._gap.extend(e for e in envs if e.id is not None)
+            envs = [e for e in envs if e.id is None]
         self.hub.deliver_batch([(target_of(env), ws_text_frame(event_frame(env)),
                                  env.exclude, env.ts) for env in envs])
+
+    def begin_bus_gap(self) -> None:
+        """The bus is lost: hold our own durable messages until ``end_bus_gap``."""
+        if self._gap is None:
+            self._gap = []
+
+    def end_bus_gap(self, replayed: list[Envelope], margin_s: float) -> int:
+        """Deliver what the log holds since the bus was lost and what we published
+        meanwhile, in id order, once each; then deliver live again. A socket opened after
+        a message was published did not miss it. Returns how many were delivered."""
+        held, self._gap = self._gap or [], None
+        merged = {env.id: env for env in replayed}
+        for env in held:
+            merged.setdefault(env.id, env)
+        for msg_id in sorted(i for i in merged if i is not None):
+            env = merged[msg_id]
+            self.hub.deliver(target_of(env), ws_text_frame(event_frame(env)), env.exclude,
+                             opened_by=env.ts + margin_s)
+        return len(merged)
 
     def publish_task_note(self, target: Target, event: str, data: msgspec.Raw,
                           durable: bool, dedupe_key: str | None) -> int | None:

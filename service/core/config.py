@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.core.envvars import ConfigError as ConfigError
+from service.core.envvars import env_bool, env_float, env_int, env_list
 from service.core.routes import ROUTINGS
 
 log = logging.getLogger(__name__)
@@ -26,50 +28,6 @@ DEV_SECRET_DIR = Path(os.environ.get("HERALD_VAR_DIR")
 
 
 _warned: set[str] = set()
-
-
-class ConfigError(RuntimeError):
-    """A setting is missing or invalid; the process must not start."""
-
-
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
-
-
-#: What a true boolean setting or query flag may be spelled as (anything else is false).
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-
-
-def parse_bool(raw: str | None, default: bool = False) -> bool:
-    """The one boolean parse: environment variables and query flags alike."""
-    if raw is None or raw.strip() == "":
-        return default
-    return raw.strip().lower() in TRUE_WORDS
-
-
-def _bool(name: str, default: bool) -> bool:
-    return parse_bool(os.environ.get(name), default)
-
-
-def _list(name: str) -> tuple[str, ...]:
-    raw = os.environ.get(name, "")
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
 def _dev_value(filename: str, what: str) -> str:
@@ -120,13 +78,20 @@ def is_placeholder(value: str) -> bool:
     return any(marker in low for marker in PLACEHOLDER_MARKERS)
 
 
+#: RabbitMQ queue types the Celery task queue may be declared as.
+TASK_QUEUE_TYPES = ("classic", "quorum")
+
+
 @dataclass(frozen=True)
 class Settings:
     """All of Herald's settings. Field docs name the environment variable."""
 
     env: str = "development"  # HERALD_ENV: development | production
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/herald"  # HERALD_DATABASE_URL
+    # several nodes of one RabbitMQ cluster: URLs separated by ";" (tried in turn)
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"  # HERALD_BROKER_URL
+    # AMQP heartbeat: a silent broker link is declared dead after two of these
+    broker_heartbeat_s: float = 10.0  # HERALD_BROKER_HEARTBEAT
     secret_key: str = ""  # HERALD_SECRET_KEY: HS256 key for client tokens
     api_keys: tuple[str, ...] = ()  # HERALD_API_KEYS: comma-separated bearer keys
     allowed_origins: tuple[str, ...] = ()  # HERALD_ALLOWED_ORIGINS: comma-separated; "*" = any
@@ -141,6 +106,8 @@ class Settings:
     # targeted: group/user/connection messages reach only frontends holding a recipient
     routing: str = "targeted"  # HERALD_ROUTING: targeted | fanout (core/routes.py)
     task_queue: str = "herald.tasks"  # HERALD_TASK_QUEUE: Celery's task queue
+    # quorum: replicated over a RabbitMQ cluster (an existing classic queue must go first)
+    task_queue_type: str = "classic"  # HERALD_TASK_QUEUE_TYPE: classic | quorum
     frontend_id: str = ""  # HERALD_FRONTEND_ID: stable id of this frontend (default host-port)
     host: str = "127.0.0.1"  # HERALD_HOST: address the frontend binds
     ws_deflate: bool = False  # HERALD_WS_DEFLATE: permessage-deflate (~100 KiB per socket)
@@ -196,41 +163,44 @@ class Settings:
             env=env,
             database_url=os.environ.get("HERALD_DATABASE_URL") or cls.database_url,
             broker_url=os.environ.get("HERALD_BROKER_URL") or cls.broker_url,
+            broker_heartbeat_s=env_float("HERALD_BROKER_HEARTBEAT", cls.broker_heartbeat_s),
             secret_key=os.environ.get("HERALD_SECRET_KEY", ""),
-            api_keys=_list("HERALD_API_KEYS"),
-            allowed_origins=_list("HERALD_ALLOWED_ORIGINS"),
-            hello_timeout_s=_float("HERALD_HELLO_TIMEOUT", cls.hello_timeout_s),
-            max_frame_bytes=_int("HERALD_MAX_FRAME", cls.max_frame_bytes),
-            outbox_limit=_int("HERALD_OUTBOX_LIMIT", cls.outbox_limit),
-            outbox_bytes=_int("HERALD_OUTBOX_BYTES", cls.outbox_bytes),
-            hello_max_frames=_int("HERALD_HELLO_MAX_FRAMES", cls.hello_max_frames),
-            history_ttl_s=_int("HERALD_HISTORY_TTL", cls.history_ttl_s),
-            heartbeat_s=_float("HERALD_HEARTBEAT", cls.heartbeat_s),
+            api_keys=env_list("HERALD_API_KEYS"),
+            allowed_origins=env_list("HERALD_ALLOWED_ORIGINS"),
+            hello_timeout_s=env_float("HERALD_HELLO_TIMEOUT", cls.hello_timeout_s),
+            max_frame_bytes=env_int("HERALD_MAX_FRAME", cls.max_frame_bytes),
+            outbox_limit=env_int("HERALD_OUTBOX_LIMIT", cls.outbox_limit),
+            outbox_bytes=env_int("HERALD_OUTBOX_BYTES", cls.outbox_bytes),
+            hello_max_frames=env_int("HERALD_HELLO_MAX_FRAMES", cls.hello_max_frames),
+            history_ttl_s=env_int("HERALD_HISTORY_TTL", cls.history_ttl_s),
+            heartbeat_s=env_float("HERALD_HEARTBEAT", cls.heartbeat_s),
             exchange=os.environ.get("HERALD_EXCHANGE") or cls.exchange,
             routing=(os.environ.get("HERALD_ROUTING") or cls.routing).lower(),
             task_queue=os.environ.get("HERALD_TASK_QUEUE") or cls.task_queue,
+            task_queue_type=(os.environ.get("HERALD_TASK_QUEUE_TYPE")
+                             or cls.task_queue_type).lower(),
             frontend_id=os.environ.get("HERALD_FRONTEND_ID", ""),
             host=os.environ.get("HERALD_HOST") or cls.host,
-            ws_deflate=_bool("HERALD_WS_DEFLATE", cls.ws_deflate),
-            db_pool_size=_int("HERALD_DB_POOL_SIZE", cls.db_pool_size),
-            log_json=_bool("HERALD_LOG_JSON", cls.log_json),
+            ws_deflate=env_bool("HERALD_WS_DEFLATE", cls.ws_deflate),
+            db_pool_size=env_int("HERALD_DB_POOL_SIZE", cls.db_pool_size),
+            log_json=env_bool("HERALD_LOG_JSON", cls.log_json),
             log_level=(os.environ.get("HERALD_LOG_LEVEL") or cls.log_level).upper(),
-            rate_limit=_float("HERALD_RATE_LIMIT", cls.rate_limit),
-            rate_burst=_int("HERALD_RATE_BURST", cls.rate_burst),
-            max_groups=_int("HERALD_MAX_GROUPS", cls.max_groups),
-            max_monitors=_int("HERALD_MAX_MONITORS", cls.max_monitors),
-            max_monitored_members=_int("HERALD_MAX_MONITORED_MEMBERS",
+            rate_limit=env_float("HERALD_RATE_LIMIT", cls.rate_limit),
+            rate_burst=env_int("HERALD_RATE_BURST", cls.rate_burst),
+            max_groups=env_int("HERALD_MAX_GROUPS", cls.max_groups),
+            max_monitors=env_int("HERALD_MAX_MONITORS", cls.max_monitors),
+            max_monitored_members=env_int("HERALD_MAX_MONITORED_MEMBERS",
                                        cls.max_monitored_members),
-            members_limit=_int("HERALD_MEMBERS_LIMIT", cls.members_limit),
-            replay_limit=_int("HERALD_REPLAY_LIMIT", cls.replay_limit),
-            user_replay_per_min=_int("HERALD_USER_REPLAY_PER_MIN", cls.user_replay_per_min),
-            user_durable_per_min=_int("HERALD_USER_DURABLE_PER_MIN", cls.user_durable_per_min),
-            user_tasks_per_min=_int("HERALD_USER_TASKS_PER_MIN", cls.user_tasks_per_min),
-            user_queries_per_min=_int("HERALD_USER_QUERIES_PER_MIN", cls.user_queries_per_min),
-            max_user_connections=_int("HERALD_MAX_USER_CONNECTIONS", cls.max_user_connections),
-            public_tasks=_list("HERALD_PUBLIC_TASKS"),
-            worker_concurrency=_int("HERALD_WORKER_CONCURRENCY", cls.worker_concurrency),
-            flower_port=_int("HERALD_FLOWER_PORT", cls.flower_port),
+            members_limit=env_int("HERALD_MEMBERS_LIMIT", cls.members_limit),
+            replay_limit=env_int("HERALD_REPLAY_LIMIT", cls.replay_limit),
+            user_replay_per_min=env_int("HERALD_USER_REPLAY_PER_MIN", cls.user_replay_per_min),
+            user_durable_per_min=env_int("HERALD_USER_DURABLE_PER_MIN", cls.user_durable_per_min),
+            user_tasks_per_min=env_int("HERALD_USER_TASKS_PER_MIN", cls.user_tasks_per_min),
+            user_queries_per_min=env_int("HERALD_USER_QUERIES_PER_MIN", cls.user_queries_per_min),
+            max_user_connections=env_int("HERALD_MAX_USER_CONNECTIONS", cls.max_user_connections),
+            public_tasks=env_list("HERALD_PUBLIC_TASKS"),
+            worker_concurrency=env_int("HERALD_WORKER_CONCURRENCY", cls.worker_concurrency),
+            flower_port=env_int("HERALD_FLOWER_PORT", cls.flower_port),
             flower_basic_auth=os.environ.get("HERALD_FLOWER_BASIC_AUTH", ""),
             rabbitmq_api_url=os.environ.get("HERALD_RABBITMQ_API") or cls.rabbitmq_api_url,
         )
@@ -242,6 +212,7 @@ class Settings:
                             ("HERALD_MAX_FRAME", self.max_frame_bytes),
                             ("HERALD_OUTBOX_LIMIT", self.outbox_limit),
                             ("HERALD_HEARTBEAT", self.heartbeat_s),
+                            ("HERALD_BROKER_HEARTBEAT", self.broker_heartbeat_s),
                             ("HERALD_HISTORY_TTL", self.history_ttl_s),
                             ("HERALD_RATE_LIMIT", self.rate_limit),
                             ("HERALD_RATE_BURST", self.rate_burst),
@@ -260,6 +231,9 @@ class Settings:
                 raise ConfigError(f"{name} must be a positive finite number")
         if self.routing not in ROUTINGS:
             raise ConfigError(f"HERALD_ROUTING must be targeted or fanout, got {self.routing!r}")
+        if self.task_queue_type not in TASK_QUEUE_TYPES:
+            raise ConfigError("HERALD_TASK_QUEUE_TYPE must be classic or quorum, got "
+                              f"{self.task_queue_type!r}")
         if self.max_user_connections < 0:
             raise ConfigError("HERALD_MAX_USER_CONNECTIONS must be 0 (no limit) or positive")
         for name, count in (("HERALD_DB_POOL_SIZE", self.db_pool_size),
@@ -325,5 +299,6 @@ ENV_VARS = (
     "HERALD_HELLO_MAX_FRAMES", "HERALD_MAX_MONITORS", "HERALD_MEMBERS_LIMIT",
     "HERALD_REPLAY_LIMIT", "HERALD_USER_REPLAY_PER_MIN", "HERALD_USER_DURABLE_PER_MIN",
     "HERALD_USER_TASKS_PER_MIN", "HERALD_USER_QUERIES_PER_MIN", "HERALD_PUBLIC_TASKS",
-    "HERALD_MAX_MONITORED_MEMBERS", "HERALD_ROUTING",
+    "HERALD_MAX_MONITORED_MEMBERS", "HERALD_ROUTING", "HERALD_BROKER_HEARTBEAT",
+    "HERALD_TASK_QUEUE_TYPE",
 )

@@ -7,7 +7,7 @@ import logging
 import os
 from datetime import UTC, datetime
 
-from service.core.config import parse_bool
+from service.core.envvars import parse_bool
 
 
 class JsonFormatter(logging.Formatter):

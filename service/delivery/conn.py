@@ -58,6 +58,7 @@ class Conn:
         "_stamps",
         "_writer",
         "closed",
+        "gen",
         "groups",
         "id",
         "meter",
@@ -97,6 +98,7 @@ class Conn:
         self._held: list[tuple[bytes, list[float]]] | None = None
         self._owns_lock = False  # the fast path left a frame half-written, lock held
         self.moved = False  # resumed on another socket: that one owns the registry row
+        self.gen = 0  # the registry row's resume generation this socket was opened with
         self.opened_at = time.time()
         self._writer: gevent.Greenlet[Any] | None = None
 

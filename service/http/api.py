@@ -19,8 +19,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from service.bus import BROKER_ERRORS
 from service.cluster.frontend import Frontend
 from service.core.auth import api_key_valid
-from service.core.config import parse_bool
 from service.core.envelope import NULL, TARGET_KINDS, Target, raw_json, valid_name
+from service.core.envvars import parse_bool
 from service.core.errors import BadRequest, HeraldError, NotFound, Unauthorized, Unavailable
 from service.core.metrics import render as render_metrics
 from service.http.openapi import spec

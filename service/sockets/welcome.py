@@ -158,6 +158,7 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
     conn = Conn(cid, grants.user_id, ws, settings.outbox_limit,
                 on_overflow=node.count_overflow, meter=node.meter,
                 outbox_bytes=settings.outbox_bytes)
+    conn.gen = gen
     conn.hold()
     node.hub.add(conn)
     if resumed is None:

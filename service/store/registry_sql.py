@@ -68,6 +68,19 @@ FROM unnest(CAST(%(ids)s AS text[]), CAST(%(frontends)s AS text[])) AS x(id, fro
 WHERE c.id = x.id AND c.frontend_id = x.frontend_id
 """
 
+# A frontend that was swept while alive (cut off from Postgres) takes back the rows of the
+# sockets it still holds: a row the sweep detached or pruned, never one that was resumed
+# on another socket since (its resume generation moved on, or another frontend holds it).
+RECLAIM = """
+INSERT INTO connections AS c (id, frontend_id, user_id, resume_gen)
+SELECT * FROM unnest(CAST(%(ids)s AS text[]), CAST(%(frontends)s AS text[]),
+                     CAST(%(users)s AS text[]), CAST(%(gens)s AS integer[]))
+ON CONFLICT (id) DO UPDATE SET frontend_id = EXCLUDED.frontend_id, detached_at = NULL
+WHERE c.user_id = EXCLUDED.user_id AND c.resume_gen = EXCLUDED.resume_gen
+  AND (c.frontend_id IS NULL OR c.frontend_id = EXCLUDED.frontend_id)
+RETURNING id
+"""
+
 JOIN = """
 INSERT INTO memberships (connection_id, scope, group_name)
 SELECT * FROM unnest(CAST(%(ids)s AS text[]), CAST(%(scopes)s AS text[]),
@@ -101,6 +114,13 @@ def open_(db: DB, rows: Rows) -> Cursor[Any]:
                      limits="limit")
     db.execute(LOCK_USERS, {"users": sorted(set(params["users"]))})
     return db.execute(OPEN, params)
+
+
+def reclaim(db: DB, rows: Rows) -> list[str]:
+    """Take back the rows of sockets still held (``RECLAIM``); return the ids taken."""
+    cur = db.execute(RECLAIM, columns(rows, ids="id", frontends="frontend_id",
+                                      users="user_id", gens="gen"))
+    return [row[0] for row in cur.fetchall()]
 
 
 def disconnect(db: DB, rows: Rows) -> None:
