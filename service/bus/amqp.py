@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import amqp
+from amqp.exceptions import MessageNacked
 from kombu import Connection, Exchange
 from kombu.exceptions import OperationalError as KombuOperationalError
 
@@ -127,6 +128,7 @@ class BusPublisher:
         # one lock per publisher: a channel is not safe to share between greenlets
         self._lock = lock if lock is not None else threading.Lock()
         self._channel: Any = None
+        self._confirmed: Any = None
         self._sleep = sleep or time.sleep
 
     def _connection(self) -> Connection:
@@ -142,20 +144,33 @@ class BusPublisher:
             self.nodes.new_round()
         return self._channel
 
-    def publish(self, body: bytes, route: str = "") -> None:
+    def publish(self, body: bytes, route: str = "", confirm: bool = False) -> None:
         """Publish one bus message, to the fanout or (``route``) to the frontends bound to
-        that key; retries a lost connection (bounded), then raises."""
+        that key; retries a lost connection (bounded), then raises.
+
+        ``confirm``: return only once the broker has taken it (publisher confirms, on a
+        channel of their own); a publish whose confirm does not come is sent again, on the
+        next node. Durable messages need it: a node that dies with the message in its
+        socket buffer would lose it for every frontend that stays connected (and so never
+        replays), and a duplicate is harmless (clients drop ids they have)."""
         exchange = self.routed.name if route else self.exchange.name
+        message = amqp.Message(body, content_type=CONTENT_TYPE, content_encoding="binary",
+                               delivery_mode=1)
         with self._lock:
             delays = iter(PUBLISH_RETRY_DELAYS_S)
             while True:
                 try:
-                    self._get_channel().basic_publish(
-                        amqp.Message(body, content_type=CONTENT_TYPE,
-                                     content_encoding="binary", delivery_mode=1),
-                        exchange=exchange, routing_key=route)
+                    if confirm:
+                        self._get_confirmed().basic_publish_confirm(
+                            message, exchange=exchange, routing_key=route,
+                            confirm_timeout=self._heartbeat_s)
+                    else:
+                        self._get_channel().basic_publish(message, exchange=exchange,
+                                                          routing_key=route)
                     return
-                except BROKER_ERRORS:
+                except (*BROKER_ERRORS, MessageNacked):
+                    # a nack: the broker could not take it (a bound queue's node just
+                    # died): as for a lost connection, send it again elsewhere
                     self._reset()
                     # the next node of the cluster at once; a pause once all were tried
                     round_failed = self.nodes.failed()
@@ -170,6 +185,12 @@ class BusPublisher:
                         raise
                     log.warning("bus: publish failed; reconnecting in %.1fs", delay)
                     self._sleep(delay)
+
+    def _get_confirmed(self) -> Any:
+        if self._confirmed is None:
+            self._get_channel()  # connects and declares
+            self._confirmed = self.connection.channel()
+        return self._confirmed
 
     def heartbeat_tick(self) -> None:
         """Send/check AMQP heartbeats while idle; drop the connection if the broker is gone.
@@ -189,7 +210,7 @@ class BusPublisher:
                 self._reset()
 
     def _reset(self) -> None:
-        self._channel = None
+        self._channel = self._confirmed = None
         close_quietly(self.connection)
 
     def close(self) -> None:

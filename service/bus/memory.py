@@ -61,7 +61,7 @@ class Broker:
         self.deliveries[name] = 0
         return name
 
-    def publish(self, body: bytes, route: str = "") -> None:
+    def publish(self, body: bytes, route: str = "", confirm: bool = False) -> None:
         if self._down:
             raise BusError("memory broker is down")
         self.published += 1
@@ -89,8 +89,8 @@ class MemoryPublisher:
     def __init__(self, url: str, exchange: str, **_: Any) -> None:
         self.broker = broker(f"{url}#{exchange}")
 
-    def publish(self, body: bytes, route: str = "") -> None:
-        self.broker.publish(body, route)
+    def publish(self, body: bytes, route: str = "", confirm: bool = False) -> None:
+        self.broker.publish(body, route)  # in one process a publish cannot get lost
 
     def heartbeat_tick(self) -> None:
         """Nothing to keep alive."""

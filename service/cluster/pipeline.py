@@ -95,7 +95,7 @@ class LogPublisher:
             self.before_send(envs)
         try:
             if not self.targeted:
-                self.bus.publish(encode_bus(envs))
+                self.bus.publish(encode_bus(envs), confirm=durable)
                 return
             # one bus message per run of envelopes with the same routing key, in order:
             # a socket that several of the runs reach still gets them as published
@@ -103,7 +103,8 @@ class LogPublisher:
             routes = [route_of(e.target) for e in entries]
             for end in range(1, len(envs) + 1):
                 if end == len(envs) or routes[end] != routes[start]:
-                    self.bus.publish(encode_bus(envs[start:end]), routes[start])
+                    self.bus.publish(encode_bus(envs[start:end]), routes[start],
+                                     confirm=durable)
                     start = end
         except BROKER_ERRORS as exc:
             if not durable:

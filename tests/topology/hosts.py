@@ -5,7 +5,8 @@ host of its own (a network namespace), and the clients here, in this namespace.
 Every frontend host has three links (``broker``, ``db``, ``clients``), the worker's host
 the first two, so one frontend's link to the broker, to Postgres, or to everything can be
 cut while every process goes on running. Frontend ``i`` lists the broker nodes starting at
-node ``i``, so each consumes from a different node.
+node ``i``, so each consumes from a different node. Frontend 0 reaches the nodes through
+``relay.Relay``s, which can delay its broker traffic (``delay_broker``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.support import PYTHON, ROOT, Proc, api, free_port
 from tests.topology.netns import Host, Network
 from tests.topology.pg import PgPair
 from tests.topology.rabbit import RabbitCluster
+from tests.topology.relay import Relay
 
 FRONTENDS = 3
 #: A cut broker link is noticed after two heartbeats: short, so a 20 s cut shows.
@@ -36,6 +38,7 @@ class Topology:
         self.hosts: list[Host] = []
         self.frontends: list[Proc] = []
         self.procs: list[Proc] = []
+        self.relays: list[Relay] = []
 
     def start(self) -> Topology:
         net = self.net
@@ -51,6 +54,8 @@ class Topology:
         self.pg = PgPair(listen_addresses=",".join(("127.0.0.1", *net.root_addresses("db"))),
                          trusted_cidrs=(f"10.{net.octet}.0.0/16",), tag="faults")
         self.rabbit.start()
+        self.relays = [Relay(self.hosts[0].links["broker"].root_addr, ("127.0.0.1", node.port))
+                       for node in self.rabbit.nodes]
         self.pg.start()
         self._migrate()
         for i, host in enumerate(self.hosts):
@@ -66,10 +71,21 @@ class Topology:
         return (f"postgresql+psycopg://postgres@{address}:{self.pg.primary.port}"
                 f"/herald_faults_{self.env['HERALD_NS']}")
 
-    def role_env(self, host: Host, first: int) -> dict[str, str]:
+    def broker_urls(self, host: Host, first: int) -> str:
         assert self.rabbit is not None
+        if host is not self.hosts[0]:
+            return self.rabbit.urls(host.links["broker"].root_addr, first)
+        relays = self.relays[first:] + self.relays[:first]
+        return ";".join(f"amqp://guest:guest@{r.address}:{r.port}//" for r in relays)
+
+    def delay_broker(self, delay_s: float) -> None:
+        """Delay frontend 0's broker traffic by ``delay_s`` each way (0: none)."""
+        for relay in self.relays:
+            relay.delay_s = delay_s
+
+    def role_env(self, host: Host, first: int) -> dict[str, str]:
         return {**self.env,
-                "HERALD_BROKER_URL": self.rabbit.urls(host.links["broker"].root_addr, first),
+                "HERALD_BROKER_URL": self.broker_urls(host, first),
                 "HERALD_DATABASE_URL": self.database_url(host.links["db"].root_addr),
                 "HERALD_BROKER_HEARTBEAT": str(BROKER_HEARTBEAT_S),
                 "HERALD_TASK_QUEUE_TYPE": "quorum"}
@@ -97,6 +113,8 @@ class Topology:
         for proc in reversed(self.procs):
             with contextlib.suppress(Exception):
                 proc.stop(timeout=10)
+        for relay in self.relays:
+            relay.close()
         if self.rabbit is not None:
             self.rabbit.stop()
         if self.pg is not None:

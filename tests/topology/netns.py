@@ -4,7 +4,8 @@ Each host is a namespace (``ip netns add``) with its loopback up and one veth pa
 (broker, database, clients...), each link a /24 of its own in 10.X.0.0/16 where X is picked
 per run among the second octets no interface here uses yet. A link can be cut (its
 root-side end down: packets vanish, no process is told, as when a cable is pulled), healed,
-or impaired with netem loss and delay in both directions. Nothing is routed anywhere else:
+or made to lose packets at random in both directions (nftables in the host's namespace;
+this kernel has no netem, so a delay comes from ``relay.py``). Nothing is routed anywhere else:
 no default route, no forwarding, so no traffic leaves these namespaces and the loopback.
 Everything is removed by ``destroy()`` (deleting a namespace deletes its veth ends).
 """
@@ -25,9 +26,9 @@ def ip(*args: str, netns: str | None = None) -> None:
         raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
 
 
-def tc(*args: str, netns: str | None = None, check: bool = True) -> None:
-    cmd = [*(["ip", "netns", "exec", netns] if netns else []), "tc", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+def nft(args: list[str], netns: str, stdin: str | None = None, check: bool = True) -> None:
+    cmd = ["ip", "netns", "exec", netns, "nft", *args]
+    done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30)
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
 
@@ -48,15 +49,22 @@ class Link:
     def heal(self) -> None:
         ip("link", "set", self.root_dev, "up")
 
-    def impair(self, loss_pct: float, delay_ms: int) -> None:
-        """netem loss and delay on both ends (so both directions suffer)."""
-        spec = ["netem", "loss", f"{loss_pct}%", "delay", f"{delay_ms}ms"]
-        tc("qdisc", "replace", "dev", self.root_dev, "root", *spec)
-        tc("qdisc", "replace", "dev", self.host_dev, "root", *spec, netns=self.host)
+    def drop(self, loss_pct: int) -> None:
+        """Lose ``loss_pct`` % of the packets crossing this link, either way, at random:
+        nftables in the host's namespace (this kernel has no netem), so the rule lives
+        and dies with the namespace."""
+        table = f"herald_{self.host_dev}"
+        rules = (f"table inet {table} {{\n"
+                 f"  chain inbound {{ type filter hook input priority 0; policy accept;\n"
+                 f"    iifname {self.host_dev} numgen random mod 100 < {loss_pct} drop\n  }}\n"
+                 f"  chain outbound {{ type filter hook output priority 0; policy accept;\n"
+                 f"    oifname {self.host_dev} numgen random mod 100 < {loss_pct} drop\n  }}\n"
+                 f"}}\n")
+        nft(["-f", "-"], self.host, stdin=rules)
 
-    def clear(self) -> None:
-        tc("qdisc", "del", "dev", self.root_dev, "root", check=False)
-        tc("qdisc", "del", "dev", self.host_dev, "root", netns=self.host, check=False)
+    def restore(self) -> None:
+        """Undo ``drop``."""
+        nft(["delete", "table", "inet", f"herald_{self.host_dev}"], self.host, check=False)
 
 
 @dataclass
