@@ -29,11 +29,6 @@ from service.cluster.membership import Membership
 from service.cluster.publishing import Publishing
 from service.core.backoff import Backoff
 from service.core.config import Settings
-from service.core.envelope import (
-    event_frame,
-    target_of,
-    ws_text_frame,
-)
 from service.core.limits import UserQuotas
 from service.core.metrics import Meter
 from service.core.routes import EVERYTHING
