@@ -40,7 +40,7 @@ from service.core.routes import EVERYTHING
 from service.delivery.conn import CLOSE_DRAINING, Conn
 from service.delivery.hub import Hub
 from service.store import registry, replay
-from service.store.db import get_engine
+from service.store.db import get_engine, server_instance
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,10 @@ class Frontend(Membership, Publishing):
                                  queries_per_min=settings.user_queries_per_min)
         self._bus_lost_at: datetime | None = None
         self._greenlets: list[gevent.Greenlet[Any]] = []
+        # ids of connections a resume is moving here (their rows are ours before the hub
+        # has them): a reconcile leaves them alone
+        self.resuming: set[str] = set()
+        self._server: str | None = None  # the Postgres server last heartbeat reached
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -132,9 +136,12 @@ class Frontend(Membership, Publishing):
 
     def _try_register(self) -> None:
         try:
+            # read first: should the server change in between, the next heartbeat sees it
+            server = server_instance(self.engine)
             stale = registry.register_frontend(self.engine, self.id, self.host,
                                                self.consumer.queue_name)
             self.registered = True
+            self._server = server
         except SQLAlchemyError as exc:
             log.warning("frontend %s could not register yet: %s", self.id, exc.__class__.__name__)
             return
@@ -154,8 +161,20 @@ class Frontend(Membership, Publishing):
                     log.warning("frontend %s was swept while alive; re-registering", self.id)
                     self._try_register()
                     self._resync_registry()
+                self._watch_server()
             except SQLAlchemyError as exc:
                 log.warning("heartbeat failed: %s", exc.__class__.__name__)
+
+    def _watch_server(self) -> None:
+        """After a failover (or a restart) the server may lack registry writes the old
+        one acknowledged without its standby (``durability.REGISTRY``), or a batch in
+        doubt: write the registry again from the live sockets."""
+        server = server_instance(self.engine)
+        if self._server is not None and server != self._server and self.registered:
+            log.warning("Postgres is a different server now (started %s); reconciling the "
+                        "registry with %d local sockets", server, len(self.hub.conns))
+            self._resync_registry()
+        self._server = server
 
     def _broker_heartbeat_loop(self) -> None:
         """The publisher's AMQP heartbeats (the consumer services its own)."""
@@ -164,11 +183,15 @@ class Frontend(Membership, Publishing):
             self.publisher.heartbeat_tick()
 
     def _resync_registry(self) -> None:
-        """Write every local connection and membership again (after a sweep or outage)."""
-        for conn in list(self.hub.conns.values()):
-            self.registry.submit("connect", id=conn.id, frontend_id=self.id, user_id=conn.user_id)
-            for scope, group in conn.groups:
-                self.registry.submit("join", connection_id=conn.id, scope=scope, group=group)
+        """Make this frontend's rows in the registry what its hub holds (after a sweep,
+        an outage or a failover): one reconcile, ordered with the writes around it."""
+        conns = list(self.hub.conns.values())
+        memberships = [(c.id, scope, group) for c in conns for scope, group in c.groups]
+        self.registry.submit(
+            "reconcile", frontend_id=self.id, keep=[c.id for c in conns] + list(self.resuming),
+            ids=[c.id for c in conns], users=[c.user_id for c in conns],
+            mids=[m[0] for m in memberships], scopes=[m[1] for m in memberships],
+            groups=[m[2] for m in memberships])
 
     def _on_bus_ready(self, queue: str, first: bool) -> None:
         if self.registered:
