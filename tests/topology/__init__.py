@@ -1,0 +1,1 @@
+"""Test-owned infrastructure: servers and networks a test starts, breaks and removes."""
