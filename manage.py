@@ -31,13 +31,15 @@ def alembic_config(url: str) -> Any:
 def cmd_db(args: argparse.Namespace) -> int:
     from alembic import command
 
-    from service.store.db import ensure_database
+    from service.store.db import engine_url, ensure_database
 
     url = _settings().database_url
-    cfg = alembic_config(url)
+    # as every role connects: with several hosts, the one that takes writes
+    target = engine_url(url)
+    cfg = alembic_config(target.render_as_string(hide_password=False))
     if args.action == "upgrade":
         if ensure_database(url):
-            print(f"created database {url.rsplit('/', 1)[-1]}")
+            print(f"created database {target.database}")
         command.upgrade(cfg, args.rev or "head")
     elif args.action == "downgrade":
         command.downgrade(cfg, args.rev or "-1")

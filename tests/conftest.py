@@ -74,8 +74,8 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def beat(self) -> Proc:
-        proc = Proc(f"beat-{len(self.procs)}", ["run", "beat"], ENV)
+    def beat(self, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(f"beat-{len(self.procs)}", ["run", "beat"], {**ENV, **(env or {})})
         self.procs.append(proc)
         return proc
 

@@ -35,10 +35,12 @@ from service.core.routes import EVERYTHING
 from service.delivery.conn import CLOSE_DRAINING, CLOSE_REPLACED, Conn
 from service.delivery.hub import Hub
 from service.store import registry, replay
-from service.store.db import get_engine
+from service.store.db import get_engine, server_instance
 
 log = logging.getLogger(__name__)
 
+#: Seconds a registry reconcile may wait in the writer's queue before it counts as failed.
+RESYNC_WAIT_S = 10.0
 #: Seconds before the last frame heard from the broker that a bus gap replay starts at
 #: (messages in flight on a link that died then, and clock skew with Postgres).
 BUS_GAP_MARGIN_S = 2.0
@@ -54,6 +56,10 @@ DRAIN_PAUSE_S = 0.05
 DRAIN_JITTER_MS = 2000
 #: How long a drain waits for clients to go before exiting anyway.
 DRAIN_WAIT_S = 10.0
+
+
+class RegistryBusy(SQLAlchemyError):
+    """A reconcile did not land in time (Postgres is slow or away): try again later."""
 
 
 class Frontend(Membership, Publishing):
@@ -87,6 +93,10 @@ class Frontend(Membership, Publishing):
                                  queries_per_min=settings.user_queries_per_min)
         self._bus_lost_at: datetime | None = None
         self._greenlets: list[gevent.Greenlet[Any]] = []
+        # ids of connections a resume is moving here (their rows are ours before the hub
+        # has them): a reconcile leaves them alone
+        self.resuming: set[str] = set()
+        self._server: str | None = None  # the Postgres server last heartbeat reached
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -132,9 +142,12 @@ class Frontend(Membership, Publishing):
 
     def _try_register(self) -> None:
         try:
+            # read first: should the server change in between, the next heartbeat sees it
+            server = server_instance(self.engine)
             stale = registry.register_frontend(self.engine, self.id, self.host,
                                                self.consumer.queue_name)
             self.registered = True
+            self._server = server
         except SQLAlchemyError as exc:
             log.warning("frontend %s could not register yet: %s", self.id, exc.__class__.__name__)
             return
@@ -157,8 +170,20 @@ class Frontend(Membership, Publishing):
                 if resync and self.registered:
                     self._resync_registry()
                     resync = False
+                self._watch_server()
             except SQLAlchemyError as exc:
                 log.warning("heartbeat failed: %s", exc.__class__.__name__)
+
+    def _watch_server(self) -> None:
+        """After a failover (or a restart) the server may lack registry writes the old
+        one acknowledged without its standby (``durability.REGISTRY``), or a batch in
+        doubt: write the registry again from the live sockets."""
+        server = server_instance(self.engine)
+        if self._server is not None and server != self._server and self.registered:
+            log.warning("Postgres is a different server now (started %s); reconciling the "
+                        "registry with %d local sockets", server, len(self.hub.conns))
+            self._resync_registry()
+        self._server = server
 
     def _broker_heartbeat_loop(self) -> None:
         """The publisher's AMQP heartbeats (the consumer services its own)."""
@@ -167,22 +192,36 @@ class Frontend(Membership, Publishing):
             self.publisher.heartbeat_tick()
 
     def _resync_registry(self) -> None:
-        """Take back the rows of every local socket after a sweep or an outage; a socket
-        whose session was resumed elsewhere meanwhile lost it: the newer socket wins, so
-        this one is closed with 4409 (it could not hear the eviction while cut off)."""
+        """Make this frontend's rows in the registry what its hub holds (after a sweep,
+        an outage or a failover): one reconcile, ordered with the writes around it.
+
+        A socket whose session was resumed on another socket meanwhile has lost it: the
+        newer one wins, so this one is closed with 4409 (cut off, it could not hear the
+        eviction). The others' groups are announced again (a sweep announced them gone).
+        Raises SQLAlchemyError while Postgres is away (the caller tries again)."""
         conns = list(self.hub.conns.values())
-        taken = registry.reclaim(self.engine, self.id, [
-            (c.id, c.user_id, c.gen, list(c.groups)) for c in conns])
+        memberships = [(c.id, scope, group) for c in conns for scope, group in c.groups]
+        done = self.registry.submit(
+            "reconcile", frontend_id=self.id, keep=[c.id for c in conns] + list(self.resuming),
+            ids=[c.id for c in conns], users=[c.user_id for c in conns],
+            gens=[c.gen for c in conns],
+            mids=[m[0] for m in memberships], scopes=[m[1] for m in memberships],
+            groups=[m[2] for m in memberships])
+        if not registry.settled(done, RESYNC_WAIT_S):
+            raise RegistryBusy("the registry reconcile is still queued")
+        owners = registry.owners(self.engine, [c.id for c in conns])
+        moved = 0
         for conn in conns:
-            if conn.id in taken:
-                for key in conn.groups:  # the sweep told their monitors they had left
+            if owners.get(conn.id) == self.id:
+                for key in conn.groups:
                     self.publish_presence(key, [self.member_info(conn)], [])
-            elif self.hub.conns.get(conn.id) is conn:
+            elif self.hub.conns.get(conn.id) is conn and conn.id not in self.resuming:
+                moved += 1
                 conn.moved = True  # its row is another socket's now: leave it alone
                 conn.close(CLOSE_REPLACED, "resumed on another socket")
                 self.hub.remove(conn)
-        log.info("registry resync: %d sockets taken back, %d resumed elsewhere",
-                 len(taken), len(conns) - len(taken))
+        log.info("registry reconciled: %d sockets, %d resumed elsewhere closed",
+                 len(conns), moved)
 
     def _on_bus_ready(self, queue: str, first: bool) -> None:
         if self.registered:

@@ -131,18 +131,26 @@ def _resume(node: Frontend, grants: Grants, frame: Hello
     if claim is None:
         return None
     _check_resume_limit(node, grants.user_id, claim.connection_id)
+    # the row is ours from the reattach on, before the hub holds the socket: a reconcile
+    # meanwhile must not detach it (open_session lets go once the hub has it)
+    node.resuming.add(claim.connection_id)
     try:
         reattached = registry.reattach(node.engine, claim.connection_id, grants.user_id,
                                        node.id, claim.gen)
+        if reattached is None:  # unknown, pruned, or this token was used already
+            node.resuming.discard(claim.connection_id)
+            return None
+        # only now: a spent or forged-looking token must not close the socket that holds it
+        _take_over(node, claim.connection_id)
     except SQLAlchemyError as exc:
+        node.resuming.discard(claim.connection_id)
         # starting fresh would silently drop the groups and what they missed: refuse,
         # and the client tries the resume again (1013: try again later)
         log.warning("resume of %s failed (%s)", claim.connection_id, exc.__class__.__name__)
         raise ResumeUnavailable from exc
-    if reattached is None:  # unknown, pruned, or this token was used already
-        return None
-    # only now: a spent or forged-looking token must not close the socket that holds it
-    _take_over(node, claim.connection_id)
+    except BaseException:
+        node.resuming.discard(claim.connection_id)
+        raise
     return (claim.connection_id, *reattached)
 
 
@@ -155,21 +163,24 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
     resumed = _resume(node, grants, frame)
     cid, restored, session_start, gen = (resumed if resumed is not None
                                          else (uuid.uuid4().hex, [], None, 0))
-    conn = Conn(cid, grants.user_id, ws, settings.outbox_limit,
-                on_overflow=node.count_overflow, meter=node.meter,
-                outbox_bytes=settings.outbox_bytes)
-    conn.gen = gen
-    conn.hold()
-    node.hub.add(conn)
-    if resumed is None:
-        _register(node, conn)
     groups = []
-    for scope, group in restored:
-        if grants.may_join(scope, group):  # the new token decides, not the old one
-            node.join(conn, (scope, group), record=False, wait=False)
-            groups.append({"scope": scope, "group": group})
-        else:
-            node.registry.submit("leave", connection_id=conn.id, scope=scope, group=group)
+    try:
+        conn = Conn(cid, grants.user_id, ws, settings.outbox_limit,
+                    on_overflow=node.count_overflow, meter=node.meter,
+                    outbox_bytes=settings.outbox_bytes)
+        conn.gen = gen
+        conn.hold()
+        node.hub.add(conn)
+        if resumed is None:
+            _register(node, conn)
+        for scope, group in restored:
+            if grants.may_join(scope, group):  # the new token decides, not the old one
+                node.join(conn, (scope, group), record=False, wait=False)
+                groups.append({"scope": scope, "group": group})
+            else:
+                node.registry.submit("leave", connection_id=conn.id, scope=scope, group=group)
+    finally:
+        node.resuming.discard(cid)  # the hub holds it and its groups now
     # bound since hub.add and the joins (alongside the registry write): from the welcome
     # on, whatever is published to this socket, its user or its groups reaches it
     node.await_routes(node.hub.routes_of(conn))

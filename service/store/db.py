@@ -1,4 +1,15 @@
-"""Database engines: one per process, recreated after fork (Celery's prefork children)."""
+"""Database engines: one per process, recreated after fork (Celery's prefork children).
+
+``HERALD_DATABASE_URL`` may name several servers, a primary and its standbys, so that a
+promotion is followed without a restart: libpq tries them in order and keeps the first
+that takes writes (``target_session_attrs=read-write``, added when the URL does not say):
+
+    postgresql+psycopg://user@/herald?host=db1:5432&host=db2:5432&target_session_attrs=read-write
+    postgresql+psycopg://user@/herald?host=db1,db2&port=5432,5432   (libpq's own form; IPv6)
+
+Connections to a server that died fail their pre-ping and are replaced; one that finds
+its server read-only (fenced or demoted) is dropped like a dead one (``_fail_over``).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +17,8 @@ import os
 import re
 import threading
 
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
@@ -19,8 +30,38 @@ _engines: dict[tuple[int, str], Engine] = {}
 POOL_TIMEOUT_S = 5.0
 #: Seconds after which a pooled connection is replaced.
 POOL_RECYCLE_S = 1800
-#: Seconds for psycopg to establish a connection.
+#: Seconds for psycopg to establish a connection, per host of a multi-host URL.
 CONNECT_TIMEOUT_S = 5
+#: Every Herald role writes: a session on a standby would fail at its first write, so
+#: libpq skips servers that do not take writes (unless the URL asks for something else).
+SESSION_ATTRS = "read-write"
+#: SQLSTATEs saying this session's server takes no writes (read_only_sql_transaction):
+#: it was fenced or demoted under the connection; the primary is elsewhere now.
+READ_ONLY_STATES = frozenset({"25006"})
+
+
+def engine_url(url: str | URL) -> URL:
+    """``url`` as Herald connects to it: ``target_session_attrs=read-write`` unless the
+    URL sets it. Every host of a multi-host URL is kept, whichever form it uses."""
+    target = make_url(url)
+    if "target_session_attrs" not in target.query:
+        target = target.update_query_dict({"target_session_attrs": SESSION_ATTRS})
+    return target
+
+
+def is_read_only(exc: BaseException | None) -> bool:
+    """True for a DBAPI error meaning the server reached takes no writes."""
+    return getattr(exc, "sqlstate", None) in READ_ONLY_STATES
+
+
+def _fail_over(ctx: ExceptionContext) -> BaseException | None:
+    """A write refused as read-only is an outage of the primary, not a bug: drop this
+    connection (and, as for any disconnect, the pool's older ones) so the next one finds
+    the server that takes writes, and raise it as OperationalError (HTTP 503, retry)."""
+    if not is_read_only(ctx.original_exception):
+        return None
+    ctx.is_disconnect = True
+    return OperationalError(ctx.statement, ctx.parameters, ctx.original_exception)
 
 
 def get_engine(url: str, pool_size: int = 4) -> Engine:
@@ -30,7 +71,7 @@ def get_engine(url: str, pool_size: int = 4) -> Engine:
         engine = _engines.get(key)
         if engine is None:
             engine = create_engine(
-                url,
+                engine_url(url),
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_timeout=POOL_TIMEOUT_S,
@@ -40,13 +81,22 @@ def get_engine(url: str, pool_size: int = 4) -> Engine:
                 pool_recycle=POOL_RECYCLE_S,
                 connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
             )
+            event.listen(engine, "handle_error", _fail_over)
             _engines[key] = engine
         return engine
 
 
+def server_instance(engine: Engine) -> str:
+    """Which server ``engine`` reaches now, as the start time of its postmaster: it
+    changes with a failover (and a restart)."""
+    with engine.connect() as db:
+        return str(db.execute(text("SELECT pg_postmaster_start_time()")).scalar_one())
+
+
 def ensure_database(url: str) -> bool:
-    """Create the database named in ``url`` if it is missing; return True when created."""
-    target = make_url(url)
+    """Create the database named in ``url`` if it is missing; return True when created.
+    With a multi-host URL it is created on the server that takes writes."""
+    target = engine_url(url)
     name = target.database
     if not name or not _SAFE_NAME.fullmatch(name):
         raise ValueError(f"unsafe or missing database name in the URL: {name!r}")
@@ -73,7 +123,7 @@ def ensure_database(url: str) -> bool:
 
 def drop_database(url: str) -> None:
     """Drop the database named in ``url`` (tests' clean-up), ending its sessions first."""
-    target = make_url(url)
+    target = engine_url(url)
     if not target.database or not _SAFE_NAME.fullmatch(target.database):
         raise ValueError(f"unsafe database name: {target.database!r}")
     admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")

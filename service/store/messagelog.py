@@ -15,6 +15,7 @@ from sqlalchemy.exc import DataError
 
 from service.core.envelope import Target
 from service.core.errors import BadRequest
+from service.store import durability
 from service.store.models import Message, MessageKey
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ def append(engine: Engine, origin: str, target: Target, event: str, data: msgspe
 def append_in(db: Connection, origin: str, target: Target, event: str, data: msgspec.Raw,
               dedupe_key: str | None = None) -> int:
     """``append`` inside the caller's transaction (a task's outcome commits with its
-    record in one round trip)."""
+    record in one round trip); that transaction then commits at the log's level."""
+    durability.commit_at(db, durability.LOG)
     values = {
         "target_kind": target.kind,
         "target_key": target.log_key(),
@@ -115,6 +117,7 @@ def append_many(engine: Engine, origin: str, entries: Sequence[Entry]
         return out
     try:
         with engine.begin() as db:
+            durability.commit_at(db, durability.LOG)  # a 202 survives a failover
             ids = [int(r[0]) for r in db.execute(_MANY, rows)]
     except DataError:
         if len(rows) == 1:

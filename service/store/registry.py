@@ -8,16 +8,14 @@ resume, server-side membership changes and the look-ups.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-import psycopg
 from sqlalchemy import Connection as DBConn
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from service.core.errors import NotFound
-from service.store import registry_sql
 from service.store.models import ConnectionRecord, FrontendRecord, Membership
 from service.store.registry_writer import Refused as Refused
 from service.store.registry_writer import RegistryWriter as RegistryWriter
@@ -39,23 +37,15 @@ def register_frontend(engine: Engine, frontend_id: str, host: str,
     return stale
 
 
-def reclaim(engine: Engine, frontend_id: str,
-            held: list[tuple[str, str, int, list[tuple[str, str]]]]) -> set[str]:
-    """After this frontend was swept while alive: take back the rows of the sockets it
-    still holds, ``(connection id, user, resume generation, groups)``, with their groups,
-    in one transaction. Returns the ids taken back; any other was resumed on another
-    socket meanwhile and is no longer this frontend's."""
-    rows = [{"id": cid, "frontend_id": frontend_id, "user_id": user, "gen": gen}
-            for cid, user, gen, _ in held]
-    with engine.begin() as db:
-        raw = cast("psycopg.Connection[Any]", db.connection.driver_connection)
-        taken = set(registry_sql.reclaim(raw, rows)) if rows else set()
-        groups = [{"connection_id": cid, "scope": scope, "group": group}
-                  for cid, _, _, memberships in held if cid in taken
-                  for scope, group in memberships]
-        if groups:
-            registry_sql.join(raw, groups)
-    return taken
+def owners(engine: Engine, connection_ids: list[str]) -> dict[str, str | None]:
+    """The frontend each of these connections' rows names now (None: detached); ids
+    with no row are left out."""
+    if not connection_ids:
+        return {}
+    with engine.connect() as db:
+        rows = db.execute(select(ConnectionRecord.id, ConnectionRecord.frontend_id)
+                          .where(ConnectionRecord.id.in_(connection_ids)))
+        return {cid: fid for cid, fid in rows}
 
 
 def detach_frontends(db: DBConn, frontend_ids: list[str]) -> None:

@@ -68,19 +68,6 @@ FROM unnest(CAST(%(ids)s AS text[]), CAST(%(frontends)s AS text[])) AS x(id, fro
 WHERE c.id = x.id AND c.frontend_id = x.frontend_id
 """
 
-# A frontend that was swept while alive (cut off from Postgres) takes back the rows of the
-# sockets it still holds: a row the sweep detached or pruned, never one that was resumed
-# on another socket since (its resume generation moved on, or another frontend holds it).
-RECLAIM = """
-INSERT INTO connections AS c (id, frontend_id, user_id, resume_gen)
-SELECT * FROM unnest(CAST(%(ids)s AS text[]), CAST(%(frontends)s AS text[]),
-                     CAST(%(users)s AS text[]), CAST(%(gens)s AS integer[]))
-ON CONFLICT (id) DO UPDATE SET frontend_id = EXCLUDED.frontend_id, detached_at = NULL
-WHERE c.user_id = EXCLUDED.user_id AND c.resume_gen = EXCLUDED.resume_gen
-  AND (c.frontend_id IS NULL OR c.frontend_id = EXCLUDED.frontend_id)
-RETURNING id
-"""
-
 JOIN = """
 INSERT INTO memberships (connection_id, scope, group_name)
 SELECT * FROM unnest(CAST(%(ids)s AS text[]), CAST(%(scopes)s AS text[]),
@@ -94,6 +81,49 @@ USING unnest(CAST(%(ids)s AS text[]), CAST(%(scopes)s AS text[]),
              CAST(%(groups)s AS text[])) AS x(connection_id, scope, group_name)
 WHERE m.connection_id = x.connection_id AND m.scope = x.scope
   AND m.group_name = x.group_name
+"""
+
+
+# --- reconcile: the registry made to match a frontend's live sockets ------------------
+
+# rows of sockets this frontend no longer holds (their disconnect or detach was lost):
+# detached, as after a crash, for a resume elsewhere
+RECONCILE_GONE = """
+UPDATE connections SET frontend_id = NULL, detached_at = now()
+WHERE frontend_id = %(frontend)s AND NOT (id = ANY(CAST(%(keep)s AS text[])))
+"""
+
+# rows of its live sockets: inserted when missing (a lost open), attached again when
+# detached (a lost resume, a sweep); never taken from another frontend (resumed there),
+# nor one resumed since on another socket, even if that one has gone too (its resume
+# generation moved on)
+RECONCILE_LIVE = """
+INSERT INTO connections (id, frontend_id, user_id, resume_gen)
+SELECT x.id, %(frontend)s, x.user_id, x.gen
+FROM unnest(CAST(%(ids)s AS text[]), CAST(%(users)s AS text[]),
+            CAST(%(gens)s AS integer[])) AS x(id, user_id, gen)
+ON CONFLICT (id) DO UPDATE SET frontend_id = EXCLUDED.frontend_id, detached_at = NULL
+WHERE connections.frontend_id IS NULL AND connections.user_id = EXCLUDED.user_id
+  AND connections.resume_gen = EXCLUDED.resume_gen
+"""
+
+# memberships of its sockets that they do not have (a lost leave)
+RECONCILE_LEFT = """
+DELETE FROM memberships AS m USING connections AS c
+WHERE c.id = m.connection_id AND c.frontend_id = %(frontend)s
+  AND c.id = ANY(CAST(%(ids)s AS text[]))
+  AND (m.connection_id, m.scope, m.group_name) NOT IN (
+      SELECT * FROM unnest(CAST(%(mids)s AS text[]), CAST(%(scopes)s AS text[]),
+                           CAST(%(groups)s AS text[])))
+"""
+
+# and those they have (a lost join), for sockets whose rows are this frontend's
+RECONCILE_JOINED = """
+INSERT INTO memberships (connection_id, scope, group_name)
+SELECT x.* FROM unnest(CAST(%(mids)s AS text[]), CAST(%(scopes)s AS text[]),
+                       CAST(%(groups)s AS text[])) AS x(connection_id, scope, group_name)
+JOIN connections AS c ON c.id = x.connection_id AND c.frontend_id = %(frontend)s
+ON CONFLICT DO NOTHING
 """
 
 
@@ -116,13 +146,6 @@ def open_(db: DB, rows: Rows) -> Cursor[Any]:
     return db.execute(OPEN, params)
 
 
-def reclaim(db: DB, rows: Rows) -> list[str]:
-    """Take back the rows of sockets still held (``RECLAIM``); return the ids taken."""
-    cur = db.execute(RECLAIM, columns(rows, ids="id", frontends="frontend_id",
-                                      users="user_id", gens="gen"))
-    return [row[0] for row in cur.fetchall()]
-
-
 def disconnect(db: DB, rows: Rows) -> None:
     db.execute(DISCONNECT, columns(rows, ids="id", frontends="frontend_id"))
 
@@ -139,6 +162,22 @@ def leave(db: DB, rows: Rows) -> None:
     db.execute(LEAVE, columns(rows, ids="connection_id", scopes="scope", groups="group"))
 
 
+def reconcile(db: DB, rows: Rows) -> None:
+    """Make the rows of one frontend's sockets what its hub holds (sent by
+    ``Frontend._resync_registry``): ``frontend_id``, ``keep`` (ids never to detach: the
+    live sockets and those being resumed), ``ids`` and ``users`` of the live sockets, and
+    their memberships as ``mids``, ``scopes``, ``groups``."""
+    for row in rows:
+        params = {"frontend": row["frontend_id"], **{k: row[k] for k in (
+            "keep", "ids", "users", "gens", "mids", "scopes", "groups")}}
+        for sql in (RECONCILE_GONE, RECONCILE_LIVE, RECONCILE_LEFT, RECONCILE_JOINED):
+            db.execute(sql, params)
+
+
+#: Kinds that see the whole registry of a frontend: each runs alone, after everything
+#: queued before it and before everything queued after (``registry_writer._runs``).
+BARRIERS = frozenset({"reconcile"})
+
 #: The statement for each op kind, in the order kinds run within one wave (see
 #: ``registry_writer._runs``): what frees a slot or a row before what takes one. One that
 #: returns a cursor refuses the rows whose ids the cursor does not return.
@@ -149,4 +188,5 @@ APPLY: dict[str, Callable[[DB, Rows], Cursor[Any] | None]] = {
     "connect": connect,
     "open": open_,
     "join": join,
+    "reconcile": reconcile,
 }

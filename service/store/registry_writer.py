@@ -26,7 +26,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from service.core.backoff import Backoff
-from service.store.registry_sql import APPLY
+from service.store import durability
+from service.store.db import is_read_only
+from service.store.registry_sql import APPLY, BARRIERS
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +61,30 @@ def _runs(batch: Sequence[Op]) -> list[tuple[str, list[Op]]]:
     kind, else into the next wave; within a wave the ops of one kind are one statement.
     So a storm of opens and joins is two or three statements, not one per op. An open
     never runs before a disconnect queued ahead of it (it may have freed the user a slot).
+    A barrier (a reconcile, which reads the frontend's whole state) is a wave of its own
+    between everything queued before it and everything queued after.
     """
     last: dict[Any, tuple[int, str]] = {}  # connection id -> (wave, kind) of its latest op
     groups: dict[tuple[int, int], list[Op]] = {}
     freed = 0  # the wave of the latest disconnect or detach so far
+    floor = top = 0  # no op goes below the wave after the latest barrier; the top wave
     for op in batch:
+        if op.kind in BARRIERS:
+            wave = top + 1
+            floor = top = wave + 1
+            groups[(wave, _KIND_RANK[op.kind])] = [op]
+            continue
         key = op.params.get("id", op.params.get("connection_id"))
         wave, kind = last.get(key, (-1, ""))
         if kind != op.kind:
             wave += 1
+        wave = max(wave, floor)
         if op.kind == "open":
             wave = max(wave, freed)
         elif op.kind in ("disconnect", "detach"):
             freed = max(freed, wave)
         last[key] = (wave, op.kind)
+        top = max(top, wave)
         groups.setdefault((wave, _KIND_RANK[op.kind]), []).append(op)
     return [(groups[k][0].kind, groups[k]) for k in sorted(groups)]
 
@@ -190,6 +202,8 @@ class RegistryWriter:
             try:
                 with db.pipeline():
                     db.execute("BEGIN")
+                    # no wait for the standby: see durability.REGISTRY
+                    db.execute(durability.statement(durability.REGISTRY))
                     for kind, ops in runs:
                         cursor = APPLY[kind](db, [op.params for op in ops])
                         if cursor is not None:
@@ -201,6 +215,8 @@ class RegistryWriter:
             except BaseException as exc:
                 with contextlib.suppress(psycopg.Error):
                     db.rollback()  # a statement failed: its transaction is still open
+                if is_read_only(exc) and self._held is not None:
+                    self._held.invalidate()  # its server takes no writes: never again
                 self._release()  # and whatever went wrong, the next try starts afresh
                 if isinstance(exc, psycopg.Error):  # as SQLAlchemy would have raised it
                     raise DBAPIError.instance(None, None, exc, psycopg.Error) from None

@@ -40,3 +40,21 @@ def test_an_open_waits_for_a_disconnect_queued_ahead_of_it() -> None:
     batch = [op("join", "x", group="g"), op("disconnect", "x"), op("open", "y"),
              op("open", "z")]
     assert shape(batch) == [("join", ["x"]), ("disconnect", ["x"]), ("open", ["y", "z"])]
+
+
+def reconcile() -> Op:
+    return Op("reconcile", {"frontend_id": "fe"}, AsyncResult())
+
+
+def test_a_reconcile_runs_alone_between_what_was_queued_before_and_after_it() -> None:
+    # it reads the whole hub: nothing queued after it may run before it, nor the reverse
+    batch = [op("open", "a"), op("join", "a", group="g"), reconcile(), op("open", "b"),
+             op("join", "a", group="h"), op("leave", "c", group="g")]
+    assert [kind for kind, _ in _runs(batch)] == ["open", "join", "reconcile", "leave",
+                                                  "open", "join"]
+    assert shape(batch)[3:] == [("leave", ["c"]), ("open", ["b"]), ("join", ["a"])]
+
+
+def test_two_reconciles_stay_two_waves() -> None:
+    batch = [reconcile(), op("join", "a", group="g"), reconcile()]
+    assert [kind for kind, _ in _runs(batch)] == ["reconcile", "join", "reconcile"]
