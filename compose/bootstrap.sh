@@ -193,3 +193,16 @@ herald_browser_tools() {
     [ "$created" = 1 ] && rm -f "$policy"
     return 0
 }
+
+# herald_topology_tools: iproute2 and nftables for the fault tests (network namespaces of
+# their own, packet loss by nftables inside them; both need root, as CI runs).
+herald_topology_tools() {
+    if command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1; then
+        return 0
+    fi
+    if ! herald_is_root; then
+        herald_say "warning: ip or nft missing and not root: the fault tests (tests/e2e/test_faults.py) will fail; install iproute2 and nftables and run as root"
+        return 0
+    fi
+    herald_apt_install iproute2 nftables
+}

@@ -12,6 +12,7 @@ source compose/bootstrap.sh
 herald_venv
 herald_services
 herald_browser_tools
+herald_topology_tools
 
 if [ "${HERALD_LINT:-$([ "${CI:-}" = true ] && echo 1 || echo 0)}" = 1 ]; then
     # settings live under .ci/ (ruff.toml, mypy.ini) when present

@@ -43,6 +43,8 @@ class Relay:
                 down.close()
                 continue
             up.settimeout(None)
+            for s in (down, up):  # as the broker and its clients do: no Nagle delay
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._socks += [down, up]
             for src, dst in ((down, up), (up, down)):
                 pipe: queue.Queue[tuple[float, bytes]] = queue.Queue()
