@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 
 DEV_SECRET_DIR = Path(os.environ.get("HERALD_VAR_DIR")
                       or Path(__file__).resolve().parents[2] / "var")  # the checkout's var/
-
-
 _warned: set[str] = set()
 
 
@@ -165,6 +163,8 @@ class Settings:
     public_tasks: tuple[str, ...] = ()  # HERALD_PUBLIC_TASKS: task names clients may start
     worker_concurrency: int = 2  # HERALD_WORKER_CONCURRENCY
     flower_port: int = 5555  # HERALD_FLOWER_PORT
+    # /metrics (and the probes) on a port of their own; 0: /metrics on the main port
+    metrics_port: int = 0  # HERALD_METRICS_PORT
     flower_basic_auth: str = ""  # HERALD_FLOWER_BASIC_AUTH: "user:password" for Flower
     rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672/api/"  # HERALD_RABBITMQ_API
 
@@ -192,7 +192,7 @@ class Settings:
             env = "development"
         if env not in {"development", "production"}:
             raise ConfigError(f"HERALD_ENV must be development or production, got {env!r}")
-        settings = cls(
+        return cls(
             env=env,
             database_url=os.environ.get("HERALD_DATABASE_URL") or cls.database_url,
             broker_url=os.environ.get("HERALD_BROKER_URL") or cls.broker_url,
@@ -219,8 +219,7 @@ class Settings:
             rate_burst=_int("HERALD_RATE_BURST", cls.rate_burst),
             max_groups=_int("HERALD_MAX_GROUPS", cls.max_groups),
             max_monitors=_int("HERALD_MAX_MONITORS", cls.max_monitors),
-            max_monitored_members=_int("HERALD_MAX_MONITORED_MEMBERS",
-                                       cls.max_monitored_members),
+            max_monitored_members=_int("HERALD_MAX_MONITORED_MEMBERS", cls.max_monitored_members),
             members_limit=_int("HERALD_MEMBERS_LIMIT", cls.members_limit),
             replay_limit=_int("HERALD_REPLAY_LIMIT", cls.replay_limit),
             user_replay_per_min=_int("HERALD_USER_REPLAY_PER_MIN", cls.user_replay_per_min),
@@ -231,10 +230,10 @@ class Settings:
             public_tasks=_list("HERALD_PUBLIC_TASKS"),
             worker_concurrency=_int("HERALD_WORKER_CONCURRENCY", cls.worker_concurrency),
             flower_port=_int("HERALD_FLOWER_PORT", cls.flower_port),
+            metrics_port=_int("HERALD_METRICS_PORT", cls.metrics_port),
             flower_basic_auth=os.environ.get("HERALD_FLOWER_BASIC_AUTH", ""),
             rabbitmq_api_url=os.environ.get("HERALD_RABBITMQ_API") or cls.rabbitmq_api_url,
-        )
-        return settings.checked()
+        ).checked()
 
     def checked(self) -> Settings:
         """Fill development defaults, or refuse to run in production without secrets."""
@@ -268,6 +267,8 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1")
         if not 0 < self.flower_port < 65536:
             raise ConfigError("HERALD_FLOWER_PORT must be a TCP port (1-65535)")
+        if not 0 <= self.metrics_port < 65536:
+            raise ConfigError("HERALD_METRICS_PORT must be a TCP port, or 0 (the main port)")
         if self.production:
             missing = [name for name, value in (("HERALD_SECRET_KEY", self.secret_key),
                                                 ("HERALD_API_KEYS", self.api_keys),
@@ -325,5 +326,5 @@ ENV_VARS = (
     "HERALD_HELLO_MAX_FRAMES", "HERALD_MAX_MONITORS", "HERALD_MEMBERS_LIMIT",
     "HERALD_REPLAY_LIMIT", "HERALD_USER_REPLAY_PER_MIN", "HERALD_USER_DURABLE_PER_MIN",
     "HERALD_USER_TASKS_PER_MIN", "HERALD_USER_QUERIES_PER_MIN", "HERALD_PUBLIC_TASKS",
-    "HERALD_MAX_MONITORED_MEMBERS", "HERALD_ROUTING",
+    "HERALD_MAX_MONITORED_MEMBERS", "HERALD_ROUTING", "HERALD_METRICS_PORT",
 )
