@@ -120,7 +120,6 @@ def run(settings: Settings, port: int) -> None:
         raise ConfigError(f"HERALD_METRICS_PORT={port} is the frontend's own port: choose "
                           "another one, or 0 to serve /metrics on the main port")
     # the worker gunicorn forks inherits the limit raised here
-    raise_open_files(WORKER_CONNECTIONS + FD_HEADROOM, strict=settings.production,
-                     what=f"a frontend sized for {WORKER_CONNECTIONS} sockets "
-                          "(service/server.py WORKER_CONNECTIONS)")
+    raise_open_files(WORKER_CONNECTIONS, FD_HEADROOM, strict=settings.production,
+                     what="a frontend sized for WORKER_CONNECTIONS sockets (service/server.py)")
     FrontendServer(settings, port).run()

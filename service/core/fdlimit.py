@@ -22,14 +22,16 @@ log = logging.getLogger(__name__)
 UNLIMITED_TARGET = 1 << 20
 
 
-def raise_open_files(needed: int, *, strict: bool, what: str,
+def raise_open_files(sockets: int, headroom: int, *, strict: bool, what: str,
                      getrlimit: Callable[[int], tuple[int, int]] = resource.getrlimit,
                      setrlimit: Callable[[int, tuple[int, int]], None] = resource.setrlimit,
                      ) -> int:
     """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the soft limit now.
 
-    Below ``needed`` (``what`` says for what) it raises ConfigError when ``strict``
-    (production), else logs a warning and carries on (a development machine).
+    ``sockets`` (``what`` says whose) take a descriptor each, and ``headroom`` more are
+    needed besides. Below ``sockets`` it raises ConfigError when ``strict`` (production),
+    else it warns; below ``sockets + headroom`` it warns (the last sockets would find no
+    descriptor left, a limit rather than a failure).
     """
     soft, hard = getrlimit(resource.RLIMIT_NOFILE)
     target = UNLIMITED_TARGET if hard == resource.RLIM_INFINITY else hard
@@ -40,17 +42,20 @@ def raise_open_files(needed: int, *, strict: bool, what: str,
             log.warning("could not raise the open-file limit from %d to %d: %s",
                         soft, target, exc)
         soft = getrlimit(resource.RLIMIT_NOFILE)[0]
+    unlimited = soft == resource.RLIM_INFINITY
     shown_hard = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
-    if soft != resource.RLIM_INFINITY and soft < needed:
+    if not unlimited and soft < sockets + headroom:
         message = (f"the open-file limit (RLIMIT_NOFILE) is {soft} (hard limit {shown_hard}), "
-                   f"below the {needed} {what} needs. Raise the hard limit where the process "
-                   "starts: compose `ulimits: nofile: 65536`, `docker run --ulimit "
-                   "nofile=65536:65536`, systemd `LimitNOFILE=65536`, or `ulimit -Hn 65536` "
-                   "as root; on Kubernetes, the container runtime's LimitNOFILE")
-        if strict:
+                   f"below the {sockets + headroom} {what} needs ({sockets} sockets + "
+                   f"{headroom}). Raise the hard limit where the process starts: compose "
+                   "`ulimits: nofile: 65536`, `docker run --ulimit nofile=65536:65536`, "
+                   "systemd `LimitNOFILE=65536`, or `ulimit -Hn 65536` as root; on "
+                   "Kubernetes, the container runtime's LimitNOFILE")
+        if soft < sockets and strict:
             raise ConfigError(message)
-        log.warning("%s; development mode carries on", message)
+        log.warning("%s; %s", message, "carrying on with fewer sockets" if soft >= sockets
+                    else "development mode carries on")
     else:
-        log.info("open-file limit %s (hard %s): %d needed for %s", soft, shown_hard, needed,
-                 what)
+        log.info("open-file limit %s (hard %s): %d needed for %s", soft, shown_hard,
+                 sockets + headroom, what)
     return soft
