@@ -13,6 +13,7 @@ from service.cluster.frontend import Frontend
 from service.core.config import Settings
 from service.delivery.wsock import InlineReader
 from service.http import api
+from service.http.ports import InternalPort
 from service.sockets import ws
 
 #: WSGI environ key simple-websocket reads to negotiate permessage-deflate.
@@ -59,6 +60,8 @@ def create_app(test_config: dict[str, Any] | None = None, *, port: int | None = 
     demo.init_app(app)
     if not settings.ws_deflate:
         app.wsgi_app = NoDeflate(app.wsgi_app)  # type: ignore[method-assign]
+    if settings.metrics_port:  # outermost: the metrics port reaches nothing but its paths
+        app.wsgi_app = InternalPort(app.wsgi_app, settings.metrics_port)  # type: ignore[method-assign]
     if start:
         node.start()
     return app

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from typing import Any
 
 import gevent
 from gunicorn.app.base import BaseApplication
 
-from service.core.config import Settings
+from service.cluster.drain import drain_seconds
+from service.core.config import ConfigError, Settings
+from service.core.fdlimit import raise_open_files
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +20,23 @@ log = logging.getLogger(__name__)
 # (for debugging tools): a few hundred bytes per socket and CPU on every spawn. Off here.
 gevent.config.track_greenlet_tree = False
 
-#: Sockets one gevent worker may hold (gunicorn's default of 1000 is too low).
+#: Sockets one frontend is sized for: gunicorn's worker_connections (its default of 1000
+#: is too low), the open-file limit it needs and the time its drain may take.
 WORKER_CONNECTIONS = 20000
-#: Seconds gunicorn waits for a draining worker before killing it.
-GRACEFUL_TIMEOUT_S = 30
+#: File descriptors besides the client sockets: listeners, the database pool (twice
+#: HERALD_DB_POOL_SIZE with its overflow) and the readiness probe, the broker connections,
+#: log files and the event loop's own, with room to spare.
+FD_HEADROOM = 256
+#: Seconds the worker takes to exit once drained: stop() ends three greenlets (2 s each at
+#: most), flushes the registry (5 s at most) and deregisters; the close frames of 20,000
+#: sockets cost about a second of CPU on top of the drain's pauses.
+EXIT_MARGIN_S = 10.0
+#: Seconds gunicorn's master waits, from its SIGTERM, for the worker to drain and exit
+#: before it kills it. drain_seconds(20,000) = ceil(20,000 / DRAIN_BATCH 100) x
+#: DRAIN_PAUSE_S 0.05 s = 10 s of batches + DRAIN_WAIT_S 10 s for clients to go +
+#: DRAIN_FLUSH_S 5 s = 25 s; + EXIT_MARGIN_S 10 s = 35 s. compose's stop_grace_period and
+#: k8s' terminationGracePeriodSeconds (with its preStop sleep) are sized on top of this.
+GRACEFUL_TIMEOUT_S = math.ceil(drain_seconds(WORKER_CONNECTIONS) + EXIT_MARGIN_S)
 
 
 #: gunicorn's own loggers in the same one-JSON-object-per-line format as Herald's.
@@ -46,8 +62,11 @@ class FrontendServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships n
         super().__init__()
 
     def load_config(self) -> None:
+        binds = [f"{self.settings.host}:{self.port}"]
+        if self.settings.metrics_port:  # /metrics and the probes only (http/ports.py)
+            binds.append(f"{self.settings.host}:{self.settings.metrics_port}")
         cfg = {
-            "bind": f"{self.settings.host}:{self.port}",
+            "bind": binds,
             "workers": 1,
             "worker_class": "gevent",
             "worker_connections": WORKER_CONNECTIONS,
@@ -96,4 +115,11 @@ class FrontendServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships n
 
 
 def run(settings: Settings, port: int) -> None:
+    """Serve one frontend on ``port`` (and HERALD_METRICS_PORT) until it is told to stop."""
+    if settings.metrics_port == port:
+        raise ConfigError(f"HERALD_METRICS_PORT={port} is the frontend's own port: choose "
+                          "another one, or 0 to serve /metrics on the main port")
+    # the worker gunicorn forks inherits the limit raised here
+    raise_open_files(WORKER_CONNECTIONS, FD_HEADROOM, strict=settings.production,
+                     what="a frontend sized for WORKER_CONNECTIONS sockets (service/server.py)")
     FrontendServer(settings, port).run()

@@ -20,13 +20,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import gevent
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.bus import make_consumer, make_publisher
+from service.cluster.drain import (
+    DRAIN_BATCH,
+    DRAIN_FLUSH_S,
+    DRAIN_JITTER_MS,
+    DRAIN_PAUSE_S,
+    DRAIN_WAIT_S,
+)
 from service.cluster.leaves import publish_leaves
 from service.cluster.membership import Membership
 from service.cluster.publishing import Publishing
+from service.cluster.readiness import DB_PROBE_TIMEOUT_S, DatabaseWatch
 from service.core.backoff import Backoff
 from service.core.config import Settings
 from service.core.limits import UserQuotas
@@ -36,6 +43,7 @@ from service.delivery.conn import CLOSE_DRAINING, CLOSE_REPLACED, Conn
 from service.delivery.hub import Hub
 from service.store import registry, replay
 from service.store.db import get_engine, server_instance
+from service.store.probe import DedicatedProbe
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +57,6 @@ REPLAY_BEFORE_LIVE_S = 10.0
 #: Retry delays (first, cap) when the bus-gap replay cannot reach Postgres yet.
 RECONNECT_REPLAY_RETRY_MAX_S = 5.0
 RECONNECT_REPLAY_RETRY_S = 0.5
-#: Sockets closed per drain batch, and the pause between batches.
-DRAIN_BATCH = 100
-DRAIN_PAUSE_S = 0.05
-#: Upper bound of the jittered reconnect hint sent with 1012, milliseconds.
-DRAIN_JITTER_MS = 2000
-#: How long a drain waits for clients to go before exiting anyway.
-DRAIN_WAIT_S = 10.0
-
 
 class RegistryBusy(SQLAlchemyError):
     """A reconcile did not land in time (Postgres is slow or away): try again later."""
@@ -70,6 +70,9 @@ class Frontend(Membership, Publishing):
         self.id = settings.frontend_id_for(port)
         self.host = socket.gethostname()
         self.engine = get_engine(settings.database_url, settings.db_pool_size)
+        # readiness asks Postgres on a connection of its own, off the pool (readiness.py)
+        self.db_probe = DedicatedProbe(settings.database_url, DB_PROBE_TIMEOUT_S)
+        self.db_watch = DatabaseWatch(self.db_probe.check, sleep=gevent.sleep)
         self.meter = Meter()
         self.registry = registry.RegistryWriter(self.engine)
         # the URL picks the backend: amqp:// in production, memory:// in unit tests
@@ -103,9 +106,11 @@ class Frontend(Membership, Publishing):
     def start(self) -> None:
         """Register, start consuming, start the heartbeat and the registry writer."""
         self.registry.start()
+        self.db_watch.probe()  # bounded (DB_PROBE_TIMEOUT_S): readiness knows from the start
         self._try_register()
         self._greenlets = [gevent.spawn(self.consumer.run), gevent.spawn(self._heartbeat_loop),
-                           gevent.spawn(self._broker_heartbeat_loop)]
+                           gevent.spawn(self._broker_heartbeat_loop),
+                           gevent.spawn(self.db_watch.run)]
 
     def stop(self) -> None:
         """Deregister and stop background work (graceful exit)."""
@@ -119,6 +124,7 @@ class Frontend(Membership, Publishing):
         except SQLAlchemyError as exc:
             log.warning("could not deregister %s: %s", self.id, exc)
         self.publisher.close()
+        self.db_probe.close()
 
     def drain(self) -> None:
         """Stop taking sockets, close every socket with 1012 in batches, wait (bounded).
@@ -138,7 +144,7 @@ class Frontend(Membership, Publishing):
         deadline = time.monotonic() + DRAIN_WAIT_S
         while self.hub.conns and time.monotonic() < deadline:
             gevent.sleep(0.05)
-        self.registry.flush(timeout_s=5.0)
+        self.registry.flush(timeout_s=DRAIN_FLUSH_S)
 
     def _try_register(self) -> None:
         try:
@@ -283,19 +289,18 @@ class Frontend(Membership, Publishing):
             registry.heartbeat(self.engine, self.id, self.consumer.queue_name, self.draining)
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason) for /readyz."""
+        """(ready, reason) for /readyz: instant, from state kept up to date elsewhere (the
+        consumer's connection, the drain flag, the database watch), never the pool."""
         if self.draining:
             return False, "draining"
         if not self.consumer.connected:
             return False, "broker: not consuming"
-        try:
-            with self.engine.connect() as db:
-                db.execute(text("SELECT 1"))
-        except SQLAlchemyError as exc:
-            return False, f"database: {exc.__class__.__name__}"
+        db_ready, why = self.db_watch.status()  # a blip is tolerated: readiness.py says why
+        if not db_ready:
+            return False, why
         if not self.registered:
             return False, "not registered"
-        return True, "ok"
+        return True, why
 
 
 def _cpu_seconds() -> float:

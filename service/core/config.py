@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 
 DEV_SECRET_DIR = Path(os.environ.get("HERALD_VAR_DIR")
                       or Path(__file__).resolve().parents[2] / "var")  # the checkout's var/
-
-
 _warned: set[str] = set()
 
 
@@ -132,6 +130,8 @@ class Settings:
     public_tasks: tuple[str, ...] = ()  # HERALD_PUBLIC_TASKS: task names clients may start
     worker_concurrency: int = 2  # HERALD_WORKER_CONCURRENCY
     flower_port: int = 5555  # HERALD_FLOWER_PORT
+    # /metrics (and the probes) on a port of their own; 0: /metrics on the main port
+    metrics_port: int = 0  # HERALD_METRICS_PORT
     flower_basic_auth: str = ""  # HERALD_FLOWER_BASIC_AUTH: "user:password" for Flower
     rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672/api/"  # HERALD_RABBITMQ_API
 
@@ -159,7 +159,7 @@ class Settings:
             env = "development"
         if env not in {"development", "production"}:
             raise ConfigError(f"HERALD_ENV must be development or production, got {env!r}")
-        settings = cls(
+        return cls(
             env=env,
             database_url=os.environ.get("HERALD_DATABASE_URL") or cls.database_url,
             broker_url=os.environ.get("HERALD_BROKER_URL") or cls.broker_url,
@@ -201,10 +201,10 @@ class Settings:
             public_tasks=env_list("HERALD_PUBLIC_TASKS"),
             worker_concurrency=env_int("HERALD_WORKER_CONCURRENCY", cls.worker_concurrency),
             flower_port=env_int("HERALD_FLOWER_PORT", cls.flower_port),
+            metrics_port=env_int("HERALD_METRICS_PORT", cls.metrics_port),
             flower_basic_auth=os.environ.get("HERALD_FLOWER_BASIC_AUTH", ""),
             rabbitmq_api_url=os.environ.get("HERALD_RABBITMQ_API") or cls.rabbitmq_api_url,
-        )
-        return settings.checked()
+        ).checked()
 
     def checked(self) -> Settings:
         """Fill development defaults, or refuse to run in production without secrets."""
@@ -242,6 +242,8 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1")
         if not 0 < self.flower_port < 65536:
             raise ConfigError("HERALD_FLOWER_PORT must be a TCP port (1-65535)")
+        if not 0 <= self.metrics_port < 65536:
+            raise ConfigError("HERALD_METRICS_PORT must be a TCP port, or 0 (the main port)")
         if self.production:
             missing = [name for name, value in (("HERALD_SECRET_KEY", self.secret_key),
                                                 ("HERALD_API_KEYS", self.api_keys),
@@ -300,5 +302,5 @@ ENV_VARS = (
     "HERALD_REPLAY_LIMIT", "HERALD_USER_REPLAY_PER_MIN", "HERALD_USER_DURABLE_PER_MIN",
     "HERALD_USER_TASKS_PER_MIN", "HERALD_USER_QUERIES_PER_MIN", "HERALD_PUBLIC_TASKS",
     "HERALD_MAX_MONITORED_MEMBERS", "HERALD_ROUTING", "HERALD_BROKER_HEARTBEAT",
-    "HERALD_TASK_QUEUE_TYPE",
+    "HERALD_TASK_QUEUE_TYPE", "HERALD_METRICS_PORT",
 )

@@ -39,7 +39,7 @@ from service.sockets import frames
 from service.sockets.detached import Detached, can_detach
 from service.sockets.ops import HANDLERS, error_frame
 from service.sockets.welcome import ResumeUnavailable, TooManyConnections, open_session, send_opened
-from service.sockets.wsio import PlainUpgrades
+from service.sockets.wsio import PlainUpgrades, RefuseWhileDraining
 
 log = logging.getLogger(__name__)
 
@@ -254,4 +254,6 @@ def init_app(app: Flask, sock: Sock) -> None:
         Session(app.extensions["herald"], ws).run()
 
     sock.route("/ws")(handle)
-    app.wsgi_app = PlainUpgrades(app.wsgi_app, "/ws", options, handle)  # type: ignore[method-assign]
+    app.wsgi_app = RefuseWhileDraining(  # type: ignore[method-assign]
+        PlainUpgrades(app.wsgi_app, "/ws", options, handle), "/ws",
+        lambda: bool(app.extensions["herald"].draining))

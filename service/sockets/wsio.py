@@ -69,3 +69,37 @@ class PlainUpgrades:
                 environ, start_response)
             return answer
         return self.wsgi_app(environ, start_response)
+
+
+#: Seconds a client refused by a draining frontend is told to wait (Retry-After).
+DRAINING_RETRY_AFTER_S = 1
+
+
+class RefuseWhileDraining:
+    """WSGI middleware: while this frontend drains, an upgrade to ``path`` is answered
+    ``503`` before the handshake instead of being accepted and closed with 1012.
+
+    A proxy only counts a failed response: nginx's ``proxy_next_upstream http_503`` then
+    retries the upgrade on another frontend (the client sees no failure) and its
+    ``max_fails`` takes this one out of rotation, where a 101 followed by a close would
+    have looked like a healthy frontend, and to ``least_conn`` the emptiest one. A client
+    without a proxy sees a failed connect and reconnects with its backoff. Sockets
+    already open are closed with 1012 by the drain itself, as before."""
+
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]], path: str,
+                 draining: Callable[[], bool]) -> None:
+        self.wsgi_app = wsgi_app
+        self.path = path
+        self.draining = draining
+
+    def __call__(self, environ: dict[str, Any],
+                 start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if (environ.get("PATH_INFO") == self.path and self.draining()
+                and environ.get("HTTP_UPGRADE", "").lower() == "websocket"):
+            body = (b'{"error": "unavailable", "message": "this frontend is draining: '
+                    b'connect to another one"}')
+            start_response("503 SERVICE UNAVAILABLE", [
+                ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                ("Retry-After", str(DRAINING_RETRY_AFTER_S))])
+            return [body]
+        return self.wsgi_app(environ, start_response)

@@ -115,3 +115,42 @@ class Nginx:
             os.killpg(self.pid, signal.SIGKILL)
         self.popen.wait(timeout=WAIT_S)
         self._log.close()
+
+
+class Upstream:
+    """A stand-in upstream on a loopback port, in a thread: it answers every request with
+    ``status`` and, as JSON, the request's headers (lower-cased), counting the requests
+    that asked for a WebSocket upgrade."""
+
+    def __init__(self, status: int = 200) -> None:
+        import http.server
+        import json
+        import threading
+
+        owner = self
+        self.upgrades = 0
+        self.requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.requests += 1
+                if self.headers.get("Upgrade", "").lower() == "websocket":
+                    owner.upgrades += 1
+                body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

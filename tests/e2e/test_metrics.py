@@ -121,3 +121,22 @@ def _consumer_connection(frontend_id: str) -> str:
     consumers = wait_until(lambda: requests.get(url, auth=AUTH, timeout=5).json().get(
         "consumer_details"), timeout=30, interval=0.5)
     return str(consumers[0]["channel_details"]["connection_name"])
+
+
+def test_the_metrics_port_is_a_listener_of_its_own(cluster: Any) -> None:
+    """HERALD_METRICS_PORT: gunicorn listens on it too; it serves the metrics and the
+    probes, the public port no longer serves the metrics."""
+    from tests.support import free_port
+
+    port = free_port()
+    fe = cluster.frontend("mport", env={"HERALD_METRICS_PORT": str(port)})
+    internal = f"http://127.0.0.1:{port}"
+    r = requests.get(internal + "/metrics", timeout=5)
+    assert r.status_code == 200 and "herald_connections" in r.text
+    assert requests.get(internal + "/readyz", timeout=5).json()["ready"] is True
+    assert requests.get(internal + "/healthz", timeout=5).status_code == 200
+    assert requests.get(internal + "/api/frontends", timeout=5).status_code == 404
+    for path in ("/metrics", "//metrics", "/%6Detrics"):
+        r = requests.get(fe.url + path, timeout=5)
+        assert r.status_code == 404 and "herald_" not in r.text, path
+    assert requests.get(fe.url + "/readyz", timeout=5).status_code == 200

@@ -1,6 +1,8 @@
 """The deployment files (compose/Dockerfile, docker-compose.yml, nginx.conf, k8s/) agree with
 the code: every command is a real manage.py invocation, every HERALD_* variable is one the
-configuration reads, and the frontend's shutdown fits in the time it is given."""
+configuration reads, the frontend's shutdown fits in the time it is given, the image is
+pinned, the clustered broker and database are what the clients are pointed at.
+(tests/unit/test_k8s_valid.py checks the schemas, Pod Security and nginx -t.)"""
 
 from __future__ import annotations
 
@@ -19,14 +21,22 @@ import yaml
 import manage
 from service.cluster.frontend import DRAIN_WAIT_S
 from service.core.config import ENV_VARS, ConfigError, Settings, is_placeholder
-from service.server import GRACEFUL_TIMEOUT_S
+from service.server import FD_HEADROOM, GRACEFUL_TIMEOUT_S, WORKER_CONNECTIONS
+from tests.manifests import (
+    HERALD_IMAGE,
+    K8S_DIR,
+    SECRETS_EXAMPLE,
+    applied,
+    load_docs,
+    release_tag,
+)
 from tests.support import ROOT
 
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 DOCKERFILE = COMPOSE_DIR / "Dockerfile"
 NGINX_CONF = COMPOSE_DIR / "nginx.conf"
-K8S_FILES = sorted((COMPOSE_DIR / "k8s").glob("*.yaml"))
+HERALD_JS = ROOT / "service" / "static" / "herald.js"
 
 HERALD_NAME = re.compile(r"HERALD_[A-Z0-9_]+")
 FRONTEND_PORT = 8000
@@ -42,13 +52,24 @@ def compose() -> dict[str, Any]:
 
 
 def k8s_docs() -> list[tuple[Path, dict[str, Any]]]:
-    docs = []
-    for path in K8S_FILES:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc is not None:
-                assert isinstance(doc, dict) and "kind" in doc, f"{path}: not a k8s object"
-                docs.append((path, doc))
-    return docs
+    """Every object ``kubectl apply -k`` applies from compose/k8s (images set)."""
+    return applied()
+
+
+def example_secrets() -> dict[str, dict[str, str]]:
+    """The example Secrets' data under the names of the real ones they stand for."""
+    out = {}
+    for doc in load_docs(SECRETS_EXAMPLE):
+        assert doc["kind"] == "Secret"
+        name = doc["metadata"]["name"]
+        assert name.endswith("-example"), f"{name}: an example must not carry a real name"
+        out[name.removesuffix("-example")] = {str(k): str(v)
+                                              for k, v in doc["stringData"].items()}
+    return out
+
+
+def is_herald(container: dict[str, Any]) -> bool:
+    return str(container["image"]).rpartition(":")[0].endswith("/" + HERALD_IMAGE)
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -142,6 +163,13 @@ def pod_specs() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
                    spec["jobTemplate"]["spec"]["template"]["spec"])
         elif doc["kind"] == "Pod":
             yield f"{path.name} Pod/{doc['metadata']['name']}", doc, spec
+
+
+def herald_pods() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """The pods that run Herald's image (the others run RabbitMQ)."""
+    for where, doc, pod in pod_specs():
+        if any(is_herald(c) for c in containers(pod)):
+            yield where, doc, pod
 
 
 def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -262,10 +290,13 @@ def test_every_k8s_command_is_a_valid_manage_invocation() -> None:
         assert_valid_manage(argv, where)
     roles = {role_of(argv) for _, argv in found}
     assert {"run frontend", "run worker", "run beat"} <= roles, roles
-    for where, _, pod in pod_specs():  # every pod runs a Herald role (nothing silently skipped)
+    for where, _, pod in pod_specs():  # every Herald container runs a role (none skipped)
         for c in containers(pod):
             argv = _argv(c.get("command") or []) + _argv(c.get("args") or [])
-            assert manage_argv(argv) is not None, f"{where}: {c['name']} runs no manage.py"
+            if is_herald(c):
+                assert manage_argv(argv) is not None, f"{where}: {c['name']} runs no manage.py"
+            else:  # a third-party image: RabbitMQ's, running its own entrypoint
+                assert str(c["image"]).startswith("rabbitmq:"), f"{where}: {c['image']}"
 
 
 def test_dockerfile_cmd_runs_a_frontend_and_nothing_wraps_it() -> None:
@@ -296,7 +327,7 @@ def test_every_herald_variable_is_one_the_configuration_reads() -> None:
     sources: dict[str, list[str]] = {}
     for name in herald_names(compose()):
         sources.setdefault(name, []).append(COMPOSE_FILE.name)
-    for path, doc in k8s_docs():
+    for path, doc in [*k8s_docs(), *((SECRETS_EXAMPLE, d) for d in load_docs(SECRETS_EXAMPLE))]:
         for name in herald_names(doc):
             sources.setdefault(name, []).append(f"k8s/{path.name}")
     for name in dockerfile_env():
@@ -323,18 +354,25 @@ def test_compose_services_start_in_production_mode(monkeypatch: pytest.MonkeyPat
         svc = services[name]
         settings = settings_from({**base, **service_env(svc)}, monkeypatch)
         assert settings.production, name
-        assert "@postgres:5432/" in settings.database_url, name
-        assert "@rabbitmq:5672/" in settings.broker_url, name
+        # the primary and its standby, whichever takes writes (a multi-host libpq URL)
+        assert "@/herald?host=postgres:5432&host=postgres-standby:5432&" \
+               "target_session_attrs=read-write" in settings.database_url, name
+        # every RabbitMQ node, in kombu's failover list
+        nodes = re.findall(r"@(rabbitmq-\d):5672//", settings.broker_url)
+        assert nodes == ["rabbitmq-0", "rabbitmq-1", "rabbitmq-2"], name
         assert settings.host == "0.0.0.0", f"{name} would bind 127.0.0.1 inside its container"
 
 
 def test_k8s_roles_start_in_production_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     docs = k8s_docs()
+    assert not [doc for _, doc in docs if doc["kind"] == "Secret"], \
+        "no Secret in compose/k8s: an apply would overwrite the real one"
     data = {(doc["kind"], doc["metadata"]["name"]): {**(doc.get("data") or {}),
                                                      **(doc.get("stringData") or {})}
-            for _, doc in docs if doc["kind"] in {"ConfigMap", "Secret"}}
+            for _, doc in docs if doc["kind"] == "ConfigMap"}
+    data.update({("Secret", name): values for name, values in example_secrets().items()})
     base = {k: v for k, v in dockerfile_env().items() if k.startswith("HERALD_")}
-    for where, _, pod in pod_specs():
+    for where, _, pod in herald_pods():
         for c in containers(pod):
             env = dict(base)
             refs = c.get("envFrom") or []
@@ -343,7 +381,8 @@ def test_k8s_roles_start_in_production_mode(monkeypatch: pytest.MonkeyPatch) -> 
                 for kind, field in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
                     if field in ref:
                         key = (kind, ref[field]["name"])
-                        assert key in data, f"{where}: {kind} {key[1]} is not in compose/k8s/"
+                        assert key in data, f"{where}: {kind} {key[1]} is not in compose/k8s/ " \
+                                            "or, for a Secret, in k8s-secrets.example.yaml"
                         env.update({k: str(v) for k, v in data[key].items()})
                         kinds.add(kind)
             assert kinds == {"ConfigMap", "Secret"}, f"{where}: env from a ConfigMap + Secret"
@@ -365,15 +404,26 @@ def _depends(svc: dict[str, Any]) -> dict[str, str]:
 
 def test_compose_has_every_service_wired() -> None:
     services = compose()["services"]
-    assert {"postgres", "rabbitmq", "migrate", "frontend-a", "frontend-b", "nginx", "worker",
-            "beat", "flower"} <= set(services), sorted(services)
-    assert str(services["postgres"]["image"]).startswith("postgres:15")
-    assert "pg_isready" in str(services["postgres"]["healthcheck"]["test"])
-    assert "management" in str(services["rabbitmq"]["image"])
-    assert services["rabbitmq"].get("healthcheck", {}).get("test")
+    rabbits = ("rabbitmq-0", "rabbitmq-1", "rabbitmq-2")
+    assert {"postgres", "postgres-standby", *rabbits, "migrate", "frontend-a", "frontend-b",
+            "nginx", "worker", "beat", "flower"} <= set(services), sorted(services)
+    for name in ("postgres", "postgres-standby"):
+        assert str(services[name]["image"]).startswith("postgres:15"), name
+        assert "pg_isready" in str(services[name]["healthcheck"]["test"]), name
+    assert "pg_basebackup" in str(services["postgres-standby"]["command"])  # streams from it
+    assert _depends(services["postgres-standby"]) == {"postgres": "service_healthy"}
+    for name in rabbits:  # one cluster: the same cookie, each node its own name
+        svc = services[name]
+        assert "management" in str(svc["image"]) and svc.get("healthcheck", {}).get("test")
+        assert svc["hostname"] == name
+        assert service_env(svc)["RABBITMQ_ERLANG_COOKIE"] == service_env(
+            services[rabbits[0]])["RABBITMQ_ERLANG_COOKIE"]
+    conf = (COMPOSE_DIR / "rabbitmq" / "20-herald.conf").read_text()
+    assert re.findall(r"classic_config\.nodes\.\d+ = rabbit@(\S+)", conf) == list(rabbits)
 
     assert _depends(services["migrate"]) == {"postgres": "service_healthy",
-                                            "rabbitmq": "service_healthy"}
+                                            "postgres-standby": "service_healthy",
+                                            "rabbitmq-0": "service_healthy"}
     frontends = {name: svc for name, svc in services.items()
                  if any(role_of(argv) == "run frontend" for where, argv in compose_commands()
                         if where.startswith(f"compose service {name} command"))}
@@ -385,13 +435,16 @@ def test_compose_has_every_service_wired() -> None:
         assert str(FRONTEND_PORT) in str(svc["healthcheck"]["test"]), name
         assert _depends(svc).get("migrate") == "service_completed_successfully", name
         grace = svc.get("stop_grace_period", "10s")
-        assert _seconds(grace) > DRAIN_WAIT_S, f"{name}: stop_grace_period {grace} cuts the drain"
+        assert _seconds(grace) > GRACEFUL_TIMEOUT_S, \
+            f"{name}: stop_grace_period {grace} cuts gunicorn's {GRACEFUL_TIMEOUT_S} s drain"
+        nofile = svc["ulimits"]["nofile"]
+        assert min(nofile["soft"], nofile["hard"]) >= WORKER_CONNECTIONS + FD_HEADROOM, name
     for name in ("worker", "beat"):
         assert _depends(services[name]).get("migrate") == "service_completed_successfully"
 
     flower = services["flower"]
     api_url = service_env(flower)["HERALD_RABBITMQ_API"]
-    assert re.match(r"http://[^@/]+@rabbitmq:15672/api/$", api_url), api_url
+    assert re.match(r"http://[^@/]+@rabbitmq-0:15672/api/$", api_url), api_url
 
     nginx = services["nginx"]
     assert any(str(v).split(":")[0].endswith("nginx.conf") for v in nginx.get("volumes", []))
@@ -407,6 +460,21 @@ def _seconds(value: Any) -> float:
     return total
 
 
+def nginx_locations(conf: str) -> dict[str, str]:
+    """Each ``location`` block's body by its match (the config nests no deeper)."""
+    return {m.group(1).strip(): m.group(2)
+            for m in re.finditer(r"location\s+([^{]+)\{([^}]*)\}", conf)}
+
+
+def herald_js_ping_s() -> float:
+    found = re.search(r"pingInterval\s*=\s*([\d_]+)", HERALD_JS.read_text())
+    assert found, "herald.js's default pingInterval moved: update this test"
+    return int(found.group(1).replace("_", "")) / 1000
+
+
+FORWARDED = ("Host", "X-Real-IP", "X-Forwarded-For", "X-Forwarded-Proto")
+
+
 def test_nginx_proxies_websockets_to_both_frontends() -> None:
     conf = re.sub(r"#.*", "", NGINX_CONF.read_text())
     assert re.search(r"proxy_http_version\s+1\.1\s*;", conf)
@@ -420,13 +488,53 @@ def test_nginx_proxies_websockets_to_both_frontends() -> None:
         assert mapping and re.search(r"default\s+upgrade\s*;", mapping.group(1)), value
     else:
         assert value.lower() == "upgrade", value
-    upstream = re.search(r"upstream\s+(\S+)\s*\{([^}]*)\}", conf)
-    assert upstream, "no upstream block"
-    servers = set(re.findall(r"server\s+([^\s;]+)", upstream.group(2)))
-    assert servers == {f"frontend-a:{FRONTEND_PORT}", f"frontend-b:{FRONTEND_PORT}"}, servers
-    timeouts = [_seconds(t) for t in re.findall(r"proxy_read_timeout\s+(\S+)\s*;", conf)]
-    assert timeouts and min(timeouts) >= 300, "idle sockets need a long proxy_read_timeout"
-    assert re.search(r"location\s+(=\s*)?/readyz", conf), "readiness must pass through"
+    upstreams = dict(re.findall(r"upstream\s+(\S+)\s*\{([^}]*)\}", conf))
+    assert upstreams, "no upstream block"
+    for name, body in upstreams.items():
+        servers = set(re.findall(r"server\s+([^\s;]+)", body))
+        assert servers == {f"frontend-a:{FRONTEND_PORT}", f"frontend-b:{FRONTEND_PORT}"}, name
+        assert re.search(r"\bzone\s", body), f"{name}: failures not shared by the workers"
+    locations = nginx_locations(conf)
+    assert "= /readyz" in locations, "readiness must pass through"
+    # a location that sets any proxy_set_header inherits none from the server level
+    for where, body in locations.items():
+        if "proxy_pass" in body:
+            for header in FORWARDED:
+                assert re.search(rf"proxy_set_header\s+{header}\s", body), \
+                    f"location {where} drops {header}"
+    assert not re.search(r"server\s*\{[^{]*proxy_set_header", conf), \
+        "set the forwarded headers in each location, not at the server level"
+
+
+def test_nginx_keeps_draining_frontends_out_of_websocket_rotation() -> None:
+    conf = re.sub(r"#.*", "", NGINX_CONF.read_text())
+    ws = nginx_locations(conf)["/ws"]
+    upstream = re.search(r"proxy_pass\s+http://(\S+);", ws)
+    assert upstream
+    body = dict(re.findall(r"upstream\s+(\S+)\s*\{([^}]*)\}", conf))[upstream.group(1)]
+    # a draining frontend answers upgrades 503 (service/sockets/wsio.py): retried and
+    # counted as a failure, so the first one takes it out of rotation
+    assert re.search(r"proxy_next_upstream[^;]*\bhttp_503\b", ws)
+    assert set(re.findall(r"max_fails=(\d+)", body)) == {"1"}
+    # and an API 503 (Postgres away, for every frontend) must not count against sockets
+    http = nginx_locations(conf)["/"]
+    http_upstream = re.search(r"proxy_pass\s+http://(\S+);", http)
+    assert http_upstream and http_upstream.group(1) != upstream.group(1)
+    assert not re.search(r"proxy_next_upstream[^;]*\bhttp_503\b", http)
+
+
+def test_nginx_read_timeout_is_a_few_client_pings() -> None:
+    """Herald sends nothing on an idle socket; the client's pings (and their pongs) are the
+    traffic that keeps a live socket open through the proxy, and their absence is what
+    closes a half-open one. So the timeout is a few of herald.js's ping intervals: longer
+    than two (one late ping closes nothing), at most four (a vanished client goes soon)."""
+    ping_s = herald_js_ping_s()
+    conf = re.sub(r"#.*", "", NGINX_CONF.read_text())
+    for where, body in nginx_locations(conf).items():
+        for directive in ("proxy_read_timeout", "proxy_send_timeout"):
+            for t in re.findall(rf"{directive}\s+(\S+)\s*;", body):
+                assert 2 * ping_s < _seconds(t) <= 4 * ping_s, f"{where}: {directive} {t}"
+    assert re.search(r"proxy_read_timeout", nginx_locations(conf)["/ws"])
 
 
 # -- k8s --------------------------------------------------------------------------------
@@ -458,9 +566,13 @@ def test_k8s_frontend_probes_and_shutdown() -> None:
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", where
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", where
     ports = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
+    metrics_port = int(config_map()["HERALD_METRICS_PORT"])
+    assert metrics_port in ports.values(), f"{where}: the metrics port is not declared"
     for probe in ("readinessProbe", "livenessProbe"):
         port = c[probe]["httpGet"]["port"]
-        assert ports.get(port, port) == FRONTEND_PORT, f"{where}: {probe} port {port}"
+        # the metrics port: a probe does not queue behind a connect storm on the public one
+        assert ports.get(port, port) == metrics_port, f"{where}: {probe} port {port}"
+        assert c[probe]["timeoutSeconds"] >= 1
     assert (c.get("lifecycle") or {}).get("preStop"), f"{where}: no preStop hook"
     grace = pod.get("terminationGracePeriodSeconds", 30)
     assert grace > DRAIN_WAIT_S, f"{where}: grace {grace}s <= drain {DRAIN_WAIT_S}s"
@@ -482,15 +594,25 @@ def test_k8s_frontend_service_and_disruption_budget() -> None:
     docs = [doc for _, doc in k8s_docs()]
     services = [d for d in docs
                 if d["kind"] == "Service" and _selects(d["spec"]["selector"], labels)]
-    assert len(services) == 1, "one Service selects the frontend pods"
+    public = [d for d in services if d["spec"].get("clusterIP") != "None"]
+    assert len(public) == 1, "one Service (not headless) selects the frontend pods"
     ports = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
-    for port in services[0]["spec"]["ports"]:
+    for port in public[0]["spec"]["ports"]:  # the public port only, never the metrics one
         target = port.get("targetPort", port["port"])
         assert ports.get(target, target) == FRONTEND_PORT, port
+    metrics_port = int(config_map()["HERALD_METRICS_PORT"])
+    scraped = [d for d in services if d["spec"].get("clusterIP") == "None"
+               and [ports.get(p["targetPort"], p["targetPort"]) for p in d["spec"]["ports"]]
+               == [metrics_port]]
+    annotations = deploy["spec"]["template"]["metadata"].get("annotations") or {}
+    assert scraped or annotations.get("prometheus.io/port") == str(metrics_port), \
+        "nothing points Prometheus at the metrics port"
+    assert annotations.get("prometheus.io/port") in (None, str(metrics_port))
     pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"
             and _selects(d["spec"]["selector"], labels)]
     assert len(pdbs) == 1, "one PodDisruptionBudget covers the frontend pods"
-    assert "minAvailable" in pdbs[0]["spec"] or "maxUnavailable" in pdbs[0]["spec"]
+    # minAvailable: 1 would let a drain evict all frontends but one at once
+    assert pdbs[0]["spec"] == {"maxUnavailable": 1, "selector": pdbs[0]["spec"]["selector"]}
 
 
 def test_k8s_worker_and_single_beat() -> None:
@@ -499,3 +621,66 @@ def test_k8s_worker_and_single_beat() -> None:
     assert beat["spec"].get("replicas", 1) == 1, f"{where}: exactly one beat"
     assert beat["spec"].get("strategy", {}).get("type") == "Recreate", \
         f"{where}: a rolling update would run two beats at once"
+
+
+def config_map() -> dict[str, str]:
+    (data,) = [doc["data"] for _, doc in k8s_docs()
+               if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "herald-config"]
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def test_k8s_images_are_pinned_and_the_migrate_job_is_per_release() -> None:
+    tag = release_tag()
+    assert tag and tag != "latest", "release/kustomization.yaml: a fixed tag, not latest"
+    herald = 0
+    for where, _, pod in pod_specs():
+        for c in containers(pod):
+            name, _, image_tag = str(c["image"]).rpartition(":")
+            assert name and image_tag and image_tag != "latest", f"{where}: {c['image']}"
+            if is_herald(c):  # set by the release component, the same for every role
+                herald += 1
+                assert image_tag == tag, f"{where}: {c['image']} is not the release {tag}"
+    assert herald >= 4, "frontend, worker, beat and migrate run the release's image"
+    jobs = [doc for _, doc in k8s_docs() if doc["kind"] == "Job"]
+    assert [j["metadata"]["name"] for j in jobs] == [f"herald-migrate-{tag}"], \
+        "the migrate Job is named after the release (a Job's template cannot change)"
+    assert jobs[0]["spec"]["ttlSecondsAfterFinished"] > 0
+
+
+def test_k8s_secrets_live_outside_the_applied_folder() -> None:
+    assert not SECRETS_EXAMPLE.resolve().is_relative_to(K8S_DIR.resolve())
+    for path in K8S_DIR.rglob("*.y*ml"):
+        kinds = [d.get("kind") for d in yaml.safe_load_all(path.read_text()) if d]
+        assert "Secret" not in kinds, f"{path}: a Secret inside compose/k8s"
+    secrets = example_secrets()
+    assert set(secrets) == {"herald-secrets", "herald-rabbitmq"}
+    referenced = {ref["secretRef"]["name"] for _, _, pod in pod_specs() for c in containers(pod)
+                  for ref in c.get("envFrom") or [] if "secretRef" in ref}
+    referenced |= {e["valueFrom"]["secretKeyRef"]["name"] for _, _, pod in pod_specs()
+                   for c in containers(pod) for e in c.get("env") or []
+                   if "secretKeyRef" in (e.get("valueFrom") or {})}
+    assert referenced == set(secrets), referenced
+
+
+def test_k8s_clients_list_every_broker_node_and_both_postgres_hosts() -> None:
+    (sts,) = [doc for _, doc in k8s_docs() if doc["kind"] == "StatefulSet"]
+    assert sts["spec"]["replicas"] == 3
+    headless = sts["spec"]["serviceName"]
+    env = example_secrets()["herald-secrets"]
+    hosts = re.findall(r"@([^:/;]+):5672//(?:;|$)", env["HERALD_BROKER_URL"])
+    assert hosts == [f"{sts['metadata']['name']}-{i}.{headless}" for i in range(3)], hosts
+    db = env["HERALD_DATABASE_URL"]
+    assert db.count("host=") == 2 and "target_session_attrs=read-write" in db
+    secret_key = {e["valueFrom"]["secretKeyRef"]["key"]
+                  for c in containers(sts["spec"]["template"]["spec"]) for e in c["env"]
+                  if "secretKeyRef" in (e.get("valueFrom") or {})}
+    assert secret_key <= set(example_secrets()["herald-rabbitmq"])
+
+
+def test_k8s_frontends_and_workers_spread_over_zones_and_nodes() -> None:
+    for role in ("run frontend", "run worker"):
+        where, deploy, pod, _ = _workload(role)
+        labels = deploy["spec"]["template"]["metadata"]["labels"]
+        keys = {t["topologyKey"] for t in pod.get("topologySpreadConstraints") or []
+                if _selects(t["labelSelector"], labels)}
+        assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}, where
