@@ -30,7 +30,7 @@ fi
 mkdir -p test-artifacts
 log="test-artifacts/pytest-$(date +%Y%m%d-%H%M%S)-$$.log"
 set +e
-.venv/bin/python -m pytest tests/ -p no:cacheprovider --timeout 300 -q -rfEs "$@" 2>&1 | tee "$log"
+.venv/bin/python -m pytest tests/ -p no:cacheprovider --timeout 300 -q -rfEs --durations=25 "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 
