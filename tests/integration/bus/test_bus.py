@@ -296,3 +296,30 @@ def test_bindings_are_back_before_a_reconnected_consumer_is_ready(
     started.append(publisher)
     publisher.publish(b"after", "u.alice")
     assert one.get() == b"after"
+
+
+def test_a_url_list_moves_on_to_the_next_node(exchange: str) -> None:
+    """``a;b``: with nothing listening at ``a``, the consumer and the publisher use ``b``,
+    at once (no backoff pause before the round of nodes is over)."""
+    dead = "amqp://guest:guest@127.0.0.1:1//"  # nothing listens on port 1
+    ready: queue.Queue[str] = queue.Queue()
+    bodies: queue.Queue[bytes] = queue.Queue()
+
+    def paused(_: float) -> None:
+        pytest.fail("paused although a node was left to try")
+
+    consumer = BusConsumer(f"{dead};{URL}", exchange, bodies.put,
+                           on_ready=lambda name, first: ready.put(name), sleep=paused)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    publisher = BusPublisher(f"{dead};{URL}", exchange, sleep=paused)
+    try:
+        ready.get(timeout=WAIT_S)
+        assert consumer.nodes.current == URL
+        publisher.publish(b"via the second node", confirm=True)
+        assert bodies.get(timeout=WAIT_S) == b"via the second node"
+        assert publisher.nodes.current == URL
+    finally:
+        consumer.stop()
+        thread.join(WAIT_S)
+        publisher.close()

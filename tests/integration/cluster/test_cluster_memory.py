@@ -95,6 +95,28 @@ def test_a_frontend_replays_what_it_missed_while_its_bus_was_down(
     assert [f["id"] for f in got] == [msg_id]
 
 
+def test_own_messages_wait_for_the_gap_replay_so_none_overtakes(
+        nodes: Callable[[str], Frontend], bus_url: str, database: str) -> None:
+    """While B's bus is down, A's messages reach B only through the log; B's own durable
+    publishes of that time must not reach B's socket before them: after the reconnect B's
+    socket gets them all once each, in id order."""
+    a, b = nodes("a"), nodes("b")
+    on_b = socket_on(b)
+    broker = memory.broker(f"{bus_url}#{b.settings.exchange}")
+    broker.down = True
+    wait(lambda: not b.consumer.connected)
+    first = a.publish(Target.all(), "gap", raw_json("a"), durable=True)  # logged only
+    own = b.publish(Target.all(), "gap", raw_json("b"), durable=True)
+    assert isinstance(first, int) and isinstance(own, int) and first < own
+    gevent.sleep(0.2)
+    assert events(on_b, "gap") == []  # held: delivering it now would put it before `first`
+    broker.down = False
+    got = wait(lambda: len(events(on_b, "gap")) >= 2 and events(on_b, "gap"))
+    gevent.sleep(0.2)  # nothing more comes (no copy of its own message)
+    assert [f["id"] for f in events(on_b, "gap")] == [first, own]
+    assert [f["id"] for f in got] == [first, own]
+
+
 def test_an_http_publish_on_a_reaches_a_socket_on_b(nodes: Callable[[str], Frontend],
                                                     bus_url: str) -> None:
     """api → cluster → log → bus on A; bus → cluster → sockets on B: the whole chain in
