@@ -19,6 +19,7 @@ from service.bus import BROKER_ERRORS, Publisher
 from service.core.envelope import Envelope, Target, encode_bus, make_envelope
 from service.core.errors import BadRequest
 from service.core.routes import route_of
+from service.store import idempotency
 from service.store.groupcommit import GroupCommit
 from service.store.messagelog import Entry, append, append_many
 
@@ -38,8 +39,10 @@ class LogPublisher:
 
     def __init__(self, engine: Engine, bus: Publisher, origin: str,
                  before_send: Callable[[list[Envelope]], None] | None = None,
-                 *, targeted: bool = True) -> None:
+                 *, targeted: bool = True,
+                 idempotency_ttl_s: float = idempotency.DEFAULT_TTL_S) -> None:
         self.engine = engine
+        self.idempotency_ttl_s = idempotency_ttl_s
         self.bus = bus
         self.origin = origin
         self.targeted = targeted
@@ -71,6 +74,19 @@ class LogPublisher:
             self._transient.submit_many(entries)
             return [None] * len(entries)
         return list(self._durable.submit_many(entries))
+
+    def publish_keyed(self, entries: Sequence[Entry], keys: Sequence[str | None]
+                      ) -> list[int | BadRequest]:
+        """Publish durable messages with idempotency keys (``idempotency.scoped``): an
+        entry whose key was used within the TTL answers that publish's id and is not sent
+        again. Outside the group commit: the claim must see the first publish committed,
+        and the unkeyed path stays exactly as it was."""
+        claims = idempotency.append_keyed(self.engine, self.origin, entries, keys,
+                                          self.idempotency_ttl_s)
+        fresh = [(e, c[0]) for e, c in zip(entries, claims, strict=True)
+                 if not isinstance(c, BadRequest) and c[1]]
+        self._send([e for e, _ in fresh], [i for _, i in fresh], True)
+        return [c if isinstance(c, BadRequest) else c[0] for c in claims]
 
     def send_logged(self, target: Target, event: str, data: msgspec.Raw, msg_id: int) -> None:
         """Publish a message the caller has already logged under ``msg_id``."""

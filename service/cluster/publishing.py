@@ -56,7 +56,8 @@ class Publishing:
         # concurrent publishes share one log INSERT, one local fan-out and one bus message
         self.log = pipeline.LogPublisher(self.engine, self.publisher, self.id,
                                            before_send=self._deliver_own,
-                                           targeted=self.settings.targeted)
+                                           targeted=self.settings.targeted,
+                                           idempotency_ttl_s=self.settings.idempotency_ttl_s)
         # presence changes made in one turn of the loop leave in one bus message
         self._presence: NextTick[Envelope] = NextTick(self._send_presence)
         # while the bus is lost: our own durable messages, held back for the gap replay
@@ -80,6 +81,14 @@ class Publishing:
         for entry in entries:
             self.meter.publishes[entry.target.kind] += 1
         return self.log.publish_many(entries, durable)
+
+    def publish_keyed(self, entries: Sequence[Entry], keys: Sequence[str | None]
+                      ) -> list[int | BadRequest]:
+        """Durable publishes with idempotency keys: a repeat within the TTL answers the
+        first id and is not delivered again (``LogPublisher.publish_keyed``)."""
+        for entry in entries:
+            self.meter.publishes[entry.target.kind] += 1
+        return self.log.publish_keyed(entries, keys)
 
     def _deliver_own(self, envs: list[Envelope]) -> None:
         """A batch we publish reaches our own sockets first (the bus skips our origin).

@@ -25,7 +25,7 @@ from service.core.errors import BadRequest, HeraldError, NotFound, Unauthorized,
 from service.core.metrics import render as render_metrics
 from service.http.openapi import spec
 from service.http.schemas import PublishBatchRequest, PublishRequest, TaskRequest
-from service.store import registry
+from service.store import idempotency, registry
 from service.store.messagelog import PUBLISH_BATCH_MAX, Entry
 from service.store.models import ID_LEN, TaskRecord
 
@@ -92,9 +92,26 @@ def publish() -> tuple[Response, int]:
     target = _target(body.target, "target")
     if not valid_name(body.event):
         raise BadRequest("event must be a name of 1-128 characters")
-    msg_id = node().publish(target, body.event, _data(body), durable=body.durable,
-                            exclude=body.exclude_connection)
-    return jsonify({"id": msg_id}), 202
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        msg_id = node().publish(target, body.event, _data(body), durable=body.durable,
+                                exclude=body.exclude_connection)
+        return jsonify({"id": msg_id}), 202
+    scoped = _idempotency_key(key, body.durable, "Idempotency-Key")
+    [result] = node().publish_keyed(
+        [Entry(target, body.event, _data(body), body.exclude_connection)], [scoped])
+    if isinstance(result, BadRequest):
+        raise result
+    return jsonify({"id": result}), 202
+
+
+def _idempotency_key(key: str, durable: bool, field: str) -> str:
+    """The caller's key in its API key's namespace (two tenants' keys never meet)."""
+    if not durable:
+        # the key remembers the first publish's log id, which only a durable one has
+        raise BadRequest(f"{field} needs durable: true (a key remembers the log id)")
+    api_key = request.headers.get("Authorization", "").partition(" ")[2].strip()
+    return idempotency.scoped(idempotency.namespace_of_api_key(api_key), key, field)
 
 
 @api.post("/publish/batch")
@@ -108,12 +125,15 @@ def publish_batch() -> tuple[Response, int]:
     if not 1 <= len(body.messages) <= PUBLISH_BATCH_MAX:
         raise BadRequest(f"messages must hold 1-{PUBLISH_BATCH_MAX} messages")
     entries: list[tuple[Entry, bool]] = []
+    keys: list[str | None] = []
     for i, msg in enumerate(body.messages):
         target = _target(msg.target, f"messages[{i}].target")
         if not valid_name(msg.event):
             raise BadRequest(f"messages[{i}].event must be a name of 1-128 characters")
         entries.append((Entry(target, msg.event, _data(msg), msg.exclude_connection),
                         msg.durable))
+        keys.append(None if msg.idempotency_key is None else _idempotency_key(
+            msg.idempotency_key, msg.durable, f"messages[{i}].idempotency_key"))
     ids: list[int | None] = []
     errors: list[dict[str, Any]] = []
     start = 0
@@ -121,8 +141,12 @@ def publish_batch() -> tuple[Response, int]:
         end = start
         while end < len(entries) and entries[end][1] == entries[start][1]:
             end += 1
-        results = node().publish_many([e for e, _ in entries[start:end]],
-                                      durable=entries[start][1])
+        run = [e for e, _ in entries[start:end]]
+        if any(k is not None for k in keys[start:end]):  # a durable run with some keys
+            results: list[int | BadRequest | None] = list(
+                node().publish_keyed(run, keys[start:end]))
+        else:
+            results = node().publish_many(run, durable=entries[start][1])
         for i, result in enumerate(results, start):
             if isinstance(result, BadRequest):
                 errors.append({"index": i, "error": result.code, "message": result.message})

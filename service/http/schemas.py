@@ -15,8 +15,13 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from service.core.envelope import DEFAULT_SCOPE, NAME_JSON_PATTERN, NAME_MAX
+from service.store.idempotency import KEY_MAX_LEN
 from service.store.messagelog import PUBLISH_BATCH_MAX
 
+#: An idempotency key as ``store/idempotency.py`` checks it (the check gives the message).
+IDEMPOTENCY_KEY_JSON = {"minLength": 1, "maxLength": KEY_MAX_LEN, "pattern": "^[!-~]+$",
+                        "description": f"1-{KEY_MAX_LEN} printable ASCII characters, no "
+                                       "spaces (e.g. a UUID)"}
 #: Where the generated components live in the document.
 REF = "#/components/schemas/{name}"
 #: Every code the JSON error body may carry (``internal`` is a 500: a bug).
@@ -79,8 +84,15 @@ class PublishResponse(_Body):
     id: Annotated[int | None, Meta(description="log id; null when not durable")]
 
 
+class BatchMessage(PublishRequest):
+    idempotency_key: Annotated[str | None, Meta(
+        description="a repeat within HERALD_IDEMPOTENCY_TTL answers the first id and is "
+                    "not delivered again; needs durable",
+        extra_json_schema=IDEMPOTENCY_KEY_JSON)] = None
+
+
 class PublishBatchRequest(_Body):
-    messages: Annotated[list[PublishRequest], Meta(extra_json_schema={
+    messages: Annotated[list[BatchMessage], Meta(extra_json_schema={
         "minItems": 1, "maxItems": PUBLISH_BATCH_MAX})]
 
 
