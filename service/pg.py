@@ -38,7 +38,7 @@ from service.core.envelope import (
 from service.core.errors import BadRequest
 from service.core.presence import MonitorState, PresenceData
 from service.core.presence import decode as decode_presence
-from service.store import idempotency, messagelog, registry
+from service.store import idempotency, messagelog, receipts, registry
 from service.store.db import get_engine
 
 #: How long monitor() waits for its queue to be bound before giving up.
@@ -79,12 +79,18 @@ class Herald:
         return registry.which_groups(self.engine, scope)
 
     def publish(self, target: Target, event: str, data: Any = None, *,
-                durable: bool = True, idempotency_key: str | None = None) -> int | None:
+                durable: bool = True, idempotency_key: str | None = None,
+                receipt: bool = False) -> int | None:
         """Publish to every matching socket on every frontend; durable ones are logged first.
 
         With an ``idempotency_key`` (durable only), a repeat within HERALD_IDEMPOTENCY_TTL
         returns the first publish's id and is not delivered again. The Python API's keys
-        have a namespace of their own, apart from every HTTP API key's."""
+        have a namespace of their own, apart from every HTTP API key's. With ``receipt``
+        (durable, no key), ``receipt(id)`` reports the sockets written."""
+        if receipt:
+            if not durable or idempotency_key is not None:
+                raise BadRequest("receipt needs durable=True and no idempotency_key")
+            return self.log.publish_receipted(target, event, raw_json(data))
         if idempotency_key is None:
             return self.log.publish(target, event, raw_json(data), durable)
         return self.publish_many([(target, event, data)], durable=durable,
@@ -115,6 +121,11 @@ class Herald:
             if isinstance(r, BadRequest):
                 raise r
         return [r for r in results if not isinstance(r, BadRequest)]
+
+    def receipt(self, message_id: int) -> dict[str, Any] | None:
+        """A receipt-flagged message's ``{id, delivered, offline_users}`` (complete within a
+        second of the publish), or None when no receipt was asked for."""
+        return receipts.report(self.engine, message_id)
 
     def monitor(self, scope: str, group: str) -> Iterator[PresenceData]:
         """Yield the current members (as joins), then every join and leave, each once.

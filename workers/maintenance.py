@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, delete, func, select
 
-from service.store import partitions
+from service.store import partitions, receipts
 from service.store.db import get_engine
 from service.store.models import ConnectionRecord, FrontendRecord
 from service.store.registry import detach_frontends, memberships_of_frontends
@@ -60,6 +60,7 @@ def prune_log() -> int:
                                         idempotency_ttl_s=settings.idempotency_ttl_s)
     if made or dropped:
         log.info("log partitions: made %s, dropped %s", made, dropped)
+    receipts.prune(engine, settings.history_ttl_s)
     cutoff = func.now() - timedelta(seconds=settings.history_ttl_s)
     with engine.begin() as db:
         db.execute(delete(ConnectionRecord).where(ConnectionRecord.detached_at < cutoff))

@@ -14,14 +14,15 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 from sqlalchemy import Engine
+from sqlalchemy.exc import DataError
 
 from service.bus import BROKER_ERRORS, Publisher
 from service.core.envelope import Envelope, Target, encode_bus, make_envelope
 from service.core.errors import BadRequest
 from service.core.routes import route_of
-from service.store import idempotency
+from service.store import idempotency, receipts
 from service.store.groupcommit import GroupCommit
-from service.store.messagelog import Entry, append, append_many
+from service.store.messagelog import NUL_ERROR, Entry, append, append_many
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,18 @@ class LogPublisher:
             return [None] * len(entries)
         return list(self._durable.submit_many(entries))
 
+    def publish_receipted(self, target: Target, event: str, data: msgspec.Raw,
+                          exclude: str | None = None) -> int:
+        """Publish one durable message with a delivery receipt: its request is logged with
+        it, and every frontend that writes it to sockets reports how many
+        (``store/receipts.py``). Its own transaction: the group commit stays as it was."""
+        try:
+            msg_id = receipts.append_requested(self.engine, self.origin, target, event, data)
+        except DataError:
+            raise BadRequest(NUL_ERROR) from None
+        self._send([Entry(target, event, data, exclude, receipt=True)], [msg_id], True)
+        return msg_id
+
     def publish_keyed(self, entries: Sequence[Entry], keys: Sequence[str | None]
                       ) -> list[int | BadRequest]:
         """Publish durable messages with idempotency keys (``idempotency.scoped``): an
@@ -105,7 +118,8 @@ class LogPublisher:
     def _send(self, entries: Sequence[Entry], ids: Sequence[int | None], durable: bool) -> None:
         if not entries:
             return
-        envs = [make_envelope(self.origin, e.target, e.event, e.data, i, e.exclude)
+        envs = [make_envelope(self.origin, e.target, e.event, e.data, i, e.exclude,
+                              receipt=e.receipt)
                 for e, i in zip(entries, ids, strict=True)]
         if self.before_send is not None:
             self.before_send(envs)

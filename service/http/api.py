@@ -24,8 +24,8 @@ from service.core.envvars import parse_bool
 from service.core.errors import BadRequest, HeraldError, NotFound, Unauthorized, Unavailable
 from service.core.metrics import render as render_metrics
 from service.http.openapi import spec
-from service.http.schemas import PublishBatchRequest, PublishRequest, TaskRequest
-from service.store import idempotency, registry
+from service.http.schemas import BatchMessage, PublishBatchRequest, PublishRequest, TaskRequest
+from service.store import idempotency, receipts, registry
 from service.store.messagelog import PUBLISH_BATCH_MAX, Entry
 from service.store.models import ID_LEN, TaskRecord
 
@@ -64,7 +64,7 @@ def _body(schema: type[Any]) -> Any:
         raise BadRequest(str(exc)) from None
 
 
-def _data(body: PublishRequest) -> msgspec.Raw:
+def _data(body: PublishRequest | BatchMessage) -> msgspec.Raw:
     return NULL if body.data is UNSET else body.data
 
 
@@ -93,6 +93,12 @@ def publish() -> tuple[Response, int]:
     if not valid_name(body.event):
         raise BadRequest("event must be a name of 1-128 characters")
     key = request.headers.get("Idempotency-Key")
+    if body.receipt:
+        if not body.durable or key is not None:
+            raise BadRequest("receipt needs durable: true and no Idempotency-Key (a receipt "
+                             "is kept by log id, for one publish)")
+        return jsonify({"id": node().publish_receipted(
+            target, body.event, _data(body), body.exclude_connection)}), 202
     if key is None:
         msg_id = node().publish(target, body.event, _data(body), durable=body.durable,
                                 exclude=body.exclude_connection)
@@ -155,6 +161,17 @@ def publish_batch() -> tuple[Response, int]:
                 ids.append(result)
         start = end
     return jsonify({"ids": ids, "errors": errors}), 202
+
+
+@api.get("/messages/<int:message_id>")
+@require_key
+def message_receipt(message_id: int) -> Response:
+    """The delivery receipt of a message published with ``receipt: true``."""
+    found = receipts.report(node().engine, message_id) if message_id < 2**63 else None
+    if found is None:
+        raise NotFound(f"no receipt for message {message_id} (publish with receipt: true; "
+                       "receipts are kept as long as the log, HERALD_HISTORY_TTL)")
+    return jsonify(found)
 
 
 @api.post("/tasks")

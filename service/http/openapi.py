@@ -93,6 +93,11 @@ def _paths() -> dict[str, Schema]:
             f"publishBatch: up to {PUBLISH_BATCH_MAX} publishes in one request, in order",
             {202: _json(_ref("PublishBatchResponse"), "accepted")}, (400, 413),
             body="PublishBatchRequest")},
+        "/api/messages/{message_id}": {"get": _op(
+            "messageReceipt: the delivery receipt of a message published with receipt",
+            {200: _json(_ref("ReceiptReport"), "sockets written; complete within a second "
+                                                "of the publish")}, (404,),
+            [_param("message_id", "path", {"type": "integer", "minimum": 0})])},
         "/api/tasks": {"post": _op(
             "startTask: enqueue a public task whose state goes to a target",
             {202: _json(_ref("TaskCreated"), "queued")}, (400, 404, 413), body="TaskRequest")},

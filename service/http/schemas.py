@@ -70,7 +70,7 @@ TargetJSON = Annotated[dict[str, Any], Meta(extra_json_schema={
     "oneOf": [{"$ref": REF.format(name=t.__name__)} for t in TARGETS]})]
 
 
-class PublishRequest(_Body):
+class _Publish(_Body):
     target: TargetJSON
     event: EventName
     data: Annotated[msgspec.Raw | UnsetType,
@@ -80,11 +80,17 @@ class PublishRequest(_Body):
         description="a connection id not to deliver to")] = None
 
 
+class PublishRequest(_Publish):
+    receipt: Annotated[bool, Meta(description=(
+        "report the sockets written per frontend at GET /api/messages/{id}; needs "
+        "durable"))] = False
+
+
 class PublishResponse(_Body):
     id: Annotated[int | None, Meta(description="log id; null when not durable")]
 
 
-class BatchMessage(PublishRequest):
+class BatchMessage(_Publish):
     idempotency_key: Annotated[str | None, Meta(
         description="a repeat within HERALD_IDEMPOTENCY_TTL answers the first id and is "
                     "not delivered again; needs durable",
@@ -94,6 +100,14 @@ class BatchMessage(PublishRequest):
 class PublishBatchRequest(_Body):
     messages: Annotated[list[BatchMessage], Meta(extra_json_schema={
         "minItems": 1, "maxItems": PUBLISH_BATCH_MAX})]
+
+
+class ReceiptReport(_Body):
+    id: int
+    delivered: Annotated[dict[str, int], Meta(
+        description="sockets written, per frontend that wrote to any")]
+    offline_users: Annotated[list[str], Meta(
+        description="the targeted user, when no frontend had a socket of theirs")]
 
 
 class BatchError(_Body):
@@ -179,8 +193,8 @@ class Error(_Body):
 
 #: Every body the document describes (the rest are reached from these).
 DOCUMENTED = (Error, *TARGETS, PublishRequest, PublishResponse, PublishBatchRequest,
-              PublishBatchResponse, TaskRequest, TaskCreated, TaskStatus, GroupCount, Member,
-              UserConnection, FrontendInfo, Health, Readiness)
+              PublishBatchResponse, ReceiptReport, TaskRequest, TaskCreated, TaskStatus,
+              GroupCount, Member, UserConnection, FrontendInfo, Health, Readiness)
 
 
 def components() -> dict[str, Any]:

@@ -35,6 +35,7 @@ class Entry:
     event: str
     data: msgspec.Raw
     exclude: str | None = None
+    receipt: bool = False  # frontends report the sockets they wrote it to
 
 
 def json_text(data: msgspec.Raw) -> str:
