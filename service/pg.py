@@ -22,7 +22,7 @@ import os
 import queue
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from service.bus import make_consumer, make_publisher
@@ -38,7 +38,7 @@ from service.core.envelope import (
 from service.core.errors import BadRequest
 from service.core.presence import MonitorState, PresenceData
 from service.core.presence import decode as decode_presence
-from service.store import messagelog, registry
+from service.store import idempotency, messagelog, receipts, registry
 from service.store.db import get_engine
 
 #: How long monitor() waits for its queue to be bound before giving up.
@@ -54,8 +54,9 @@ class Herald:
         self.engine = get_engine(self.settings.database_url, pool_size=2)
         self.bus = make_publisher(self.settings.broker_url, self.settings.exchange,
                                   confirm=True, heartbeat_s=self.settings.broker_heartbeat_s)
-        self.log = pipeline.LogPublisher(self.engine, self.bus, self.origin,
-                                           targeted=self.settings.targeted)
+        self.log = pipeline.LogPublisher(
+            self.engine, self.bus, self.origin, targeted=self.settings.targeted,
+            idempotency_ttl_s=self.settings.idempotency_ttl_s)
 
     def join(self, scope: str, group: str, connection_id: str) -> None:
         """Server-side join of any connection (raises NotFound for an unknown one)."""
@@ -78,21 +79,53 @@ class Herald:
         return registry.which_groups(self.engine, scope)
 
     def publish(self, target: Target, event: str, data: Any = None, *,
-                durable: bool = True) -> int | None:
-        """Publish to every matching socket on every frontend; durable ones are logged first."""
-        return self.log.publish(target, event, raw_json(data), durable)
+                durable: bool = True, idempotency_key: str | None = None,
+                receipt: bool = False) -> int | None:
+        """Publish to every matching socket on every frontend; durable ones are logged first.
+
+        With an ``idempotency_key`` (durable only), a repeat within HERALD_IDEMPOTENCY_TTL
+        returns the first publish's id and is not delivered again. The Python API's keys
+        have a namespace of their own, apart from every HTTP API key's. With ``receipt``
+        (durable, no key), ``receipt(id)`` reports the sockets written."""
+        if receipt:
+            if not durable or idempotency_key is not None:
+                raise BadRequest("receipt needs durable=True and no idempotency_key")
+            return self.log.publish_receipted(target, event, raw_json(data))
+        if idempotency_key is None:
+            return self.log.publish(target, event, raw_json(data), durable)
+        return self.publish_many([(target, event, data)], durable=durable,
+                                 idempotency_keys=[idempotency_key])[0]
 
     def publish_many(self, messages: list[tuple[Target, str, Any]], *,
-                     durable: bool = True) -> list[int | None]:
+                     durable: bool = True,
+                     idempotency_keys: Sequence[str | None] | None = None
+                     ) -> list[int | None]:
         """Publish several ``(target, event, data)`` messages in order, in as few log
         inserts and bus messages as they fit in; returns their ids (None when transient).
+        ``idempotency_keys``: one key or None per message (as ``publish``'s).
         Raises BadRequest if Postgres refused one (the others are published)."""
-        results = self.log.publish_many(
-            [messagelog.Entry(t, e, raw_json(d)) for t, e, d in messages], durable)
+        entries = [messagelog.Entry(t, e, raw_json(d)) for t, e, d in messages]
+        results: list[int | BadRequest | None]
+        if idempotency_keys is None:
+            results = self.log.publish_many(entries, durable)
+        else:
+            if len(idempotency_keys) != len(entries):
+                raise BadRequest("idempotency_keys must hold one key (or None) per message")
+            if not durable:
+                raise BadRequest("idempotency keys need durable=True (a key remembers the "
+                                 "log id)")
+            scoped = [None if k is None else idempotency.scoped(
+                idempotency.PYTHON_NAMESPACE, k, "idempotency_key") for k in idempotency_keys]
+            results = list(self.log.publish_keyed(entries, scoped))
         for r in results:
             if isinstance(r, BadRequest):
                 raise r
         return [r for r in results if not isinstance(r, BadRequest)]
+
+    def receipt(self, message_id: int) -> dict[str, Any] | None:
+        """A receipt-flagged message's ``{id, delivered, offline_users}`` (complete within a
+        second of the publish), or None when no receipt was asked for."""
+        return receipts.report(self.engine, message_id)
 
     def monitor(self, scope: str, group: str) -> Iterator[PresenceData]:
         """Yield the current members (as joins), then every join and leave, each once.

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, delete, func, select
 
-from service.store import partitions
+from service.store import partitions, receipts
 from service.store.db import get_engine
 from service.store.models import ConnectionRecord, FrontendRecord
 from service.store.registry import detach_frontends, memberships_of_frontends
@@ -52,12 +52,15 @@ def sweep_frontends() -> int:
 @app.task(name="herald.prune_log", ignore_result=True)
 def prune_log() -> int:
     """Beat task: keep the durable log's day partitions made ahead and drop those older
-    than HERALD_HISTORY_TTL (whole partitions: ``store/partitions.py``), and delete
+    than HERALD_HISTORY_TTL (whole partitions: ``store/partitions.py``), idempotency keys
+    older than HERALD_IDEMPOTENCY_TTL, and delete
     detached connections nobody resumed in that time. Returns the partitions dropped."""
     engine = get_engine(settings.database_url, pool_size=2)
-    made, dropped = partitions.maintain(engine, settings.history_ttl_s)
+    made, dropped = partitions.maintain(engine, settings.history_ttl_s,
+                                        idempotency_ttl_s=settings.idempotency_ttl_s)
     if made or dropped:
         log.info("log partitions: made %s, dropped %s", made, dropped)
+    receipts.prune(engine, settings.history_ttl_s)
     cutoff = func.now() - timedelta(seconds=settings.history_ttl_s)
     with engine.begin() as db:
         db.execute(delete(ConnectionRecord).where(ConnectionRecord.detached_at < cutoff))

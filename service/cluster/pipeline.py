@@ -14,13 +14,15 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 from sqlalchemy import Engine
+from sqlalchemy.exc import DataError
 
 from service.bus import BROKER_ERRORS, Publisher
 from service.core.envelope import Envelope, Target, encode_bus, make_envelope
 from service.core.errors import BadRequest
 from service.core.routes import route_of
+from service.store import idempotency, receipts
 from service.store.groupcommit import GroupCommit
-from service.store.messagelog import Entry, append, append_many
+from service.store.messagelog import NUL_ERROR, Entry, append, append_many
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,10 @@ class LogPublisher:
 
     def __init__(self, engine: Engine, bus: Publisher, origin: str,
                  before_send: Callable[[list[Envelope]], None] | None = None,
-                 *, targeted: bool = True) -> None:
+                 *, targeted: bool = True,
+                 idempotency_ttl_s: float = idempotency.DEFAULT_TTL_S) -> None:
         self.engine = engine
+        self.idempotency_ttl_s = idempotency_ttl_s
         self.bus = bus
         self.origin = origin
         self.targeted = targeted
@@ -72,6 +76,31 @@ class LogPublisher:
             return [None] * len(entries)
         return list(self._durable.submit_many(entries))
 
+    def publish_receipted(self, target: Target, event: str, data: msgspec.Raw,
+                          exclude: str | None = None) -> int:
+        """Publish one durable message with a delivery receipt: its request is logged with
+        it, and every frontend that writes it to sockets reports how many
+        (``store/receipts.py``). Its own transaction: the group commit stays as it was."""
+        try:
+            msg_id = receipts.append_requested(self.engine, self.origin, target, event, data)
+        except DataError:
+            raise BadRequest(NUL_ERROR) from None
+        self._send([Entry(target, event, data, exclude, receipt=True)], [msg_id], True)
+        return msg_id
+
+    def publish_keyed(self, entries: Sequence[Entry], keys: Sequence[str | None]
+                      ) -> list[int | BadRequest]:
+        """Publish durable messages with idempotency keys (``idempotency.scoped``): an
+        entry whose key was used within the TTL answers that publish's id and is not sent
+        again. Outside the group commit: the claim must see the first publish committed,
+        and the unkeyed path stays exactly as it was."""
+        claims = idempotency.append_keyed(self.engine, self.origin, entries, keys,
+                                          self.idempotency_ttl_s)
+        fresh = [(e, c[0]) for e, c in zip(entries, claims, strict=True)
+                 if not isinstance(c, BadRequest) and c[1]]
+        self._send([e for e, _ in fresh], [i for _, i in fresh], True)
+        return [c if isinstance(c, BadRequest) else c[0] for c in claims]
+
     def send_logged(self, target: Target, event: str, data: msgspec.Raw, msg_id: int) -> None:
         """Publish a message the caller has already logged under ``msg_id``."""
         self._send([Entry(target, event, data)], [msg_id], True)
@@ -89,7 +118,8 @@ class LogPublisher:
     def _send(self, entries: Sequence[Entry], ids: Sequence[int | None], durable: bool) -> None:
         if not entries:
             return
-        envs = [make_envelope(self.origin, e.target, e.event, e.data, i, e.exclude)
+        envs = [make_envelope(self.origin, e.target, e.event, e.data, i, e.exclude,
+                              receipt=e.receipt)
                 for e, i in zip(entries, ids, strict=True)]
         if self.before_send is not None:
             self.before_send(envs)

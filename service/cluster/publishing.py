@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from service.bus import BROKER_ERRORS, Publisher
 from service.cluster import pipeline
+from service.cluster.receipts import ReceiptReporter
 from service.core import presence
 from service.core.config import Settings
 from service.core.envelope import (
@@ -56,7 +57,9 @@ class Publishing:
         # concurrent publishes share one log INSERT, one local fan-out and one bus message
         self.log = pipeline.LogPublisher(self.engine, self.publisher, self.id,
                                            before_send=self._deliver_own,
-                                           targeted=self.settings.targeted)
+                                           targeted=self.settings.targeted,
+                                           idempotency_ttl_s=self.settings.idempotency_ttl_s)
+        self.receipts = ReceiptReporter(self.engine, self.id, self.hub)
         # presence changes made in one turn of the loop leave in one bus message
         self._presence: NextTick[Envelope] = NextTick(self._send_presence)
         # while the bus is lost: our own durable messages, held back for the gap replay
@@ -81,6 +84,20 @@ class Publishing:
             self.meter.publishes[entry.target.kind] += 1
         return self.log.publish_many(entries, durable)
 
+    def publish_receipted(self, target: Target, event: str, data: msgspec.Raw,
+                          exclude: str | None = None) -> int:
+        """A durable publish with a delivery receipt (``LogPublisher.publish_receipted``)."""
+        self.meter.publishes[target.kind] += 1
+        return self.log.publish_receipted(target, event, data, exclude)
+
+    def publish_keyed(self, entries: Sequence[Entry], keys: Sequence[str | None]
+                      ) -> list[int | BadRequest]:
+        """Durable publishes with idempotency keys: a repeat within the TTL answers the
+        first id and is not delivered again (``LogPublisher.publish_keyed``)."""
+        for entry in entries:
+            self.meter.publishes[entry.target.kind] += 1
+        return self.log.publish_keyed(entries, keys)
+
     def _deliver_own(self, envs: list[Envelope]) -> None:
         """A batch we publish reaches our own sockets first (the bus skips our origin).
 
@@ -90,6 +107,8 @@ class Publishing:
         if self._gap is not None:
             self._gap.extend(e for e in envs if e.id is not None)
             envs = [e for e in envs if e.id is None]
+        elif len(envs) == 1 and envs[0].receipt:  # a receipt is only asked for alone
+            self.receipts.note(envs[0])
         self.hub.deliver_batch([(target_of(env), ws_text_frame(event_frame(env)),
                                  env.exclude, env.ts) for env in envs])
 
@@ -138,6 +157,8 @@ class Publishing:
                     if env.kind == "event":
                         self.meter.bus_events += 1
                         self.log_head.seen(env.id)
+                        if env.receipt:
+                            self.receipts.note(env)
                         run.append((target_of(env), ws_text_frame(event_frame(env)),
                                     env.exclude, env.ts))
                         continue

@@ -134,6 +134,7 @@ class Settings:
     metrics_port: int = 0  # HERALD_METRICS_PORT
     flower_basic_auth: str = ""  # HERALD_FLOWER_BASIC_AUTH: "user:password" for Flower
     rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672/api/"  # HERALD_RABBITMQ_API
+    idempotency_ttl_s: int = 24 * 3600  # HERALD_IDEMPOTENCY_TTL: how long a key is remembered
 
     @property
     def targeted(self) -> bool:
@@ -204,6 +205,7 @@ class Settings:
             metrics_port=env_int("HERALD_METRICS_PORT", cls.metrics_port),
             flower_basic_auth=os.environ.get("HERALD_FLOWER_BASIC_AUTH", ""),
             rabbitmq_api_url=os.environ.get("HERALD_RABBITMQ_API") or cls.rabbitmq_api_url,
+            idempotency_ttl_s=env_int("HERALD_IDEMPOTENCY_TTL", cls.idempotency_ttl_s),
         ).checked()
 
     def checked(self) -> Settings:
@@ -226,7 +228,8 @@ class Settings:
                             ("HERALD_USER_REPLAY_PER_MIN", self.user_replay_per_min),
                             ("HERALD_USER_DURABLE_PER_MIN", self.user_durable_per_min),
                             ("HERALD_USER_TASKS_PER_MIN", self.user_tasks_per_min),
-                            ("HERALD_USER_QUERIES_PER_MIN", self.user_queries_per_min)):
+                            ("HERALD_USER_QUERIES_PER_MIN", self.user_queries_per_min),
+                            ("HERALD_IDEMPOTENCY_TTL", self.idempotency_ttl_s)):
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive finite number")
         if self.routing not in ROUTINGS:
@@ -302,5 +305,5 @@ ENV_VARS = (
     "HERALD_REPLAY_LIMIT", "HERALD_USER_REPLAY_PER_MIN", "HERALD_USER_DURABLE_PER_MIN",
     "HERALD_USER_TASKS_PER_MIN", "HERALD_USER_QUERIES_PER_MIN", "HERALD_PUBLIC_TASKS",
     "HERALD_MAX_MONITORED_MEMBERS", "HERALD_ROUTING", "HERALD_BROKER_HEARTBEAT",
-    "HERALD_TASK_QUEUE_TYPE", "HERALD_METRICS_PORT",
+    "HERALD_TASK_QUEUE_TYPE", "HERALD_METRICS_PORT", "HERALD_IDEMPOTENCY_TTL",
 )

@@ -116,6 +116,10 @@ class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
     ts: float
     id: int | None = None
     exclude: str | None = None
+    #: 1: a delivery receipt was asked for, frontends report the sockets they wrote it to.
+    #: Last, so older frontends ignore it; an int, since array_like structs encode every
+    #: field and "0" costs 2 bytes an envelope where "false" costs 6.
+    receipt: int = 0
 
 
 class EventFrame(msgspec.Struct, tag="event", tag_field="op", omit_defaults=True):
@@ -146,10 +150,11 @@ def encode(value: Any) -> bytes:
 
 def make_envelope(origin: str, target: Target, event: str, data: msgspec.Raw,
                   msg_id: int | None = None, exclude: str | None = None,
-                  ts: float | None = None) -> Envelope:
+                  ts: float | None = None, receipt: bool = False) -> Envelope:
     """Stamp a new event envelope with the publish time."""
     return Envelope(origin=origin, kind="event", target=target.as_json(), event=event,
-                    data=data, ts=time.time() if ts is None else ts, id=msg_id, exclude=exclude)
+                    data=data, ts=time.time() if ts is None else ts, id=msg_id, exclude=exclude,
+                    receipt=int(receipt))
 
 
 def decode_envelope(body: bytes) -> Envelope:

@@ -24,8 +24,8 @@ from service.core.envvars import parse_bool
 from service.core.errors import BadRequest, HeraldError, NotFound, Unauthorized, Unavailable
 from service.core.metrics import render as render_metrics
 from service.http.openapi import spec
-from service.http.schemas import PublishBatchRequest, PublishRequest, TaskRequest
-from service.store import registry
+from service.http.schemas import BatchMessage, PublishBatchRequest, PublishRequest, TaskRequest
+from service.store import idempotency, receipts, registry
 from service.store.messagelog import PUBLISH_BATCH_MAX, Entry
 from service.store.models import ID_LEN, TaskRecord
 
@@ -64,7 +64,7 @@ def _body(schema: type[Any]) -> Any:
         raise BadRequest(str(exc)) from None
 
 
-def _data(body: PublishRequest) -> msgspec.Raw:
+def _data(body: PublishRequest | BatchMessage) -> msgspec.Raw:
     return NULL if body.data is UNSET else body.data
 
 
@@ -92,9 +92,32 @@ def publish() -> tuple[Response, int]:
     target = _target(body.target, "target")
     if not valid_name(body.event):
         raise BadRequest("event must be a name of 1-128 characters")
-    msg_id = node().publish(target, body.event, _data(body), durable=body.durable,
-                            exclude=body.exclude_connection)
-    return jsonify({"id": msg_id}), 202
+    key = request.headers.get("Idempotency-Key")
+    if body.receipt:
+        if not body.durable or key is not None:
+            raise BadRequest("receipt needs durable: true and no Idempotency-Key (a receipt "
+                             "is kept by log id, for one publish)")
+        return jsonify({"id": node().publish_receipted(
+            target, body.event, _data(body), body.exclude_connection)}), 202
+    if key is None:
+        msg_id = node().publish(target, body.event, _data(body), durable=body.durable,
+                                exclude=body.exclude_connection)
+        return jsonify({"id": msg_id}), 202
+    scoped = _idempotency_key(key, body.durable, "Idempotency-Key")
+    [result] = node().publish_keyed(
+        [Entry(target, body.event, _data(body), body.exclude_connection)], [scoped])
+    if isinstance(result, BadRequest):
+        raise result
+    return jsonify({"id": result}), 202
+
+
+def _idempotency_key(key: str, durable: bool, field: str) -> str:
+    """The caller's key in its API key's namespace (two tenants' keys never meet)."""
+    if not durable:
+        # the key remembers the first publish's log id, which only a durable one has
+        raise BadRequest(f"{field} needs durable: true (a key remembers the log id)")
+    api_key = request.headers.get("Authorization", "").partition(" ")[2].strip()
+    return idempotency.scoped(idempotency.namespace_of_api_key(api_key), key, field)
 
 
 @api.post("/publish/batch")
@@ -108,12 +131,15 @@ def publish_batch() -> tuple[Response, int]:
     if not 1 <= len(body.messages) <= PUBLISH_BATCH_MAX:
         raise BadRequest(f"messages must hold 1-{PUBLISH_BATCH_MAX} messages")
     entries: list[tuple[Entry, bool]] = []
+    keys: list[str | None] = []
     for i, msg in enumerate(body.messages):
         target = _target(msg.target, f"messages[{i}].target")
         if not valid_name(msg.event):
             raise BadRequest(f"messages[{i}].event must be a name of 1-128 characters")
         entries.append((Entry(target, msg.event, _data(msg), msg.exclude_connection),
                         msg.durable))
+        keys.append(None if msg.idempotency_key is None else _idempotency_key(
+            msg.idempotency_key, msg.durable, f"messages[{i}].idempotency_key"))
     ids: list[int | None] = []
     errors: list[dict[str, Any]] = []
     start = 0
@@ -121,8 +147,12 @@ def publish_batch() -> tuple[Response, int]:
         end = start
         while end < len(entries) and entries[end][1] == entries[start][1]:
             end += 1
-        results = node().publish_many([e for e, _ in entries[start:end]],
-                                      durable=entries[start][1])
+        run = [e for e, _ in entries[start:end]]
+        if any(k is not None for k in keys[start:end]):  # a durable run with some keys
+            results: list[int | BadRequest | None] = list(
+                node().publish_keyed(run, keys[start:end]))
+        else:
+            results = node().publish_many(run, durable=entries[start][1])
         for i, result in enumerate(results, start):
             if isinstance(result, BadRequest):
                 errors.append({"index": i, "error": result.code, "message": result.message})
@@ -131,6 +161,17 @@ def publish_batch() -> tuple[Response, int]:
                 ids.append(result)
         start = end
     return jsonify({"ids": ids, "errors": errors}), 202
+
+
+@api.get("/messages/<int:message_id>")
+@require_key
+def message_receipt(message_id: int) -> Response:
+    """The delivery receipt of a message published with ``receipt: true``."""
+    found = receipts.report(node().engine, message_id) if message_id < 2**63 else None
+    if found is None:
+        raise NotFound(f"no receipt for message {message_id} (publish with receipt: true; "
+                       "receipts are kept as long as the log, HERALD_HISTORY_TTL)")
+    return jsonify(found)
 
 
 @api.post("/tasks")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.core.envelope import DEFAULT_SCOPE
-from service.http.schemas import components
+from service.http.schemas import IDEMPOTENCY_KEY_JSON, components
 from service.store.messagelog import PUBLISH_BATCH_MAX
 
 Schema = dict[str, Any]
@@ -83,11 +83,21 @@ def _paths() -> dict[str, Schema]:
         "/api/publish": {"post": _op(
             "publish: send an event to a target on every frontend",
             {202: _json(_ref("PublishResponse"), "accepted")}, (400, 413),
+            [_param("Idempotency-Key", "header", _string(
+                "a repeat within HERALD_IDEMPOTENCY_TTL answers the first id and is not "
+                "delivered again; needs durable", **{
+                    k: v for k, v in IDEMPOTENCY_KEY_JSON.items() if k != "description"}),
+                required=False)],
             body="PublishRequest")},
         "/api/publish/batch": {"post": _op(
             f"publishBatch: up to {PUBLISH_BATCH_MAX} publishes in one request, in order",
             {202: _json(_ref("PublishBatchResponse"), "accepted")}, (400, 413),
             body="PublishBatchRequest")},
+        "/api/messages/{message_id}": {"get": _op(
+            "messageReceipt: the delivery receipt of a message published with receipt",
+            {200: _json(_ref("ReceiptReport"), "sockets written; complete within a second "
+                                                "of the publish")}, (404,),
+            [_param("message_id", "path", {"type": "integer", "minimum": 0})])},
         "/api/tasks": {"post": _op(
             "startTask: enqueue a public task whose state goes to a target",
             {202: _json(_ref("TaskCreated"), "queued")}, (400, 404, 413), body="TaskRequest")},

@@ -15,8 +15,13 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from service.core.envelope import DEFAULT_SCOPE, NAME_JSON_PATTERN, NAME_MAX
+from service.store.idempotency import KEY_MAX_LEN
 from service.store.messagelog import PUBLISH_BATCH_MAX
 
+#: An idempotency key as ``store/idempotency.py`` checks it (the check gives the message).
+IDEMPOTENCY_KEY_JSON = {"minLength": 1, "maxLength": KEY_MAX_LEN, "pattern": "^[!-~]+$",
+                        "description": f"1-{KEY_MAX_LEN} printable ASCII characters, no "
+                                       "spaces (e.g. a UUID)"}
 #: Where the generated components live in the document.
 REF = "#/components/schemas/{name}"
 #: Every code the JSON error body may carry (``internal`` is a 500: a bug).
@@ -65,7 +70,7 @@ TargetJSON = Annotated[dict[str, Any], Meta(extra_json_schema={
     "oneOf": [{"$ref": REF.format(name=t.__name__)} for t in TARGETS]})]
 
 
-class PublishRequest(_Body):
+class _Publish(_Body):
     target: TargetJSON
     event: EventName
     data: Annotated[msgspec.Raw | UnsetType,
@@ -75,13 +80,34 @@ class PublishRequest(_Body):
         description="a connection id not to deliver to")] = None
 
 
+class PublishRequest(_Publish):
+    receipt: Annotated[bool, Meta(description=(
+        "report the sockets written per frontend at GET /api/messages/{id}; needs "
+        "durable"))] = False
+
+
 class PublishResponse(_Body):
     id: Annotated[int | None, Meta(description="log id; null when not durable")]
 
 
+class BatchMessage(_Publish):
+    idempotency_key: Annotated[str | None, Meta(
+        description="a repeat within HERALD_IDEMPOTENCY_TTL answers the first id and is "
+                    "not delivered again; needs durable",
+        extra_json_schema=IDEMPOTENCY_KEY_JSON)] = None
+
+
 class PublishBatchRequest(_Body):
-    messages: Annotated[list[PublishRequest], Meta(extra_json_schema={
+    messages: Annotated[list[BatchMessage], Meta(extra_json_schema={
         "minItems": 1, "maxItems": PUBLISH_BATCH_MAX})]
+
+
+class ReceiptReport(_Body):
+    id: int
+    delivered: Annotated[dict[str, int], Meta(
+        description="sockets written, per frontend that wrote to any")]
+    offline_users: Annotated[list[str], Meta(
+        description="the targeted user, when no frontend had a socket of theirs")]
 
 
 class BatchError(_Body):
@@ -167,8 +193,8 @@ class Error(_Body):
 
 #: Every body the document describes (the rest are reached from these).
 DOCUMENTED = (Error, *TARGETS, PublishRequest, PublishResponse, PublishBatchRequest,
-              PublishBatchResponse, TaskRequest, TaskCreated, TaskStatus, GroupCount, Member,
-              UserConnection, FrontendInfo, Health, Readiness)
+              PublishBatchResponse, ReceiptReport, TaskRequest, TaskCreated, TaskStatus,
+              GroupCount, Member, UserConnection, FrontendInfo, Health, Readiness)
 
 
 def components() -> dict[str, Any]:

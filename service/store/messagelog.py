@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 PUBLISH_BATCH_MAX = 500
 #: The sequence every message id comes from (the log's partitions share it).
 MESSAGE_ID_SEQ = "messages_id_seq"
-_NUL_ERROR = "data cannot be stored (a \\u0000 in a string?)"
+NUL_ERROR = "data cannot be stored (a \\u0000 in a string?)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +35,10 @@ class Entry:
     event: str
     data: msgspec.Raw
     exclude: str | None = None
+    receipt: bool = False  # frontends report the sockets they wrote it to
 
 
-def _json_text(data: msgspec.Raw) -> str:
+def json_text(data: msgspec.Raw) -> str:
     # the publisher's JSON goes in as text and Postgres parses it: no decode here
     try:
         return bytes(data).decode() if len(data) else "null"
@@ -58,7 +59,7 @@ def append(engine: Engine, origin: str, target: Target, event: str, data: msgspe
             return append_in(db, origin, target, event, data, dedupe_key)
     except DataError:
         # Postgres' jsonb has no \u0000; tell the publisher rather than fail inside
-        raise BadRequest(_NUL_ERROR) from None
+        raise BadRequest(NUL_ERROR) from None
 
 
 def append_in(db: Connection, origin: str, target: Target, event: str, data: msgspec.Raw,
@@ -70,7 +71,7 @@ def append_in(db: Connection, origin: str, target: Target, event: str, data: msg
         "target_kind": target.kind,
         "target_key": target.log_key(),
         "event": event,
-        "data": cast(literal(_json_text(data), Text), JSONB),
+        "data": cast(literal(json_text(data), Text), JSONB),
         "origin": origin,
     }
     if dedupe_key is None:
@@ -106,7 +107,7 @@ def append_many(engine: Engine, origin: str, entries: Sequence[Entry]
     rows: list[dict[str, Any]] = []
     for entry in entries:
         try:
-            text = _json_text(entry.data)
+            text = json_text(entry.data)
         except BadRequest as exc:
             out.append(exc)
             continue
@@ -121,7 +122,7 @@ def append_many(engine: Engine, origin: str, entries: Sequence[Entry]
             ids = [int(r[0]) for r in db.execute(_MANY, rows)]
     except DataError:
         if len(rows) == 1:
-            return [BadRequest(_NUL_ERROR) if r == -1 else r for r in out]
+            return [BadRequest(NUL_ERROR) if r == -1 else r for r in out]
         # one row Postgres refused spoils the statement: write them one at a time
         return [r if isinstance(r, BadRequest) else _append_one(engine, origin, e)
                 for r, e in zip(out, entries, strict=True)]

@@ -135,6 +135,22 @@ class MessageKey(Base):
         DateTime(timezone=True), server_default=func.now(), index=True)
 
 
+class MessageReceipt(Base):
+    """A delivery receipt: how many sockets one frontend wrote a receipt-flagged message to.
+
+    The publisher writes a row with ``frontend_id`` "" (``store/receipts.REQUESTED``) when
+    it asks for a receipt, so ``GET /api/messages/<id>`` tells "nobody had a socket" from
+    "no receipt was asked for"; each frontend that wrote to sockets adds its own row."""
+
+    __tablename__ = "message_receipts"
+
+    message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    frontend_id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    sockets: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True)
+
+
 class TaskRecord(Base):
     """A long-running task's state, whoever started it (API, client op or Celery directly)."""
 

@@ -23,6 +23,8 @@ from sqlalchemy import Connection, Engine, text
 AHEAD_DAYS = 3
 PARENT = "messages"
 DEFAULT = "messages_default"
+#: The idempotency keys in ``message_keys`` (``store/idempotency.py``'s prefix).
+IDEM_LIKE = "idem:%"
 _NAME = re.compile(r"^messages_p(\d{8})$")
 
 
@@ -87,9 +89,11 @@ def drop_day(engine: Engine, day: date) -> bool:
     return True
 
 
-def maintain(engine: Engine, ttl_s: float, now: datetime | None = None
-             ) -> tuple[list[str], list[str]]:
-    """Make the coming days' partitions and drop the expired ones; (made, dropped)."""
+def maintain(engine: Engine, ttl_s: float, now: datetime | None = None,
+             idempotency_ttl_s: float | None = None) -> tuple[list[str], list[str]]:
+    """Make the coming days' partitions and drop the expired ones; (made, dropped).
+    Task outcomes' dedupe keys go with the log, idempotency keys after their own TTL
+    (default: the log's)."""
     now = now or datetime.now(UTC)
     today = now.astimezone(UTC).date()
     made: list[str] = []
@@ -109,6 +113,10 @@ def maintain(engine: Engine, ttl_s: float, now: datetime | None = None
     with engine.begin() as db:  # what the default partition and the key table hold
         db.execute(text(f"DELETE FROM {DEFAULT} WHERE created_at < :cutoff"),
                    {"cutoff": cutoff})
-        db.execute(text("DELETE FROM message_keys WHERE created_at < :cutoff"),
-                   {"cutoff": cutoff})
+        # both by the created_at index: each scans only rows past its cutoff
+        db.execute(text("DELETE FROM message_keys WHERE created_at < :cutoff "
+                        "AND key NOT LIKE :idem"), {"cutoff": cutoff, "idem": IDEM_LIKE})
+        idem_cutoff = now - timedelta(seconds=idempotency_ttl_s or ttl_s)
+        db.execute(text("DELETE FROM message_keys WHERE created_at < :cutoff "
+                        "AND key LIKE :idem"), {"cutoff": idem_cutoff, "idem": IDEM_LIKE})
     return made, dropped
