@@ -134,6 +134,12 @@ class Settings:
     metrics_port: int = 0  # HERALD_METRICS_PORT
     flower_basic_auth: str = ""  # HERALD_FLOWER_BASIC_AUTH: "user:password" for Flower
     rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672/api/"  # HERALD_RABBITMQ_API
+    # webhooks (workers/webhooks.py): none configured, none computed or sent
+    webhook_urls: tuple[str, ...] = ()  # HERALD_WEBHOOK_URLS
+    webhook_secret: str = ""  # HERALD_WEBHOOK_SECRET (default: HERALD_SECRET_KEY)
+    webhook_events: tuple[str, ...] = ()  # HERALD_WEBHOOK_EVENTS; (): all but member.*
+    webhook_flap_s: float = 3.0  # HERALD_WEBHOOK_FLAP_S: offline/vacated held this long
+    webhook_retry_base_s: float = 2.0  # HERALD_WEBHOOK_RETRY_BASE_S: first retry's delay
 
     @property
     def targeted(self) -> bool:
@@ -204,6 +210,12 @@ class Settings:
             metrics_port=env_int("HERALD_METRICS_PORT", cls.metrics_port),
             flower_basic_auth=os.environ.get("HERALD_FLOWER_BASIC_AUTH", ""),
             rabbitmq_api_url=os.environ.get("HERALD_RABBITMQ_API") or cls.rabbitmq_api_url,
+            webhook_urls=env_list("HERALD_WEBHOOK_URLS"),
+            webhook_secret=os.environ.get("HERALD_WEBHOOK_SECRET", ""),
+            webhook_events=env_list("HERALD_WEBHOOK_EVENTS"),
+            webhook_flap_s=env_float("HERALD_WEBHOOK_FLAP_S", cls.webhook_flap_s),
+            webhook_retry_base_s=env_float("HERALD_WEBHOOK_RETRY_BASE_S",
+                                           cls.webhook_retry_base_s),
         ).checked()
 
     def checked(self) -> Settings:
@@ -302,5 +314,7 @@ ENV_VARS = (
     "HERALD_REPLAY_LIMIT", "HERALD_USER_REPLAY_PER_MIN", "HERALD_USER_DURABLE_PER_MIN",
     "HERALD_USER_TASKS_PER_MIN", "HERALD_USER_QUERIES_PER_MIN", "HERALD_PUBLIC_TASKS",
     "HERALD_MAX_MONITORED_MEMBERS", "HERALD_ROUTING", "HERALD_BROKER_HEARTBEAT",
-    "HERALD_TASK_QUEUE_TYPE", "HERALD_METRICS_PORT",
+    "HERALD_TASK_QUEUE_TYPE", "HERALD_METRICS_PORT", "HERALD_WEBHOOK_URLS",
+    "HERALD_WEBHOOK_SECRET", "HERALD_WEBHOOK_EVENTS", "HERALD_WEBHOOK_FLAP_S",
+    "HERALD_WEBHOOK_RETRY_BASE_S",
 )
