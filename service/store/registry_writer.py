@@ -123,6 +123,12 @@ class RegistryWriter:
         self.queue.put(op)
         return op.done
 
+    def committed(self, kind: str, **params: Any) -> None:
+        """Tell ``on_commit`` of a write committed outside the writer (a server-side join
+        or leave, ``registry.record_server_membership``)."""
+        if self.on_commit is not None:
+            self.on_commit([Op(kind, params, AsyncResult())])
+
     def pending(self) -> int:
         return int(self.queue.qsize())
 

@@ -136,6 +136,28 @@ def test_a_reload_within_the_window_sends_nothing(cluster: Any, token: Any,
     second.close()
 
 
+def test_a_resume_elsewhere_sends_nothing_and_server_joins_count(
+        cluster: Any, token: Any, receiver: Receiver) -> None:
+    env = receiver.env()
+    a, b = cluster.frontend("wh-a", env), cluster.frontend("wh-b", env)
+    cluster.worker(env)
+    first = Client(a.ws_url)
+    welcome = first.hello(token("wh-erin"))
+    wait_until(lambda: receiver.events("user.online"))
+    first.ws.close(code=4000)  # dropped without a goodbye: detached, awaiting resume
+    first.closed.wait(5)
+    second = Client(b.ws_url)  # resumed on the other frontend within the window
+    assert second.hello(token("wh-erin"), resume=welcome["resume"], last_id=0)["resumed"]
+    # a server-side join through the API of the frontend that does not hold the socket
+    r = api(a, "PUT", f"/api/groups/default/wh-server/members/{welcome['connection_id']}")
+    assert r.status_code < 300, r.text
+    wait_until(lambda: receiver.events("group.occupied"))
+    assert receiver.events("group.occupied")[0]["data"]["group"] == "wh-server"
+    time.sleep(QUIET_S)
+    assert _of_user(receiver.events(), "wh-erin") == ["user.online"]
+    second.close()
+
+
 def test_member_events_when_opted_in(cluster: Any, token: Any, receiver: Receiver) -> None:
     env = receiver.env(HERALD_WEBHOOK_EVENTS="member.joined,member.left")
     fe = cluster.frontend("wh", env)
