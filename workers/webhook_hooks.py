@@ -27,6 +27,21 @@ log = logging.getLogger(__name__)
 _USER_KINDS = frozenset({"open", "connect", "disconnect", "detach"})
 
 
+def undelivered_items(entries: Sequence[Entry], ids: Sequence[object],
+                      has_local: Callable[[str], bool]) -> list[list[Any]]:
+    """(id, user, event) of each logged user-targeted message whose user has no socket
+    here."""
+    return [[i, e.target.key, e.event] for e, i in zip(entries, ids, strict=True)
+            if e.target.kind == "user" and isinstance(i, int) and not has_local(e.target.key)]
+
+
+def check_undelivered(entries: Sequence[Entry], ids: Sequence[object]) -> None:
+    """A worker's (or backend's) ``on_logged``: enqueue the check inline, it has no sockets."""
+    items = undelivered_items(entries, ids, lambda _user: False)
+    if items:
+        webhook_presence.undelivered.apply_async((items,))
+
+
 class FrontendHooks:
     """Turns registry commits and log inserts into enqueued webhook work."""
 
@@ -76,9 +91,7 @@ class FrontendHooks:
             log.exception("could not enqueue webhook checks")  # the next change catch up
 
     def logged(self, entries: Sequence[Entry], ids: Sequence[object]) -> None:
-        items = [[i, e.target.key, e.event] for e, i in zip(entries, ids, strict=True)
-                 if e.target.kind == "user" and isinstance(i, int)
-                 and not self.has_local(e.target.key)]
+        items = undelivered_items(entries, ids, self.has_local)
         if items:
             self.spawn(lambda: self._undelivered(items))
 

@@ -209,10 +209,20 @@ def test_message_undelivered_only_for_a_user_without_socket(cluster: Any, token:
         assert r.status_code == 202, r.text
         if user == "wh-offline":
             offline_id = r.json()["id"]
-    wait_until(lambda: receiver.events("message.undelivered"))
+    # a task's outcome, published by the worker, to a user who is not connected either
+    from workers.celery_app import app
+
+    app.send_task("demo.noop", headers={"herald_notify": {"user": "wh-task-owner"}})
+    wait_until(lambda: any(e["data"] == {"message_id": offline_id, "user_id": "wh-offline",
+                                         "event": "note"}
+                           for e in receiver.events("message.undelivered")))
+    wait_until(lambda: any(e["data"]["event"] == "task.succeeded"
+                           for e in receiver.events("message.undelivered")))
     time.sleep(QUIET_S)  # any for the online users would have come by now
-    assert [e["data"] for e in receiver.events("message.undelivered")] == [
-        {"message_id": offline_id, "user_id": "wh-offline", "event": "note"}]
+    users = {e["data"]["user_id"] for e in receiver.events("message.undelivered")}
+    assert users == {"wh-offline", "wh-task-owner"}
+    assert len([e for e in receiver.events("message.undelivered")
+                if e["data"]["user_id"] == "wh-offline"]) == 1
     here.close()
     there.close()
 
