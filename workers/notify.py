@@ -60,9 +60,9 @@ class WorkerPublisher:
         self.log = pipeline.LogPublisher(self.engine, self.bus, self.origin,
                                            targeted=self.settings.targeted)
         if settings.webhook_urls:  # message.undelivered for task outcomes too
-            from workers.webhook_hooks import check_undelivered
+            from workers import undelivered
 
-            self.log.on_logged = check_undelivered
+            self.log.on_logged = undelivered.check
         # keep the broker connection's heartbeats going between publishes
         threading.Thread(target=self._tick, name="herald-heartbeat", daemon=True).start()
 

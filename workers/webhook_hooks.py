@@ -19,27 +19,12 @@ from typing import Any
 from service.core.config import Settings
 from service.store.messagelog import Entry
 from service.store.registry_writer import Op
-from workers import webhook_presence, webhooks
+from workers import undelivered, webhook_presence, webhooks
 
 log = logging.getLogger(__name__)
 
 #: Registry op kinds that can change who is online or which groups are occupied.
 _USER_KINDS = frozenset({"open", "connect", "disconnect", "detach"})
-
-
-def undelivered_items(entries: Sequence[Entry], ids: Sequence[object],
-                      has_local: Callable[[str], bool]) -> list[list[Any]]:
-    """(id, user, event) of each logged user-targeted message whose user has no socket
-    here."""
-    return [[i, e.target.key, e.event] for e, i in zip(entries, ids, strict=True)
-            if e.target.kind == "user" and isinstance(i, int) and not has_local(e.target.key)]
-
-
-def check_undelivered(entries: Sequence[Entry], ids: Sequence[object]) -> None:
-    """A worker's (or backend's) ``on_logged``: enqueue the check inline, it has no sockets."""
-    items = undelivered_items(entries, ids, lambda _user: False)
-    if items:
-        webhook_presence.undelivered.apply_async((items,))
 
 
 class FrontendHooks:
@@ -91,12 +76,12 @@ class FrontendHooks:
             log.exception("could not enqueue webhook checks")  # the next change catch up
 
     def logged(self, entries: Sequence[Entry], ids: Sequence[object]) -> None:
-        items = undelivered_items(entries, ids, self.has_local)
+        items = undelivered.items(entries, ids, self.has_local)
         if items:
             self.spawn(lambda: self._undelivered(items))
 
     def _undelivered(self, items: list[list[Any]]) -> None:
         try:
-            webhook_presence.undelivered.apply_async((items,))
+            undelivered.enqueue(items)
         except Exception:  # the broker is away: the event is lost, logged
             log.exception("could not enqueue message.undelivered for %d messages", len(items))

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from service.store.db import get_engine
+from workers import undelivered
 from workers.celery_app import app, settings
 from workers.webhooks import emit
 
@@ -130,8 +131,8 @@ def presence(keys: list[list[str]], final: bool = False) -> None:
                [(kind, key) for kind, key in keys], final)
 
 
-@app.task(name="herald.webhook_undelivered", ignore_result=True)
-def undelivered(items: list[list[Any]]) -> None:
+@app.task(name=undelivered.TASK, ignore_result=True)
+def check_undelivered(items: list[list[Any]]) -> None:
     """``message.undelivered`` for each (message id, user, event) whose user has no
     socket, live or awaiting resume: the offline fallback's trigger."""
     engine = get_engine(settings.database_url, pool_size=2)
