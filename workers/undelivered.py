@@ -1,7 +1,9 @@
 """Which logged messages the ``message.undelivered`` check looks at, and enqueuing it.
 
-Kept free of the Celery app's import (it enqueues by task name on ``current_app``), so the
-worker's publisher (``workers/notify.py``, which the app imports) can use it too.
+Kept free of the Celery app's import (``check`` enqueues by task name on ``current_app``),
+so the worker's publisher (``workers/notify.py``, which the app imports) can use it too. A
+frontend enqueues through the task object instead (``webhook_hooks``): under gevent
+``current_app`` is per greenlet, and a fresh greenlet's is Celery's default app.
 """
 
 from __future__ import annotations
@@ -25,12 +27,8 @@ def items(entries: Sequence[Entry], ids: Sequence[object],
             if e.target.kind == "user" and isinstance(i, int) and not has_local(e.target.key)]
 
 
-def enqueue(found: list[list[Any]]) -> None:
-    current_app.send_task(TASK, args=(found,))
-
-
 def check(entries: Sequence[Entry], ids: Sequence[object]) -> None:
     """A worker's ``on_logged``: enqueue the check inline (a worker holds no sockets)."""
     found = items(entries, ids, lambda _user: False)
     if found:
-        enqueue(found)
+        current_app.send_task(TASK, args=(found,))

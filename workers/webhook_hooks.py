@@ -82,6 +82,6 @@ class FrontendHooks:
 
     def _undelivered(self, items: list[list[Any]]) -> None:
         try:
-            undelivered.enqueue(items)
+            webhook_presence.check_undelivered.apply_async((items,))
         except Exception:  # the broker is away: the event is lost, logged
             log.exception("could not enqueue message.undelivered for %d messages", len(items))
