@@ -17,6 +17,7 @@ rather than losing one (at least once, de-duplicated by id).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -69,9 +70,10 @@ def _data(kind: str, key: str) -> dict[str, Any]:
     return {"scope": scope, "group": group}
 
 
-def check(db: Connection, kind: str, key: str, final: bool, flap_s: float) -> float | None:
-    """One key's transition (see the module); the seconds until a final check is due, or
-    None when none is. Runs in the caller's transaction."""
+def check(db: Connection, kind: str, key: str, final: bool, flap_s: float,
+          send: Callable[[str, dict[str, Any]], None] = emit) -> float | None:
+    """One key's transition (see the module), its events given to ``send``; the seconds
+    until a final check is due, or None when none is. Runs in the caller's transaction."""
     db.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
                {"k": f"webhook:{kind}:{key}"})
     live = bool(db.execute(text(_LIVE[kind]), {"key": key, **_data(kind, key)}).scalar_one())
@@ -81,7 +83,7 @@ def check(db: Connection, kind: str, key: str, final: bool, flap_s: float) -> fl
     on_event, off_event = _EVENTS[kind]
     if live:
         if row is None:
-            emit(on_event, _data(kind, key))
+            send(on_event, _data(kind, key))
             db.execute(text("INSERT INTO webhook_state (kind, key, state) VALUES"
                             " (:kind, :key, 'on')"), {"kind": kind, "key": key})
         elif row[0] == "leaving":  # back within the window: neither event goes out
@@ -99,7 +101,7 @@ def check(db: Connection, kind: str, key: str, final: bool, flap_s: float) -> fl
     left = flap_s - float(row[1])
     if left > EARLY_S:  # it came back and went again since: wait out the rest
         return left
-    emit(off_event, _data(kind, key))
+    send(off_event, _data(kind, key))
     db.execute(text("DELETE FROM webhook_state WHERE kind = :kind AND key = :key"),
                {"kind": kind, "key": key})
     return None
