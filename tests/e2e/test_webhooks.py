@@ -158,6 +158,25 @@ def test_a_resume_elsewhere_sends_nothing_and_server_joins_count(
     second.close()
 
 
+def test_a_drain_sends_nothing(cluster: Any, token: Any, receiver: Receiver) -> None:
+    env = receiver.env(HERALD_WEBHOOK_FLAP_S="3")  # room for the drain and the reconnect
+    a, b = cluster.frontend("wh-a", env), cluster.frontend("wh-b", env)
+    cluster.worker(env)
+    first = Client(a.ws_url)
+    welcome = first.hello(token("wh-frank"))
+    first.request("join", group="wh-drained")
+    wait_until(lambda: receiver.events("user.online") and receiver.events("group.occupied"))
+    stopping = threading.Thread(target=a.stop, daemon=True)  # SIGTERM: a drain
+    stopping.start()
+    assert first.closed.wait(30) and first.close_code == 1012
+    second = Client(b.ws_url)  # what herald.js does on 1012: resume on another frontend
+    assert second.hello(token("wh-frank"), resume=welcome["resume"], last_id=0)["resumed"]
+    stopping.join(30)
+    time.sleep(QUIET_S + 2)  # past the 3 s window
+    assert sorted(e["type"] for e in receiver.events()) == ["group.occupied", "user.online"]
+    second.close()
+
+
 def test_member_events_when_opted_in(cluster: Any, token: Any, receiver: Receiver) -> None:
     env = receiver.env(HERALD_WEBHOOK_EVENTS="member.joined,member.left")
     fe = cluster.frontend("wh", env)
