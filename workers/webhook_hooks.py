@@ -1,7 +1,8 @@
 """A frontend's side of the webhooks: enqueue checks, never call a receiver.
 
 Wired by the app factory only when ``HERALD_WEBHOOK_URLS`` is set. ``registry_committed``
-runs after each registry batch commits (``RegistryWriter.on_commit``): one
+runs after each registry batch commits (``RegistryWriter.on_commit``; a resume's and a
+server-side membership's writes are reported the same way): one
 ``herald.webhook_presence`` task per batch for the users and groups it touched, and the
 opt-in member events. ``logged`` runs after each durable log insert
 (``LogPublisher.on_logged``): one ``herald.webhook_undelivered`` task per batch for the
@@ -24,7 +25,10 @@ from workers import undelivered, webhook_presence, webhooks
 log = logging.getLogger(__name__)
 
 #: Registry op kinds that can change who is online or which groups are occupied.
-_USER_KINDS = frozenset({"open", "connect", "disconnect", "detach"})
+_USER_KINDS = frozenset({"open", "connect", "disconnect", "detach", "resume"})
+
+#: The member event of a socket's groups when it goes (or resumes: its groups come back).
+_MEMBER_EVENT = {"disconnect": "member.left", "detach": "member.left", "resume": "member.joined"}
 
 
 class FrontendHooks:
@@ -55,11 +59,11 @@ class FrontendHooks:
                         "scope": p["scope"], "group": p["group"],
                         "connection_id": p["connection_id"],
                         "user_id": self.user_of(p["connection_id"]) or p.get("user_id", "")}))
-            elif op.kind in ("disconnect", "detach"):
+            elif op.kind in ("disconnect", "detach", "resume"):
                 for scope, group in p.get("groups", ()):
                     keys[("group", f"{scope}/{group}")] = None
                     if self.members:
-                        members.append(("member.left", {
+                        members.append((_MEMBER_EVENT[op.kind], {
                             "scope": scope, "group": group, "connection_id": p["id"],
                             "user_id": p.get("user_id", "")}))
         if keys or members:

@@ -158,6 +158,27 @@ def test_a_resume_elsewhere_sends_nothing_and_server_joins_count(
     second.close()
 
 
+def test_a_resume_after_the_window_is_offline_then_online(cluster: Any, token: Any,
+                                                          receiver: Receiver) -> None:
+    env = receiver.env()
+    fe = cluster.frontend("wh", env)
+    cluster.worker(env)
+    first = Client(fe.ws_url)
+    welcome = first.hello(token("wh-gina"))
+    first.request("join", group="wh-late")
+    wait_until(lambda: receiver.events("group.occupied"))
+    first.ws.close(code=4000)  # dropped: detached, resumable, but not back in time
+    wait_until(lambda: receiver.events("user.offline") and receiver.events("group.vacated"))
+    second = Client(fe.ws_url)
+    w = second.hello(token("wh-gina"), resume=welcome["resume"], last_id=0)
+    assert w["resumed"] and w["groups"] == [{"scope": "default", "group": "wh-late"}]
+    wait_until(lambda: len(receiver.events("user.online")) == 2
+               and len(receiver.events("group.occupied")) == 2)
+    assert _of_user(receiver.events(), "wh-gina") == ["user.online", "user.offline",
+                                                      "user.online"]
+    second.close()
+
+
 def test_a_drain_sends_nothing(cluster: Any, token: Any, receiver: Receiver) -> None:
     env = receiver.env(HERALD_WEBHOOK_FLAP_S="3")  # room for the drain and the reconnect
     a, b = cluster.frontend("wh-a", env), cluster.frontend("wh-b", env)
