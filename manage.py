@@ -142,6 +142,19 @@ def cmd_connections(args: argparse.Namespace) -> int:
     return _print(registry.user_connections(get_engine(_settings().database_url), args.user))
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from workers.webhooks import send_test
+
+    settings = _settings()
+    if not settings.webhook_urls:
+        print("no webhook URLs: set HERALD_WEBHOOK_URLS (comma-separated)", file=sys.stderr)
+        return 2
+    answers = send_test(settings)
+    for url, answer in answers:
+        print(f"{url}: {answer}")
+    return 0 if all(a.startswith("HTTP 2") for _, a in answers) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="manage.py", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -187,6 +200,10 @@ def parser() -> argparse.ArgumentParser:
     con = sub.add_parser("connections", help="a user's connections")
     con.add_argument("--user", required=True)
     con.set_defaults(func=cmd_connections)
+
+    hook = sub.add_parser("webhooks", help="send a signed sample event to every webhook URL")
+    hook.add_argument("action", choices=["test"])
+    hook.set_defaults(func=cmd_webhooks)
     return p
 
 

@@ -62,6 +62,24 @@ def create_app(test_config: dict[str, Any] | None = None, *, port: int | None = 
         app.wsgi_app = NoDeflate(app.wsgi_app)  # type: ignore[method-assign]
     if settings.metrics_port:  # outermost: the metrics port reaches nothing but its paths
         app.wsgi_app = InternalPort(app.wsgi_app, settings.metrics_port)  # type: ignore[method-assign]
+    if settings.webhook_urls:
+        _wire_webhooks(node)
     if start:
         node.start()
     return app
+
+
+def _wire_webhooks(node: Frontend) -> None:
+    """Enqueue the webhooks' checks after registry commits and durable log inserts."""
+    import gevent
+
+    from workers.webhook_hooks import FrontendHooks
+
+    def user_of(connection_id: str) -> str | None:
+        conn = node.hub.conns.get(connection_id)
+        return None if conn is None else conn.user_id
+
+    hooks = FrontendHooks(node.settings, gevent.spawn, user_of,
+                          lambda user: bool(node.hub.by_user.get(user)))
+    node.registry.on_commit = hooks.registry_committed
+    node.log.on_logged = hooks.logged

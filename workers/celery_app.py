@@ -16,7 +16,8 @@ PRUNE_EVERY_S = 300.0
 # the demo tasks exist only in development: a production worker does not even know them
 # a ";"-separated list of a cluster's nodes is Celery's (kombu's) failover list as it is
 app = Celery("herald", broker=settings.broker_url,
-             include=["workers.maintenance", *([] if settings.production else ["workers.tasks"])])
+             include=["workers.maintenance", "workers.webhooks", "workers.webhook_presence",
+                      *([] if settings.production else ["workers.tasks"])])
 _task_exchange = Exchange(settings.task_queue, type="direct", durable=True)
 _quorum = settings.task_queue_type == "quorum"
 app.conf.update(

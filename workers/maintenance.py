@@ -40,12 +40,18 @@ def sweep_dead_frontends(engine: Engine, heartbeat_s: float) -> list[dict[str, s
 
 @app.task(name="herald.sweep_frontends", ignore_result=True)
 def sweep_frontends() -> int:
-    """Beat task: sweep dead frontends and publish a presence leave per membership."""
+    """Beat task: sweep dead frontends and publish a presence leave per membership; with
+    webhooks, start the flap window of every user and group that has nothing attached
+    any more (the swept frontend's, a drained one's), so none loses its offline event."""
     from workers.presence import publish_leaves
 
-    removed = sweep_dead_frontends(get_engine(settings.database_url, pool_size=2),
-                                   settings.heartbeat_s)
+    engine = get_engine(settings.database_url, pool_size=2)
+    removed = sweep_dead_frontends(engine, settings.heartbeat_s)
     publish_leaves(removed)
+    if settings.webhook_urls:
+        from workers.webhook_presence import reconcile
+
+        reconcile(engine)
     return len(removed)
 
 

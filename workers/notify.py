@@ -59,6 +59,10 @@ class WorkerPublisher:
                                   heartbeat_s=settings.broker_heartbeat_s)
         self.log = pipeline.LogPublisher(self.engine, self.bus, self.origin,
                                            targeted=self.settings.targeted)
+        if settings.webhook_urls:  # message.undelivered for task outcomes too
+            from workers import undelivered
+
+            self.log.on_logged = undelivered.check
         # keep the broker connection's heartbeats going between publishes
         threading.Thread(target=self._tick, name="herald-heartbeat", daemon=True).start()
 
@@ -101,6 +105,8 @@ def publish_outcome(target: Target, event: str, data: Any, dedupe_key: str,
         record(db)
         msg_id = messagelog.append_in(db, pub.origin, target, event, raw, dedupe_key)
     pub.log.send_logged(target, event, raw, msg_id)
+    if pub.log.on_logged is not None:
+        pub.log.on_logged([messagelog.Entry(target, event, raw)], [msg_id])
     return msg_id
 
 

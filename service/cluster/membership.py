@@ -97,7 +97,7 @@ class Membership:
         registry.record_server_membership(self.engine, action, connection_id, key[0], key[1])
         conn = self.hub.conns.get(connection_id)
         if conn is not None:
-            (self.join if action == "join" else self.leave)(conn, key, record=False)
+            self._server_side(action, conn, key, wait=True)
             return
         self.publisher.publish(encode(control_envelope(self.id, connection_id, action,
                                                        key[0], key[1])))
@@ -113,10 +113,16 @@ class Membership:
             return
         body = msgspec.json.decode(env.data, type=dict[str, str])
         key = (body["scope"], body["group"])
-        if env.event == "join":
-            self.join(conn, key, record=False, wait=False)  # on the consumer loop: no wait
-        elif env.event == "leave":
-            self.leave(conn, key, record=False)
+        if env.event in ("join", "leave"):
+            self._server_side(env.event, conn, key, wait=False)  # on the consumer loop
+
+    def _server_side(self, action: str, conn: Conn, key: GroupKey, wait: bool) -> None:
+        """Apply a server-side join or leave its sender already wrote to the registry."""
+        changed = (self.join(conn, key, record=False, wait=wait) if action == "join"
+                   else self.leave(conn, key, record=False))
+        if changed:  # the webhooks' checks (when configured) hear of it as of a socket's own
+            self.registry.committed(action, connection_id=conn.id, scope=key[0],
+                                    group=key[1], user_id=conn.user_id)
 
     def member_info(self, conn: Conn) -> dict[str, str]:
         return {"connection_id": conn.id, "user_id": conn.user_id, "frontend": self.id}

@@ -48,6 +48,9 @@ class LogPublisher:
         self.origin = origin
         self.targeted = targeted
         self.before_send = before_send
+        #: Called with each logged batch and its ids, after it went out (the webhooks'
+        #: message.undelivered check, ``workers/webhook_hooks.py``, when configured).
+        self.on_logged: Callable[[Sequence[Entry], Sequence[int | BadRequest]], None] | None = None
         self._durable: GroupCommit[Entry, int | BadRequest] = GroupCommit(self._run_durable)
         self._transient: GroupCommit[Entry, None] = GroupCommit(self._run_transient)
 
@@ -58,6 +61,8 @@ class LogPublisher:
         if dedupe_key is not None:  # a task outcome: logged once per key, never batched
             msg_id = append(self.engine, self.origin, target, event, data, dedupe_key)
             self._send([entry], [msg_id], True)
+            if self.on_logged is not None:
+                self.on_logged([entry], [msg_id])
             return msg_id
         if not durable:
             self._transient.submit(entry)
@@ -109,6 +114,8 @@ class LogPublisher:
         ids = append_many(self.engine, self.origin, entries)
         logged = [(e, i) for e, i in zip(entries, ids, strict=True) if isinstance(i, int)]
         self._send([e for e, _ in logged], [i for _, i in logged], True)
+        if self.on_logged is not None:
+            self.on_logged(entries, ids)
         return ids
 
     def _run_transient(self, entries: Sequence[Entry]) -> list[None]:

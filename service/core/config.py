@@ -135,6 +135,12 @@ class Settings:
     flower_basic_auth: str = ""  # HERALD_FLOWER_BASIC_AUTH: "user:password" for Flower
     rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672/api/"  # HERALD_RABBITMQ_API
     idempotency_ttl_s: int = 24 * 3600  # HERALD_IDEMPOTENCY_TTL: how long a key is remembered
+    # webhooks (workers/webhooks.py): none configured, none computed or sent
+    webhook_urls: tuple[str, ...] = ()  # HERALD_WEBHOOK_URLS
+    webhook_secret: str = ""  # HERALD_WEBHOOK_SECRET (default: HERALD_SECRET_KEY)
+    webhook_events: tuple[str, ...] = ()  # HERALD_WEBHOOK_EVENTS; (): all but member.*
+    webhook_flap_s: float = 3.0  # HERALD_WEBHOOK_FLAP_S: offline/vacated held this long
+    webhook_retry_base_s: float = 2.0  # HERALD_WEBHOOK_RETRY_BASE_S: first retry's delay
 
     @property
     def targeted(self) -> bool:
@@ -206,6 +212,12 @@ class Settings:
             flower_basic_auth=os.environ.get("HERALD_FLOWER_BASIC_AUTH", ""),
             rabbitmq_api_url=os.environ.get("HERALD_RABBITMQ_API") or cls.rabbitmq_api_url,
             idempotency_ttl_s=env_int("HERALD_IDEMPOTENCY_TTL", cls.idempotency_ttl_s),
+            webhook_urls=env_list("HERALD_WEBHOOK_URLS"),
+            webhook_secret=os.environ.get("HERALD_WEBHOOK_SECRET", ""),
+            webhook_events=env_list("HERALD_WEBHOOK_EVENTS"),
+            webhook_flap_s=env_float("HERALD_WEBHOOK_FLAP_S", cls.webhook_flap_s),
+            webhook_retry_base_s=env_float("HERALD_WEBHOOK_RETRY_BASE_S",
+                                           cls.webhook_retry_base_s),
         ).checked()
 
     def checked(self) -> Settings:
@@ -306,4 +318,7 @@ ENV_VARS = (
     "HERALD_USER_TASKS_PER_MIN", "HERALD_USER_QUERIES_PER_MIN", "HERALD_PUBLIC_TASKS",
     "HERALD_MAX_MONITORED_MEMBERS", "HERALD_ROUTING", "HERALD_BROKER_HEARTBEAT",
     "HERALD_TASK_QUEUE_TYPE", "HERALD_METRICS_PORT", "HERALD_IDEMPOTENCY_TTL",
+    "HERALD_WEBHOOK_URLS",
+    "HERALD_WEBHOOK_SECRET", "HERALD_WEBHOOK_EVENTS", "HERALD_WEBHOOK_FLAP_S",
+    "HERALD_WEBHOOK_RETRY_BASE_S",
 )

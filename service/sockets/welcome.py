@@ -179,6 +179,9 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
                 groups.append({"scope": scope, "group": group})
             else:
                 node.registry.submit("leave", connection_id=conn.id, scope=scope, group=group)
+        if resumed is not None:  # reattached outside the writer: tell the webhooks' checks
+            node.registry.committed("resume", id=cid, user_id=conn.user_id,
+                                    groups=[(g["scope"], g["group"]) for g in groups])
     finally:
         node.resuming.discard(cid)  # the hub holds it and its groups now
     # bound since hub.add and the joins (alongside the registry write): from the welcome

@@ -233,8 +233,9 @@ class Session:
             return
         groups = node.hub.remove(conn)
         conn.stop()
+        # user and groups ride along for the webhooks' checks (registry_sql ignores them)
         node.registry.submit("detach" if self._resumable() else "disconnect", id=conn.id,
-                             frontend_id=node.id)
+                             frontend_id=node.id, user_id=conn.user_id, groups=list(groups))
         info = node.member_info(conn)
         for key in groups:
             node.publish_presence(key, [], [info])

@@ -168,3 +168,17 @@ class TaskRecord(Base):
         DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now())
+
+
+class WebhookState(Base):
+    """What the webhooks last said of a user (``kind`` "user") or a group ("group",
+    key "<scope>/<group>"): "on" (online/occupied sent) or "leaving" (its last socket went
+    ``since``; offline/vacated goes out once the flap window has passed without a return).
+    No row: offline/vacated, or never seen. ``workers/webhook_presence.py`` moves it."""
+
+    __tablename__ = "webhook_state"
+
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    key: Mapped[str] = mapped_column(String(2 * NAME_LEN + 1), primary_key=True)
+    state: Mapped[str] = mapped_column(String(8))
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

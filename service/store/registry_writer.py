@@ -109,6 +109,9 @@ class RegistryWriter:
         self.should_stop = False
         self._greenlet: gevent.Greenlet[Any] | None = None
         self._held: DBConn | None = None
+        #: Called with each committed batch's ops (the refused left out): the webhooks'
+        #: presence checks (``workers/webhook_hooks.py``) when they are configured.
+        self.on_commit: Callable[[list[Op]], None] | None = None
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
@@ -119,6 +122,12 @@ class RegistryWriter:
         op = Op(kind, params, AsyncResult())
         self.queue.put(op)
         return op.done
+
+    def committed(self, kind: str, **params: Any) -> None:
+        """Tell ``on_commit`` of a write committed outside the writer (a server-side join
+        or leave, ``registry.record_server_membership``)."""
+        if self.on_commit is not None:
+            self.on_commit([Op(kind, params, AsyncResult())])
 
     def pending(self) -> int:
         return int(self.queue.qsize())
@@ -226,6 +235,11 @@ class RegistryWriter:
         for op in batch:
             if not op.done.ready():
                 op.done.set(True)
+        if self.on_commit is not None and runs:
+            try:
+                self.on_commit([op for op in batch if op.kind != "noop" and op not in refused])
+            except Exception:  # a hook's failure must not fail the writes
+                log.exception("registry on_commit hook failed")
 
     def _apply_one_by_one(self, batch: list[Op]) -> None:
         # A batch failed on its data (say, a join for a connection the sweeper removed):
