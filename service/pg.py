@@ -23,10 +23,11 @@ import queue
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.bus import make_consumer, make_publisher
 from service.cluster import pipeline
+from service.cluster.aftercommit import AfterCommit
 from service.core.config import Settings
 from service.core.envelope import (
     Target,
@@ -40,6 +41,9 @@ from service.core.presence import MonitorState, PresenceData
 from service.core.presence import decode as decode_presence
 from service.store import messagelog, registry
 from service.store.db import get_engine
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 #: How long monitor() waits for its queue to be bound before giving up.
 MONITOR_READY_TIMEOUT_S = 15.0
@@ -56,6 +60,7 @@ class Herald:
                                   confirm=True, heartbeat_s=self.settings.broker_heartbeat_s)
         self.log = pipeline.LogPublisher(self.engine, self.bus, self.origin,
                                            targeted=self.settings.targeted)
+        self.after_commit = AfterCommit(self.log)
 
     def join(self, scope: str, group: str, connection_id: str) -> None:
         """Server-side join of any connection (raises NotFound for an unknown one)."""
@@ -78,8 +83,16 @@ class Herald:
         return registry.which_groups(self.engine, scope)
 
     def publish(self, target: Target, event: str, data: Any = None, *,
-                durable: bool = True) -> int | None:
-        """Publish to every matching socket on every frontend; durable ones are logged first."""
+                durable: bool = True, session: Session | None = None) -> int | None:
+        """Publish to every matching socket on every frontend; durable ones are logged first.
+
+        With ``session`` (a SQLAlchemy ``Session`` on Herald's database) the log row is
+        written in that session's transaction and the message is sent when it commits:
+        never if it rolls back (see ``service.cluster.aftercommit``).
+        """
+        if session is not None:
+            return self.after_commit.publish_in(session, target, event, raw_json(data),
+                                                durable)
         return self.log.publish(target, event, raw_json(data), durable)
 
     def publish_many(self, messages: list[tuple[Target, str, Any]], *,
