@@ -43,7 +43,7 @@ from service.store import messagelog, registry
 from service.store.db import get_engine
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from sqlalchemy.orm import Session, scoped_session
 
 #: How long monitor() waits for its queue to be bound before giving up.
 MONITOR_READY_TIMEOUT_S = 15.0
@@ -53,7 +53,7 @@ class Herald:
     """A backend's handle on the cluster (thread-safe; one per process is enough)."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings.from_env()
+        self.settings = settings or Settings.from_env(client=True)
         self.origin = f"backend:{socket.gethostname()}:{os.getpid()}"
         self.engine = get_engine(self.settings.database_url, pool_size=2)
         self.bus = make_publisher(self.settings.broker_url, self.settings.exchange,
@@ -83,10 +83,12 @@ class Herald:
         return registry.which_groups(self.engine, scope)
 
     def publish(self, target: Target, event: str, data: Any = None, *,
-                durable: bool = True, session: Session | None = None) -> int | None:
+                durable: bool = True,
+                session: Session | scoped_session[Session] | None = None) -> int | None:
         """Publish to every matching socket on every frontend; durable ones are logged first.
 
-        With ``session`` (a SQLAlchemy ``Session`` on Herald's database) the log row is
+        With ``session`` (a SQLAlchemy ``Session`` on Herald's database, or a
+        ``scoped_session`` such as Flask-SQLAlchemy's ``db.session``) the log row is
         written in that session's transaction and the message is sent when it commits:
         never if it rolls back (see ``service.cluster.aftercommit``).
         """

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import msgspec
 from sqlalchemy import event
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction, scoped_session
 
 from service.core.envelope import Target
 from service.store.messagelog import Entry, append_in
@@ -46,10 +46,12 @@ class AfterCommit:
     def __init__(self, publisher: LogPublisher) -> None:
         self.publisher = publisher
 
-    def publish_in(self, session: Session, target: Target, event_name: str,
-                   data: msgspec.Raw, durable: bool) -> int | None:
+    def publish_in(self, session: Session | scoped_session[Session], target: Target,
+                   event_name: str, data: msgspec.Raw, durable: bool) -> int | None:
         """Log the message in ``session``'s transaction (begun if none is); send it when
         that transaction commits. Returns its log id (None when transient)."""
+        if isinstance(session, scoped_session):  # Flask-SQLAlchemy's db.session
+            session = session()
         if not isinstance(session, Session):
             # SQLAlchemy's Connection has no after-commit event (its commit event fires
             # before the commit), so a message could go out for a failed commit

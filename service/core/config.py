@@ -134,6 +134,8 @@ class Settings:
     metrics_port: int = 0  # HERALD_METRICS_PORT
     flower_basic_auth: str = ""  # HERALD_FLOWER_BASIC_AUTH: "user:password" for Flower
     rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672/api/"  # HERALD_RABBITMQ_API
+    relay_source: str = ""  # HERALD_RELAY_SOURCE: the backend database the outbox relay drains
+    relay_batch: int = 100  # HERALD_RELAY_BATCH: outbox rows the relay moves per step
 
     @property
     def targeted(self) -> bool:
@@ -144,8 +146,10 @@ class Settings:
         return self.env == "production"
 
     @classmethod
-    def from_env(cls) -> Settings:
-        """Read every setting from the environment and check it is usable."""
+    def from_env(cls, *, client: bool = False) -> Settings:
+        """Read every setting from the environment and check it is usable; ``client``: for
+        a backend's ``service.pg.Herald``, which holds no secret and serves nothing, so the
+        roles' checks and development secrets (files under var/) are skipped."""
         env = os.environ.get("HERALD_ENV", "").strip().lower()
         if not env:
             given = [n for n in ("HERALD_SECRET_KEY", "HERALD_API_KEYS") if os.environ.get(n)]
@@ -159,7 +163,7 @@ class Settings:
             env = "development"
         if env not in {"development", "production"}:
             raise ConfigError(f"HERALD_ENV must be development or production, got {env!r}")
-        return cls(
+        settings = cls(
             env=env,
             database_url=os.environ.get("HERALD_DATABASE_URL") or cls.database_url,
             broker_url=os.environ.get("HERALD_BROKER_URL") or cls.broker_url,
@@ -204,7 +208,10 @@ class Settings:
             metrics_port=env_int("HERALD_METRICS_PORT", cls.metrics_port),
             flower_basic_auth=os.environ.get("HERALD_FLOWER_BASIC_AUTH", ""),
             rabbitmq_api_url=os.environ.get("HERALD_RABBITMQ_API") or cls.rabbitmq_api_url,
-        ).checked()
+            relay_source=os.environ.get("HERALD_RELAY_SOURCE", ""),
+            relay_batch=env_int("HERALD_RELAY_BATCH", cls.relay_batch),
+        )
+        return settings if client else settings.checked()
 
     def checked(self) -> Settings:
         """Fill development defaults, or refuse to run in production without secrets."""
@@ -226,7 +233,8 @@ class Settings:
                             ("HERALD_USER_REPLAY_PER_MIN", self.user_replay_per_min),
                             ("HERALD_USER_DURABLE_PER_MIN", self.user_durable_per_min),
                             ("HERALD_USER_TASKS_PER_MIN", self.user_tasks_per_min),
-                            ("HERALD_USER_QUERIES_PER_MIN", self.user_queries_per_min)):
+                            ("HERALD_USER_QUERIES_PER_MIN", self.user_queries_per_min),
+                            ("HERALD_RELAY_BATCH", self.relay_batch)):
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive finite number")
         if self.routing not in ROUTINGS:
@@ -302,5 +310,5 @@ ENV_VARS = (
     "HERALD_REPLAY_LIMIT", "HERALD_USER_REPLAY_PER_MIN", "HERALD_USER_DURABLE_PER_MIN",
     "HERALD_USER_TASKS_PER_MIN", "HERALD_USER_QUERIES_PER_MIN", "HERALD_PUBLIC_TASKS",
     "HERALD_MAX_MONITORED_MEMBERS", "HERALD_ROUTING", "HERALD_BROKER_HEARTBEAT",
-    "HERALD_TASK_QUEUE_TYPE", "HERALD_METRICS_PORT",
+    "HERALD_TASK_QUEUE_TYPE", "HERALD_METRICS_PORT", "HERALD_RELAY_SOURCE", "HERALD_RELAY_BATCH",
 )

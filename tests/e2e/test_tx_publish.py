@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from service.core.envelope import Target
 from service.pg import Herald
@@ -136,6 +136,20 @@ def test_transient_waits_for_the_commit_too(
         session.rollback()
     _marker(herald, client, user)
     assert len(client.events("typing")) == 1
+
+
+def test_a_scoped_session_as_flask_sqlalchemy_has_it(
+        engine: Engine, herald: Herald, orders: str, listener: tuple[Client, str]) -> None:
+    client, user = listener
+    db_session = scoped_session(sessionmaker(engine))
+    db_session.execute(text(f"INSERT INTO {orders} (item) VALUES ('cup')"))
+    msg_id = herald.publish(Target.user(user), "order.created", {"item": "cup"},
+                            session=db_session)
+    _marker(herald, client, user)
+    assert client.events("order.created") == []
+    db_session.commit()
+    assert client.wait_for(lambda f: f.get("event") == "order.created")[0]["id"] == msg_id
+    db_session.remove()
 
 
 def test_a_connection_is_refused_with_what_to_pass_instead(engine: Engine,

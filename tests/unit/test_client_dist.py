@@ -13,7 +13,7 @@ from tests.support import PYTHON, ROOT
 FRONTEND_STACK = ("flask", "flask_sock", "gunicorn", "gevent", "simple_websocket",
                   "greenlet", "werkzeug", "celery")
 #: The client's public modules.
-CLIENT_MODULES = ("service.pg", "service.cluster.aftercommit")
+CLIENT_MODULES = ("service.pg", "service.cluster.aftercommit", "service.store.outbox")
 
 _PROBE = """
 import json, sys
