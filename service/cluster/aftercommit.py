@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import msgspec
 from sqlalchemy import event
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, SessionTransaction, scoped_session
 
 from service.core.envelope import Target
+from service.core.errors import BadRequest
 from service.store.messagelog import Entry, append_in
 
 from .pipeline import LogPublisher
@@ -61,7 +63,13 @@ class AfterCommit:
         db = session.connection()  # begins the session's transaction if none is open
         msg_id = None
         if durable:
-            msg_id = append_in(db, self.publisher.origin, target, event_name, data)
+            try:
+                msg_id = append_in(db, self.publisher.origin, target, event_name, data)
+            except DataError:
+                # Postgres refused the row (jsonb has no \u0000), which aborts the caller's
+                # transaction as any failed statement does: say so, rather than the driver
+                raise BadRequest("data cannot be stored (a \\u0000 in a string?); the "
+                                 "session's transaction is aborted: roll it back") from None
         tx = session.get_nested_transaction() or session.get_transaction()
         assert tx is not None  # session.connection() began one
         pending = session.info.get(PENDING_KEY)

@@ -23,7 +23,7 @@ import msgspec
 from sqlalchemy import Engine, MetaData, Table, Text, cast, delete, func, select
 
 from service.core.envelope import Target
-from service.store.messagelog import Entry, append_in
+from service.store.messagelog import Entry, append_keyed_many
 from service.store.outbox import outbox_table
 
 from .pipeline import LogPublisher
@@ -94,9 +94,8 @@ class Relay:
                              msgspec.Raw((data or "null").encode()))
                        for _, _, kind, key, event, data in rows]
             with self.herald_db.begin() as db:
-                ids = [append_in(db, self.publisher.origin, e.target, e.event, e.data,
-                                 self.key_of(row[1])) for e, row in zip(entries, rows,
-                                                                         strict=True)]
+                ids = append_keyed_many(db, self.publisher.origin, entries,
+                                        [self.key_of(row[1]) for row in rows])
             # logged: from here a crash loses nothing (the next step re-sends these ids)
             self.publisher.send_logged_many(entries, ids)
             src.execute(delete(t).where(t.c.id.in_([row[0] for row in rows])))

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from service.core.envelope import Target
+from service.core.errors import BadRequest
 from service.pg import Herald
 from service.store.models import Message
 from tests.support import Client
@@ -150,6 +151,18 @@ def test_a_scoped_session_as_flask_sqlalchemy_has_it(
     db_session.commit()
     assert client.wait_for(lambda f: f.get("event") == "order.created")[0]["id"] == msg_id
     db_session.remove()
+
+
+def test_data_postgres_refuses_is_a_bad_request_and_the_session_recovers(
+        engine: Engine, herald: Herald, orders: str) -> None:
+    with Session(engine) as session:
+        session.execute(text(f"INSERT INTO {orders} (item) VALUES ('nul')"))
+        with pytest.raises(BadRequest, match="roll it back"):
+            herald.publish(Target.all(), "x", {"s": "a\u0000b"}, session=session)
+        session.rollback()
+        session.execute(text(f"INSERT INTO {orders} (item) VALUES ('after')"))
+        session.commit()
+    assert _count(engine, orders, "nul") == 0 and _count(engine, orders, "after") == 1
 
 
 def test_a_connection_is_refused_with_what_to_pass_instead(engine: Engine,
