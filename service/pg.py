@@ -97,11 +97,16 @@ class Herald:
                                                 durable)
         return self.log.publish(target, event, raw_json(data), durable)
 
-    def publish_many(self, messages: list[tuple[Target, str, Any]], *,
-                     durable: bool = True) -> list[int | None]:
+    def publish_many(self, messages: list[tuple[Target, str, Any]], *, durable: bool = True,
+                     session: Session | scoped_session[Session] | None = None
+                     ) -> list[int | None]:
         """Publish several ``(target, event, data)`` messages in order, in as few log
         inserts and bus messages as they fit in; returns their ids (None when transient).
-        Raises BadRequest if Postgres refused one (the others are published)."""
+        Raises BadRequest if Postgres refused one (the others are published). With
+        ``session``: each as ``publish(..., session=)``, sent together after the commit."""
+        if session is not None:
+            return [self.after_commit.publish_in(session, t, e, raw_json(d), durable)
+                    for t, e, d in messages]
         results = self.log.publish_many(
             [messagelog.Entry(t, e, raw_json(d)) for t, e, d in messages], durable)
         for r in results:

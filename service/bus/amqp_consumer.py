@@ -38,7 +38,6 @@ from .bindings import Bindings
 log = logging.getLogger(__name__)
 
 
-
 def _gevent_patched() -> bool:
     """True when gevent has patched ``select`` (a frontend). gevent is imported only then:
     the installable client (``pyproject.toml``) runs this loop in plain threads without it."""

@@ -139,6 +139,20 @@ def test_transient_waits_for_the_commit_too(
     assert len(client.events("typing")) == 1
 
 
+def test_publish_many_in_a_session_goes_out_in_order_after_the_commit(
+        engine: Engine, herald: Herald, listener: tuple[Client, str]) -> None:
+    client, user = listener
+    with Session(engine) as session:
+        ids = herald.publish_many([(Target.user(user), "many", {"n": n}) for n in range(3)],
+                                  session=session)
+        _marker(herald, client, user)
+        assert client.events("many") == []
+        session.commit()
+    client.wait_for(lambda f: f.get("event") == "many", count=3)
+    assert [(e["id"], e["data"]["n"]) for e in client.events("many")] == list(
+        zip(ids, range(3), strict=True))
+
+
 def test_a_scoped_session_as_flask_sqlalchemy_has_it(
         engine: Engine, herald: Herald, orders: str, listener: tuple[Client, str]) -> None:
     client, user = listener
