@@ -65,6 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         run(settings, args.port or 8000)
         return 0
+    if args.role == "relay":
+        return _run_relay(settings)
     from service.core.config import DEV_SECRET_DIR
 
     var = DEV_SECRET_DIR  # HERALD_VAR_DIR: beat's schedule lives with the other state
@@ -89,6 +91,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _exec_celery("flower", f"--port={args.port or settings.flower_port}",
                             "--address=" + settings.host)
     raise SystemExit(f"unknown role {args.role}")
+
+
+def _run_relay(settings: Any) -> int:
+    """The outbox relay: a backend's ``herald_outbox`` (HERALD_RELAY_SOURCE) into Herald."""
+    import signal
+    import socket
+
+    from sqlalchemy.engine import make_url
+
+    from service.bus import make_publisher
+    from service.cluster.pipeline import LogPublisher
+    from service.cluster.relay import Relay
+    from service.core.config import ConfigError
+    from service.store.db import get_engine
+
+    if not settings.relay_source:
+        raise ConfigError("manage.py run relay needs HERALD_RELAY_SOURCE: the URL of the "
+                          "backend database that holds herald_outbox")
+    bus = make_publisher(settings.broker_url, settings.exchange, confirm=True,
+                         heartbeat_s=settings.broker_heartbeat_s)
+    origin = f"relay:{socket.gethostname()}:{os.getpid()}"
+    publisher = LogPublisher(get_engine(settings.database_url, pool_size=2), bus, origin,
+                             targeted=settings.targeted)
+    name = make_url(settings.relay_source).database or "outbox"  # for its log lines
+    relay = Relay(get_engine(settings.relay_source, pool_size=2), publisher.engine, publisher,
+                  name, batch=settings.relay_batch)
+    signal.signal(signal.SIGTERM, lambda *_: relay.stop())
+    signal.signal(signal.SIGINT, lambda *_: relay.stop())
+    try:
+        relay.run()
+    finally:
+        bus.close()
+    return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -166,7 +201,7 @@ def parser() -> argparse.ArgumentParser:
     db.set_defaults(func=cmd_db)
 
     run = sub.add_parser("run", help="run one role in the foreground")
-    run.add_argument("role", choices=["frontend", "worker", "beat", "flower"])
+    run.add_argument("role", choices=["frontend", "worker", "beat", "flower", "relay"])
     run.add_argument("--port", type=int)
     run.set_defaults(func=cmd_run)
 

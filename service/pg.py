@@ -23,10 +23,11 @@ import queue
 import socket
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.bus import make_consumer, make_publisher
 from service.cluster import pipeline
+from service.cluster.aftercommit import AfterCommit
 from service.core.config import Settings
 from service.core.envelope import (
     Target,
@@ -41,6 +42,9 @@ from service.core.presence import decode as decode_presence
 from service.store import idempotency, messagelog, receipts, registry
 from service.store.db import get_engine
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, scoped_session
+
 #: How long monitor() waits for its queue to be bound before giving up.
 MONITOR_READY_TIMEOUT_S = 15.0
 
@@ -49,7 +53,7 @@ class Herald:
     """A backend's handle on the cluster (thread-safe; one per process is enough)."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings.from_env()
+        self.settings = settings or Settings.from_env(client=True)
         self.origin = f"backend:{socket.gethostname()}:{os.getpid()}"
         self.engine = get_engine(self.settings.database_url, pool_size=2)
         self.bus = make_publisher(self.settings.broker_url, self.settings.exchange,
@@ -57,6 +61,7 @@ class Herald:
         self.log = pipeline.LogPublisher(
             self.engine, self.bus, self.origin, targeted=self.settings.targeted,
             idempotency_ttl_s=self.settings.idempotency_ttl_s)
+        self.after_commit = AfterCommit(self.log)
 
     def join(self, scope: str, group: str, connection_id: str) -> None:
         """Server-side join of any connection (raises NotFound for an unknown one)."""
@@ -80,13 +85,24 @@ class Herald:
 
     def publish(self, target: Target, event: str, data: Any = None, *,
                 durable: bool = True, idempotency_key: str | None = None,
-                receipt: bool = False) -> int | None:
+                receipt: bool = False,
+                session: Session | scoped_session[Session] | None = None) -> int | None:
         """Publish to every matching socket on every frontend; durable ones are logged first.
 
         With an ``idempotency_key`` (durable only), a repeat within HERALD_IDEMPOTENCY_TTL
         returns the first publish's id and is not delivered again. The Python API's keys
         have a namespace of their own, apart from every HTTP API key's. With ``receipt``
-        (durable, no key), ``receipt(id)`` reports the sockets written."""
+        (durable, no key), ``receipt(id)`` reports the sockets written. With ``session`` (a
+        SQLAlchemy ``Session`` on Herald's database, or a ``scoped_session`` such as
+        Flask-SQLAlchemy's ``db.session``) the log row is written in that session's
+        transaction and the message is sent when it commits: never if it rolls back (see
+        ``service.cluster.aftercommit``); it takes neither a key nor a receipt."""
+        if session is not None:
+            if receipt or idempotency_key is not None:
+                raise BadRequest("a publish with session= takes no receipt and no "
+                                 "idempotency_key (the caller's transaction decides)")
+            return self.after_commit.publish_in(session, target, event, raw_json(data),
+                                                durable)
         if receipt:
             if not durable or idempotency_key is not None:
                 raise BadRequest("receipt needs durable=True and no idempotency_key")
@@ -98,12 +114,19 @@ class Herald:
 
     def publish_many(self, messages: list[tuple[Target, str, Any]], *,
                      durable: bool = True,
-                     idempotency_keys: Sequence[str | None] | None = None
+                     idempotency_keys: Sequence[str | None] | None = None,
+                     session: Session | scoped_session[Session] | None = None
                      ) -> list[int | None]:
         """Publish several ``(target, event, data)`` messages in order, in as few log
         inserts and bus messages as they fit in; returns their ids (None when transient).
-        ``idempotency_keys``: one key or None per message (as ``publish``'s).
+        ``idempotency_keys``: one key or None per message (as ``publish``'s). With
+        ``session``: each as ``publish(..., session=)``, sent together after the commit.
         Raises BadRequest if Postgres refused one (the others are published)."""
+        if session is not None:
+            if idempotency_keys is not None:
+                raise BadRequest("a publish with session= takes no idempotency_keys")
+            return [self.after_commit.publish_in(session, t, e, raw_json(d), durable)
+                    for t, e, d in messages]
         entries = [messagelog.Entry(t, e, raw_json(d)) for t, e, d in messages]
         results: list[int | BadRequest | None]
         if idempotency_keys is None:

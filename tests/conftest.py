@@ -79,6 +79,11 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
+    def relay(self, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(f"relay-{len(self.procs)}", ["run", "relay"], {**ENV, **(env or {})})
+        self.procs.append(proc)
+        return proc
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()

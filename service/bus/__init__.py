@@ -12,7 +12,6 @@ from typing import Any
 from .amqp import BROKER_ERRORS, BROKER_HEARTBEAT_S, BusPublisher, fanout_exchange
 from .amqp_consumer import BusConsumer
 from .base import BusError, Consumer, Publisher
-from .memory import MemoryConsumer, MemoryPublisher
 
 MEMORY_SCHEME = "memory://"
 
@@ -23,6 +22,8 @@ __all__ = ["BROKER_ERRORS", "BROKER_HEARTBEAT_S", "BusConsumer", "BusError", "Bu
 def make_publisher(url: str, exchange: str, **options: Any) -> Publisher:
     """A publisher for the backend ``url`` names (``confirm``, ``lock``, ``sleep``: AMQP)."""
     if url.startswith(MEMORY_SCHEME):
+        from .memory import MemoryPublisher  # on gevent, which the installable client lacks
+
         return MemoryPublisher(url, exchange)
     return BusPublisher(url, exchange, **options)
 
@@ -31,5 +32,7 @@ def make_consumer(url: str, exchange: str, **options: Any) -> Consumer:
     """A consumer loop for the backend ``url`` names (``on_batch``, ``on_ready``,
     ``on_lost``, ``sleep``)."""
     if url.startswith(MEMORY_SCHEME):
+        from .memory import MemoryConsumer  # on gevent, which the installable client lacks
+
         return MemoryConsumer(url, exchange, **options)
     return BusConsumer(url, exchange, **options)

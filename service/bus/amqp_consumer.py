@@ -13,13 +13,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-import gevent
-from gevent import monkey
-from gevent.hub import Waiter
 from kombu import Connection, Queue
 
 from service.core.backoff import Backoff
@@ -39,7 +37,21 @@ from .bindings import Bindings
 
 log = logging.getLogger(__name__)
 
-_SELECT = monkey.get_original("select", "select")
+
+def _gevent_patched() -> bool:
+    """True when gevent has patched ``select`` (a frontend). gevent is imported only then:
+    the installable client (``pyproject.toml``) runs this loop in plain threads without it."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("select"))
+
+
+def _original_select() -> Any:
+    """``select.select`` as the OS gives it, even when gevent has patched the module."""
+    monkey = sys.modules.get("gevent.monkey")
+    return select.select if monkey is None else monkey.get_original("select", "select")
+
+
+_SELECT = _original_select()
 
 
 class BusConsumer:
@@ -243,7 +255,12 @@ class Readiness:
         self.sock = sock
         self.wake_fd = wake_fd
         self.loop: Any = None
-        if monkey.is_module_patched("select"):
+        self.waiter: Any = None
+        if _gevent_patched():
+            import gevent  # only a gevent frontend gets here (see _gevent_patched)
+            from gevent.hub import Waiter
+
+            self.waiter = Waiter
             self.loop = gevent.get_hub().loop
             self.on_sock = self.loop.io(sock.fileno(), 1)
             self.on_wake = self.loop.io(wake_fd, 1)
@@ -252,7 +269,7 @@ class Readiness:
         if self.loop is None:
             ready, _, _ = select.select([self.sock, self.wake_fd], [], [], timeout)
             return self.sock in ready
-        waiter: Waiter[bool] = Waiter()
+        waiter = self.waiter()
         timer = self.loop.timer(timeout)
         self.on_sock.start(waiter.switch, True)
         self.on_wake.start(waiter.switch, False)

@@ -110,6 +110,11 @@ class LogPublisher:
         """Publish a message the caller has already logged under ``msg_id``."""
         self._send([Entry(target, event, data)], [msg_id], True)
 
+    def send_logged_many(self, entries: Sequence[Entry], ids: Sequence[int | None]) -> None:
+        """Publish messages the caller has already logged (an id each; None: transient),
+        in order (a transactional publish, after its commit: ``aftercommit``)."""
+        self._send(entries, ids, any(i is not None for i in ids))
+
     def _run_durable(self, entries: Sequence[Entry]) -> list[int | BadRequest]:
         ids = append_many(self.engine, self.origin, entries)
         logged = [(e, i) for e, i in zip(entries, ids, strict=True) if isinstance(i, int)]

@@ -11,14 +11,12 @@ import dataclasses
 import logging
 import math
 import os
-import secrets
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.core.envvars import ConfigError as ConfigError
-from service.core.envvars import env_bool, env_float, env_int, env_list
+from service.core.envvars import dev_value, env_bool, env_float, env_int, env_list
 from service.core.routes import ROUTINGS
 
 log = logging.getLogger(__name__)
@@ -26,41 +24,6 @@ log = logging.getLogger(__name__)
 DEV_SECRET_DIR = Path(os.environ.get("HERALD_VAR_DIR")
                       or Path(__file__).resolve().parents[2] / "var")  # the checkout's var/
 _warned: set[str] = set()
-
-
-def _dev_value(filename: str, what: str) -> str:
-    """Return a development-only value shared by every local process through a file.
-
-    Two frontends and a worker started from one checkout must agree on the secret, so a
-    generated value is written once under ``var/`` and read back by the others.
-    """
-    DEV_SECRET_DIR.mkdir(parents=True, exist_ok=True)
-    path = DEV_SECRET_DIR / filename
-    try:
-        value = path.read_text().strip()
-    except FileNotFoundError:
-        value = ""
-    if not value:
-        value = secrets.token_urlsafe(32)
-        try:  # O_EXCL: of processes starting together exactly one writes, 0600 from birth
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            for _ in range(50):  # another process is writing it: read what it wrote
-                value = path.read_text().strip()
-                if value:
-                    break
-                time.sleep(0.01)
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(value)
-    if filename not in _warned:
-        _warned.add(filename)
-        log.warning(
-            "%s is not set: using a generated development value from %s. "
-            "Never run like this in production (HERALD_ENV=production refuses to).",
-            what, path,
-        )
-    return value
 
 
 #: Production's shortest accepted HS256 secret and API key.
@@ -141,6 +104,8 @@ class Settings:
     webhook_events: tuple[str, ...] = ()  # HERALD_WEBHOOK_EVENTS; (): all but member.*
     webhook_flap_s: float = 3.0  # HERALD_WEBHOOK_FLAP_S: offline/vacated held this long
     webhook_retry_base_s: float = 2.0  # HERALD_WEBHOOK_RETRY_BASE_S: first retry's delay
+    relay_source: str = ""  # HERALD_RELAY_SOURCE: the backend database the outbox relay drains
+    relay_batch: int = 100  # HERALD_RELAY_BATCH: outbox rows the relay moves per step
 
     @property
     def targeted(self) -> bool:
@@ -151,8 +116,10 @@ class Settings:
         return self.env == "production"
 
     @classmethod
-    def from_env(cls) -> Settings:
-        """Read every setting from the environment and check it is usable."""
+    def from_env(cls, *, client: bool = False) -> Settings:
+        """Read every setting from the environment and check it is usable; ``client``: for
+        a backend's ``service.pg.Herald``, which holds no secret and serves nothing, so the
+        roles' checks and development secrets (files under var/) are skipped."""
         env = os.environ.get("HERALD_ENV", "").strip().lower()
         if not env:
             given = [n for n in ("HERALD_SECRET_KEY", "HERALD_API_KEYS") if os.environ.get(n)]
@@ -166,7 +133,7 @@ class Settings:
             env = "development"
         if env not in {"development", "production"}:
             raise ConfigError(f"HERALD_ENV must be development or production, got {env!r}")
-        return cls(
+        settings = cls(
             env=env,
             database_url=os.environ.get("HERALD_DATABASE_URL") or cls.database_url,
             broker_url=os.environ.get("HERALD_BROKER_URL") or cls.broker_url,
@@ -218,7 +185,10 @@ class Settings:
             webhook_flap_s=env_float("HERALD_WEBHOOK_FLAP_S", cls.webhook_flap_s),
             webhook_retry_base_s=env_float("HERALD_WEBHOOK_RETRY_BASE_S",
                                            cls.webhook_retry_base_s),
-        ).checked()
+            relay_source=os.environ.get("HERALD_RELAY_SOURCE", ""),
+            relay_batch=env_int("HERALD_RELAY_BATCH", cls.relay_batch),
+        )
+        return settings if client else settings.checked()
 
     def checked(self) -> Settings:
         """Fill development defaults, or refuse to run in production without secrets."""
@@ -241,7 +211,8 @@ class Settings:
                             ("HERALD_USER_DURABLE_PER_MIN", self.user_durable_per_min),
                             ("HERALD_USER_TASKS_PER_MIN", self.user_tasks_per_min),
                             ("HERALD_USER_QUERIES_PER_MIN", self.user_queries_per_min),
-                            ("HERALD_IDEMPOTENCY_TTL", self.idempotency_ttl_s)):
+                            ("HERALD_IDEMPOTENCY_TTL", self.idempotency_ttl_s),
+                            ("HERALD_RELAY_BATCH", self.relay_batch)):
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive finite number")
         if self.routing not in ROUTINGS:
@@ -292,8 +263,10 @@ class Settings:
                 "this process; a deployment sets HERALD_ENV=production.")
         return dataclasses.replace(
             self,
-            secret_key=self.secret_key or _dev_value("dev-secret-key", "HERALD_SECRET_KEY"),
-            api_keys=self.api_keys or (_dev_value("dev-api-key", "HERALD_API_KEYS"),),
+            secret_key=self.secret_key or dev_value(DEV_SECRET_DIR, "dev-secret-key",
+                                                    "HERALD_SECRET_KEY", _warned),
+            api_keys=self.api_keys or (dev_value(DEV_SECRET_DIR, "dev-api-key",
+                                                 "HERALD_API_KEYS", _warned),),
         )
 
     def frontend_id_for(self, port: int | None) -> str:
@@ -318,7 +291,7 @@ ENV_VARS = (
     "HERALD_USER_TASKS_PER_MIN", "HERALD_USER_QUERIES_PER_MIN", "HERALD_PUBLIC_TASKS",
     "HERALD_MAX_MONITORED_MEMBERS", "HERALD_ROUTING", "HERALD_BROKER_HEARTBEAT",
     "HERALD_TASK_QUEUE_TYPE", "HERALD_METRICS_PORT", "HERALD_IDEMPOTENCY_TTL",
-    "HERALD_WEBHOOK_URLS",
-    "HERALD_WEBHOOK_SECRET", "HERALD_WEBHOOK_EVENTS", "HERALD_WEBHOOK_FLAP_S",
-    "HERALD_WEBHOOK_RETRY_BASE_S",
+    "HERALD_WEBHOOK_URLS", "HERALD_WEBHOOK_SECRET", "HERALD_WEBHOOK_EVENTS",
+    "HERALD_WEBHOOK_FLAP_S", "HERALD_WEBHOOK_RETRY_BASE_S", "HERALD_RELAY_SOURCE",
+    "HERALD_RELAY_BATCH",
 )

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("service.core.config")  # its warnings are the configuration's
 
 
 class ConfigError(RuntimeError):
@@ -49,3 +54,38 @@ def env_bool(name: str, default: bool) -> bool:
 def env_list(name: str) -> tuple[str, ...]:
     raw = os.environ.get(name, "")
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def dev_value(directory: Path, filename: str, what: str, warned: set[str]) -> str:
+    """Return a development-only value shared by every local process through a file.
+
+    Two frontends and a worker started from one checkout must agree on the secret, so a
+    generated value is written once under ``var/`` and read back by the others.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / filename
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        value = ""
+    if not value:
+        value = secrets.token_urlsafe(32)
+        try:  # O_EXCL: of processes starting together exactly one writes, 0600 from birth
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            for _ in range(50):  # another process is writing it: read what it wrote
+                value = path.read_text().strip()
+                if value:
+                    break
+                time.sleep(0.01)
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(value)
+    if filename not in warned:
+        warned.add(filename)
+        log.warning(
+            "%s is not set: using a generated development value from %s. "
+            "Never run like this in production (HERALD_ENV=production refuses to).",
+            what, path,
+        )
+    return value

@@ -8,7 +8,7 @@ resume, server-side membership changes and the look-ups.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection as DBConn
 from sqlalchemy import Engine, delete, func, select, update
@@ -17,9 +17,23 @@ from sqlalchemy.orm import Session
 
 from service.core.errors import NotFound
 from service.store.models import ConnectionRecord, FrontendRecord, Membership
-from service.store.registry_writer import Refused as Refused
-from service.store.registry_writer import RegistryWriter as RegistryWriter
-from service.store.registry_writer import settled as settled
+
+if TYPE_CHECKING:
+    from service.store.registry_writer import Refused as Refused
+    from service.store.registry_writer import RegistryWriter as RegistryWriter
+    from service.store.registry_writer import settled as settled
+
+_FROM_WRITER = ("Refused", "RegistryWriter", "settled")
+
+
+def __getattr__(name: str) -> Any:
+    """The writer's names, imported on first use: the writer runs on gevent, which the
+    installable client (the look-ups and server-side membership only) does not have."""
+    if name in _FROM_WRITER:
+        from service.store import registry_writer
+
+        return getattr(registry_writer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # --- frontends ---------------------------------------------------------------------------
 
