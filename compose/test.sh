@@ -30,7 +30,7 @@ if [ "${HERALD_LINT:-$([ "${CI:-}" = true ] && echo 1 || echo 0)}" = 1 ]; then
 fi
 
 herald_say "herald.js: node --test and tsc --noEmit (tests/js)"
-(cd tests/js && node --test && ./node_modules/.bin/tsc -p .) \
+(cd tests/js && node --test && ./node_modules/.bin/tsc --noEmit -p .) \
     || herald_die "herald.js's tests failed (run them: cd tests/js && npm test)"
 
 mkdir -p test-artifacts

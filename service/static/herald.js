@@ -335,7 +335,7 @@ export class Herald {
     if (this._tokenExpired()) {  // the server has closed it (4401) or is about to
       if (!this._getToken) return;
       this._needToken = true;
-      if (this._ws) return this._away("token expired");
+      if (this._ws) this._away("token expired");  // then at once, not after the backoff
     }
     if (this._ws) return this._live ? this._ping(WAKE_PROBE_MS) : undefined;
     if (!this._opening) this._open();  // skip the backoff wait

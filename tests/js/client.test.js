@@ -209,9 +209,12 @@ describe("page visibility and the network", () => {
     env.show("visible");
     await clock.tick(0);
     assert.equal(ws.sockets[0].closedWith.code, 4000);
-    await clock.tick(c.h.lastClose.delay);
+    assert.equal(ws.sockets.length, 2, "at once, not after the backoff");
+    assert.equal(c.getToken.mock.callCount(), 2);
     ws.last.open();
     assert.equal(label(ws.last.last("hello").token), "after-sleep");
+    await clock.tick(60_000);
+    assert.equal(ws.sockets.length, 2, "and only that one");
   });
 
   it("close() removes its listeners", async () => {
