@@ -5,6 +5,7 @@
 #   herald_postgres  Postgres reachable on 127.0.0.1:5432 with trust auth for "postgres"
 #   herald_rabbitmq  RabbitMQ on 127.0.0.1:5672 with the management API on :15672
 #   herald_services  both of the above
+#   herald_node      node + npm, and tests/js/node_modules from its lock (npm ci when it changes)
 #
 # Anything missing is installed with apt-get when running as root; otherwise the
 # functions say what to do and exit 1. Messages go to stderr, prefixed "herald:".
@@ -71,6 +72,29 @@ herald_venv() {
         herald_say "installing requirements.txt into .venv"
         "$venv/bin/pip" install -q --upgrade pip >&2
         "$venv/bin/pip" install -q -r "$req" >&2
+        echo "$sum" >"$stamp"
+    fi
+}
+
+# herald_node: node and npm for herald.js's tests (tests/js: node --test, tsc), and
+# tests/js/node_modules installed by `npm ci` from tests/js/package-lock.json; again only
+# when the lock changes (a stamp in node_modules/, as .venv keeps for requirements.txt).
+HERALD_NODE_MIN=18  # node --test and node:test's mock
+herald_node() {
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        herald_is_root || herald_die "node and npm are missing (herald.js's tests need them); install them (sudo apt-get install nodejs npm)"
+        herald_apt_install nodejs npm
+    fi
+    local major dir="$HERALD_ROOT/tests/js" stamp sum
+    major="$(node -p 'process.versions.node.split(".")[0]')"
+    [ "$major" -ge "$HERALD_NODE_MIN" ] \
+        || herald_die "node $major is too old for herald.js's tests (need $HERALD_NODE_MIN or later)"
+    stamp="$dir/node_modules/.package-lock.sha256"
+    sum="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+    if [ ! -d "$dir/node_modules" ] || [ "$(cat "$stamp" 2>/dev/null || true)" != "$sum" ]; then
+        herald_say "npm ci in tests/js (TypeScript, pinned by its package-lock.json)"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) >&2 \
+            || herald_die "npm ci in tests/js failed (is the npm registry reachable? npm config get registry)"
         echo "$sum" >"$stamp"
     fi
 }

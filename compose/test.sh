@@ -4,12 +4,14 @@
 #   compose/test.sh [PYTEST ARGS...]     e.g. compose/test.sh -k test_migrations
 #
 # HERALD_LINT=1 (the default when CI=true) runs ruff and mypy first.
-# Fails when pytest fails, collects no test, or skips any test.
+# herald.js's own tests (tests/js: node --test, and tsc on herald.d.ts) run before pytest.
+# Fails when they fail, or when pytest fails, collects no test, or skips any test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source compose/bootstrap.sh
 
 herald_venv
+herald_node
 herald_services
 herald_browser_tools
 herald_topology_tools
@@ -26,6 +28,10 @@ if [ "${HERALD_LINT:-$([ "${CI:-}" = true ] && echo 1 || echo 0)}" = 1 ]; then
     herald_say "lint: import layers (import-linter)"
     .venv/bin/lint-imports .ci/importlinter.ini
 fi
+
+herald_say "herald.js: node --test and tsc --noEmit (tests/js)"
+(cd tests/js && node --test && ./node_modules/.bin/tsc --noEmit -p .) \
+    || herald_die "herald.js's tests failed (run them: cd tests/js && npm test)"
 
 mkdir -p test-artifacts
 log="test-artifacts/pytest-$(date +%Y%m%d-%H%M%S)-$$.log"

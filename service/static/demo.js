@@ -138,9 +138,11 @@ async function signIn(event) {
       welcomed = true;
     });
     herald.on("gap", () => addMessage({ notice: true, text: "Some messages were not replayed" }));
+    herald.on("disconnected", ({ code, delay }) => console.info(
+      "herald: socket closed", code, delay === null ? "(stopped)" : `retry in ${delay} ms`));
     herald.on("error", (err) => console.warn("herald:", err.code, err.message));
-    herald.on("*", onTaskEvent);
-    herald.on("chat", (data, frame) => addMessage({
+    herald.on("event:*", onTaskEvent);
+    herald.on("event:chat", (data, frame) => addMessage({
       who: String(data?.user ?? "someone"), text: String(data?.text ?? JSON.stringify(data)),
       ts: frame.ts }));
     await new Promise((resolve, reject) => {

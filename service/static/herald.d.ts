@@ -24,8 +24,63 @@ export interface HeraldOptions {
   WebSocket?: { new (url: string): WebSocket };
   /** Milliseconds before a request is rejected with code "timeout" (10 000). */
   timeout?: number;
-  /** Milliseconds between pings that detect a dead socket (25 000). */
+  /**
+   * Milliseconds between pings that detect a dead socket; default: the welcome's
+   * `heartbeat` (25 000 until a welcome says). No pong within min(timeout, this) drops it.
+   */
   pingInterval?: number;
+  /** Where "online"/"offline" fire (defaults to globalThis.window when there is one). */
+  window?: Pick<EventTarget, "addEventListener" | "removeEventListener">;
+  /** Where "visibilitychange" fires (defaults to globalThis.document when there is one). */
+  document?: Pick<EventTarget, "addEventListener" | "removeEventListener"> &
+    { readonly visibilityState: string };
+}
+
+/** One row of the reconnect table: what the client does after a close code. */
+export interface CloseRule {
+  /** Reconnect; false: stop with `error` as lastError.code. */
+  readonly retry: boolean;
+  readonly error?: string;
+  /** Wait the `retry_ms=` of the close reason first (1012). */
+  readonly hint?: boolean;
+  /** Milliseconds always waited. */
+  readonly floor?: number;
+  /** Add half a ceiling that doubles per attempt (250 ms … 10 s), plus jitter over its other half. */
+  readonly backoff?: boolean;
+  /** Get a new token (getToken) before the next hello; without getToken: stop. */
+  readonly newToken?: boolean;
+  /** The server ended the session: no resume, a `gap` follows the next welcome. */
+  readonly gap?: boolean;
+}
+
+/** The reconnect table, keyed by close code (codes not in it: retry with backoff). */
+export const RECONNECT: Readonly<Record<number, CloseRule>>;
+/** The rule for a close code and the delay its reason hints at (`retry_ms=`). */
+export function closeRule(code: number, reason?: string): { rule: CloseRule; hintMs: number };
+/** The client's own event names; application events are `event:<name>`. */
+export const CLIENT_EVENTS: readonly ClientEventName[];
+export type ClientEventName =
+  "state" | "welcome" | "presence" | "error" | "gap" | "left" | "disconnected";
+
+/** What the `disconnected` event says about a socket that closed. */
+export interface Disconnected {
+  code: number;
+  reason: string;
+  /** Milliseconds until the next attempt; null when the client stopped (see lastError). */
+  delay: number | null;
+}
+
+/** Missed durable events were not replayed: resynchronise from your backend. */
+export interface Gap {
+  /**
+   * retention: past the log's retention; not_recovered: the log lost continuity (epoch);
+   * not_resumed: the session could not be resumed (groups were joined again, nothing
+   * replayed); session_ended: the server had ended the session (close 1000).
+   */
+  reason: "retention" | "not_recovered" | "not_resumed" | "session_ended";
+  /** The last durable id seen before the gap. */
+  lastId: number;
+  welcome: Welcome;
 }
 
 /** Exactly one target: a group (scope defaults to "default"), a user, a connection, or all. */
@@ -76,6 +131,11 @@ export interface Welcome {
   groups: { scope: string; group: string }[];
   replayed: number;
   gap: boolean;
+  /** The log's newest id (a client that has seen no durable id resumes from it). */
+  log_id?: number;
+  /** The log's continuity epoch and whether every missed durable event was replayed. */
+  epoch?: string;
+  recovered?: boolean;
 }
 
 export interface Monitor {
@@ -108,10 +168,13 @@ export interface HeraldEvents {
   presence: (frame: PresenceFrame) => void;
   error: (error: Error) => void;
   /** Some missed durable events could not be replayed: resynchronise from the backend. */
-  gap: (welcome: Welcome) => void;
+  gap: (gap: Gap) => void;
   /** A token refresh dropped a group the new token no longer grants. */
   left: (group: { scope: string; group: string }) => void;
-  "*": (frame: EventFrame) => void;
+  /** A socket closed: its code, reason and the delay before the next attempt. */
+  disconnected: (info: Disconnected) => void;
+  /** Every application event. */
+  "event:*": (frame: EventFrame) => void;
 }
 
 export class Herald {
@@ -129,8 +192,14 @@ export class Herald {
   readonly lastId: number;
   /** Why the client stopped by itself (fatal close code, 4401 without getToken). */
   readonly lastError: HeraldError | null;
+  /** The last socket close (null before the first). */
+  readonly lastClose: Disconnected | null;
 
+  /** The client's own events, or every application event ("event:*"). */
   on<K extends keyof HeraldEvents>(name: K, fn: HeraldEvents[K]): this;
+  /** An application event by name: `on("event:chat", (data, frame) => …)`. */
+  on<T = unknown>(event: `event:${string}`, fn: (data: T, frame: EventFrame<T>) => void): this;
+  /** @deprecated a bare application event name (never one of CLIENT_EVENTS): use "event:<name>". */
   on<T = unknown>(event: string, fn: (data: T, frame: EventFrame<T>) => void): this;
   off(name: string, fn: (...args: any[]) => void): this;
 
@@ -140,7 +209,8 @@ export class Herald {
   close(): void;
 
   /** Send any frame; resolves with the reply frame, rejects on an error frame or timeout. */
-  request(op: string, fields?: Record<string, unknown>): Promise<Record<string, any>>;
+  request(op: string, fields?: Record<string, unknown>,
+          opts?: { timeout?: number }): Promise<Record<string, any>>;
   join(group: string, opts?: { scope?: string }): Promise<void>;
   leave(group: string, opts?: { scope?: string }): Promise<void>;
   members(group: string, opts?: { scope?: string; local?: boolean }): Promise<Member[]>;

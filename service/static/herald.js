@@ -1,24 +1,66 @@
 /**
  * herald.js: a dependency-free browser client for Herald (README.md has the protocol).
- * It reconnects with full-jitter backoff, resumes its session (memberships come back
- * server-side, missed durable events are replayed after `last_id`), drops repeated
- * durable ids, refreshes the token before it expires, and tracks tasks by id.
+ * It reconnects as the close code says (RECONNECT below: one row per code), resumes its
+ * session (memberships come back server-side, missed durable events are replayed after
+ * `last_id`) and says so with a `gap` event when it could not, drops repeated durable ids,
+ * refreshes the token before it expires, pings at the server's `welcome.heartbeat`, comes
+ * back at once when the page is shown again or the network returns, and tracks tasks.
  *
  *   const herald = await Herald.connect({ getToken: () => fetchTokenFromMyBackend() });
- *   herald.on("chat", (data) => console.log(data.text));
+ *   herald.on("event:chat", (data) => console.log(data.text));   // application events
+ *   herald.on("disconnected", ({ code, reason, delay }) => console.log(code, delay));
  *   await herald.join("room:lobby");
  * @module herald
  */
 
-const BASE_MS = 250;          // backoff: full jitter over min(CAP, BASE * 2^attempt)
+// backoff: half the ceiling min(CAP, BASE * 2^attempt), plus jitter over the other half, so
+// the wait grows whatever Math.random says (full jitter can stay near 0 for many attempts)
+const BASE_MS = 250;
 const CAP_MS = 10_000;
+const STABLE_MS = 5_000;      // a socket welcomed this long resets the backoff
+const PING_MS = 25_000;       // until a welcome says `heartbeat`
+const WAKE_PROBE_MS = 3_000;  // a ping's deadline when the page comes back or goes online
+const EXPIRY_MARGIN_S = 5;    // a token this close to `exp` is treated as expired
 const SEEN_MAX = 10_000;      // durable ids remembered for de-duplication
 const TASKS_MAX = 200;        // task trackers kept
-/** Close codes after which reconnecting cannot help, and the error code they surface. */
-const FATAL = { 1008: "policy", 1009: "too_large", 4409: "replaced" };
 const CLIENT_AWAY = 4000;     // our close code for a dead socket: not a goodbye, so it resumes
 
+/**
+ * What to do after each close code, in one place. `retry`: reconnect (else stop, with
+ * `error` as lastError.code); `hint`: wait the `retry_ms=` of the close reason first;
+ * `floor`: ms always waited; `backoff`: add half a ceiling that doubles with each attempt
+ * that did not stay up STABLE_MS, plus jitter over its other half; `newToken`: call
+ * getToken before the next hello; `gap`: the server ended the session, so what is missed is not replayed (no resume
+ * token is presented and a `gap` event follows the next welcome). Unlisted codes: DEFAULT.
+ */
+export const RECONNECT = Object.freeze({
+  1000: { retry: true, backoff: true, gap: true },       // the server said goodbye
+  1001: { retry: true, backoff: true },                  // going away (proxy, shutdown)
+  1006: { retry: true, backoff: true },                  // no close frame: network, crash
+  1007: { retry: false, error: "bad_frame" },            // invalid UTF-8: our bug, would repeat
+  1008: { retry: false, error: "policy" },               // origin, rate abuse, too many sockets
+  1009: { retry: false, error: "too_large" },            // a frame over HERALD_MAX_FRAME
+  1011: { retry: true, floor: 1_000, backoff: true },    // server error
+  1012: { retry: true, hint: true, backoff: true },      // draining: elsewhere, after retry_ms
+  1013: { retry: true, floor: 500, backoff: true },      // behind, or no Postgres to resume
+  [CLIENT_AWAY]: { retry: true, backoff: true },         // ours: a ping went unanswered
+  4401: { retry: true, backoff: true, newToken: true },  // token expired (stop: no getToken)
+  4409: { retry: false, error: "replaced" },             // the session went to another socket
+});
+const DEFAULT_RULE = Object.freeze({ retry: true, floor: 1_000, backoff: true });
+
+/** The client's own events; application events are `event:<name>` (and `event:*`). */
+export const CLIENT_EVENTS = Object.freeze(["state", "welcome", "presence", "error", "gap",
+                                            "left", "disconnected"]);
+
 const key = (scope, group) => `${scope}/${group}`;
+
+/** The rule for a close code, and the delay (ms) its reason hints at (`retry_ms=`). */
+export function closeRule(code, reason = "") {
+  const rule = RECONNECT[code] || DEFAULT_RULE;
+  const hint = rule.hint ? /retry_ms=(\d+)/.exec(reason || "") : null;
+  return { rule, hintMs: hint ? Number(hint[1]) : 0 };
+}
 
 /** An error from the server (an `error` frame) or from the client; `.code` says which. */
 export class HeraldError extends Error {
@@ -86,10 +128,12 @@ export class Herald {
    * @param {() => Promise<string>} [opts.getToken] a fresh token (before expiry, after 4401)
    * @param {typeof WebSocket} [opts.WebSocket] a WebSocket implementation
    * @param {number} [opts.timeout] ms before a request is rejected with code "timeout"
-   * @param {number} [opts.pingInterval] ms between pings that detect a dead socket
+   * @param {number} [opts.pingInterval] ms between pings; default: the welcome's heartbeat
+   * @param {EventTarget} [opts.window] where "online"/"offline" fire (default: window)
+   * @param {Document} [opts.document] where "visibilitychange" fires (default: document)
    */
-  constructor({ url, token, getToken, WebSocket: impl, timeout = 10_000,
-                pingInterval = 25_000 } = {}) {
+  constructor({ url, token, getToken, WebSocket: impl, timeout = 10_000, pingInterval,
+                window: win, document: doc } = {}) {
     if (!token && !getToken) throw new TypeError("Herald needs a token or getToken");
     this.url = url || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
     /** @type {"connecting"|"open"|"reconnecting"|"closed"} */
@@ -102,14 +146,26 @@ export class Herald {
     this.lastId = 0;
     /** Why the client stopped, when it stopped by itself. */
     this.lastError = null;
+    /** The last socket close: {code, reason, delay} (delay null when it stopped). */
+    this.lastClose = null;
+    const g = globalThis;
     Object.assign(this, {
-      _token: token || null, _getToken: getToken, _WS: impl || globalThis.WebSocket,
-      _timeout: timeout, _pingEvery: pingInterval, _needToken: false,
+      _token: token || null, _getToken: getToken, _WS: impl || g.WebSocket,
+      _timeout: timeout, _pingOpt: pingInterval, _pingEvery: pingInterval || PING_MS,
+      _needToken: false, _win: win || (g.window?.addEventListener ? g.window : null),
+      _doc: doc || (g.document?.addEventListener ? g.document : null),
       _ws: null, _live: false, _stopped: true, _everOpen: false, _attempt: 0, _resume: null,
-      _ref: 0, _pending: new Map(), _queue: [], _timers: {},
+      _opening: 0, _gen: 0, _welcomedAt: 0, _lostSession: false, _offline: false,
+      _ref: 0, _pending: new Map(), _queue: [], _timers: {}, _retryTimer: null,
       _handlers: new Map(), _seen: new Set(), _groups: new Map(), _monitors: new Map(),
-      _tasks: new Map(),
+      _tasks: new Map(), _warned: new Set(),
     });
+    this._onOnline = () => { this._offline = false; this._wake(); };
+    this._onOffline = () => {  // no attempts until "online"; a live socket is left to the pings
+      this._offline = true;
+      if (this._retryTimer) { clearTimeout(this._retryTimer); this._retryTimer = null; }
+    };
+    this._onVisible = () => { if (this._doc.visibilityState === "visible") this._wake(); };
   }
 
   /** Create a client and resolve with it once open; rejects if it stops first. */
@@ -127,8 +183,10 @@ export class Herald {
   }
 
   /**
-   * Listen to an event name (`fn(data, frame)`), to "*" (`fn(frame)` for every event), or
-   * to the client's own: "state" (`fn(state)`), "welcome", "presence", "error", "gap".
+   * Listen to an application event: "event:<name>" (`fn(data, frame)`) or "event:*"
+   * (`fn(frame)` for every event); or to the client's own (CLIENT_EVENTS): "state"
+   * (`fn(state)`), "welcome", "presence", "error", "gap", "left", "disconnected". A bare
+   * name that is not the client's still gets application events, with a warning (0.1 API).
    */
   on(name, fn) {
     if (!this._handlers.has(name)) this._handlers.set(name, new Set());
@@ -147,42 +205,82 @@ export class Herald {
     }
   }
 
-  /** Start connecting (idempotent); it reconnects until close() or a fatal close code. */
-  connect() { if (this._stopped) { this._stopped = false; this._open(); } return this; }
+  /** Start connecting (idempotent); it reconnects until close() or a close code that stops. */
+  connect() {
+    if (!this._stopped) return this;
+    this._stopped = false;
+    this._win?.addEventListener("online", this._onOnline);
+    this._win?.addEventListener("offline", this._onOffline);
+    this._doc?.addEventListener("visibilitychange", this._onVisible);
+    this._open();
+    return this;
+  }
 
   /** Say goodbye (close code 1000: the server ends the session) and stop reconnecting. */
   close() {
-    this._stopped = true;
     const ws = this._ws;
-    this._drop();
+    this._stop();
     ws?.close(1000);
     this._failAll(new HeraldError("closed", "client closed"));
     this._setState("closed");
   }
 
+  _stop() {
+    this._stopped = true;
+    this._gen++;  // a getToken still pending must not open a socket any more
+    this._opening = 0;
+    this._drop();
+    this._win?.removeEventListener("online", this._onOnline);
+    this._win?.removeEventListener("offline", this._onOffline);
+    this._doc?.removeEventListener("visibilitychange", this._onVisible);
+  }
+
   _setState(state) { if (this.state !== state) this._emit("state", (this.state = state)); }
 
+  _tokenExpired() {
+    const exp = this._token && tokenExpiry(this._token);
+    return !!exp && exp - EXPIRY_MARGIN_S <= Date.now() / 1000;
+  }
+
+  /** Open one socket: at most one attempt is in flight (also while getToken is pending). */
   async _open() {
+    if (this._stopped || this._opening || this._ws) return;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
     this._setState(this._everOpen ? "reconnecting" : "connecting");
+    const gen = this._gen;
+    this._opening = 1;
     let ws;
     try {
-      if (this._getToken && (!this._token || this._needToken)) {
-        this._token = await this._getToken();
+      if (this._getToken && (!this._token || this._needToken || this._tokenExpired())) {
+        const fresh = await this._getToken();
+        if (gen !== this._gen) return;
+        this._token = fresh;
         this._needToken = false;
       }
-      if (this._stopped) return;
+      if (this._stopped || gen !== this._gen) return;
       ws = this._ws = new this._WS(this.url);
     } catch (err) {
+      if (gen !== this._gen) return;
+      this._opening = 0;
       this._emit("error", err);
-      return this._retry();
+      return this._retry(DEFAULT_RULE, 0);
+    } finally {
+      if (gen === this._gen) this._opening = 0;
     }
     ws.onopen = () => {
       const hello = { op: "hello", ref: ++this._ref, token: this._token };
-      if (this._resume) hello.resume = this._resume;
+      if (this._resume && !this._lostSession) hello.resume = this._resume;
       if (this.lastId > 0) hello.last_id = this.lastId;
       ws.send(JSON.stringify(hello));
     };
-    ws.onmessage = ({ data }) => this._frame(JSON.parse(data));
+    ws.onmessage = ({ data }) => {
+      let frame;
+      try { frame = JSON.parse(data); } catch {
+        return this._emit("error", new HeraldError("bad_frame", "a frame that is not JSON"));
+      }
+      this._frame(frame);
+    };
     ws.onclose = (ev) => this._closed(ev);
   }
 
@@ -190,33 +288,64 @@ export class Herald {
   _drop() {
     if (this._ws) this._ws.onopen = this._ws.onmessage = this._ws.onclose = null;
     Object.values(this._timers).forEach(clearTimeout);
-    Object.assign(this, { _ws: null, _live: false, _timers: {} });
+    clearTimeout(this._retryTimer);
+    Object.assign(this, { _ws: null, _live: false, _timers: {}, _retryTimer: null });
   }
 
-  _closed({ code, reason }) {
+  /** A socket closed: look its code up in RECONNECT and retry or stop as it says. */
+  _closed({ code, reason = "" }) {
+    if (this._welcomedAt && Date.now() - this._welcomedAt >= STABLE_MS) this._attempt = 0;
+    this._welcomedAt = 0;
     this._drop();
     this._failAll(new HeraldError("disconnected", `socket closed (${code})`), true);
     if (this._stopped) return;
-    if (code in FATAL || (code === 4401 && !this._getToken)) {
-      this.lastError = new HeraldError(FATAL[code] || "unauthorized", reason || `closed (${code})`);
-      this._stopped = true;
+    const { rule, hintMs } = closeRule(code, reason);
+    if (!rule.retry || (rule.newToken && !this._getToken)) {
+      this.lastError = new HeraldError(rule.error || "unauthorized", reason || `closed (${code})`);
+      this.lastClose = { code, reason, delay: null };
+      this._stop();
+      this._emit("disconnected", this.lastClose);
       this._emit("error", this.lastError);
       return this._setState("closed");
     }
-    if (code === 4401) this._needToken = true;
-    if (code === 1012) {  // draining: come back after its hint (to another frontend)
-      const hint = /retry_ms=(\d+)/.exec(reason || "");
-      return this._retry(hint ? Number(hint[1]) : 0, true);
-    }
-    this._retry(0, code === 1013);  // 1013: we fell behind; resume straight away
+    if (rule.newToken) this._needToken = true;
+    if (rule.gap) this._lostSession = true;
+    const delay = this._retry(rule, hintMs);
+    this.lastClose = { code, reason, delay };
+    this._emit("disconnected", this.lastClose);
   }
 
-  /** Reconnect after `extra` ms plus full jitter (the first step only, when `first`). */
-  _retry(extra = 0, first = false) {
-    if (this._stopped) return;
+  /** Schedule the next attempt as `rule` says; returns the delay in ms. */
+  _retry(rule, hintMs) {
+    if (this._stopped) return null;
     this._setState(this._everOpen ? "reconnecting" : "connecting");
-    const ceiling = Math.min(CAP_MS, BASE_MS * 2 ** (first ? 0 : this._attempt++));
-    this._timers.retry = setTimeout(() => this._open(), extra + Math.random() * ceiling);
+    const ceiling = Math.min(CAP_MS, BASE_MS * 2 ** this._attempt);
+    if (rule.backoff) this._attempt++;
+    const jitter = rule.backoff ? ceiling / 2 + (Math.random() * ceiling) / 2 : 0;
+    const delay = Math.round(hintMs + (rule.floor || 0) + jitter);
+    clearTimeout(this._retryTimer);
+    // offline: wait for "online" (which reconnects at once) rather than spend attempts
+    this._retryTimer = this._offline ? null : setTimeout(() => this._open(), delay);
+    return delay;
+  }
+
+  /** The page is visible again or the network is back: check the socket, or reconnect now. */
+  _wake() {
+    if (this._stopped) return;
+    if (this._tokenExpired()) {  // the server has closed it (4401) or is about to
+      if (!this._getToken) return;
+      this._needToken = true;
+      if (this._ws) this._away("token expired");  // then at once, not after the backoff
+    }
+    if (this._ws) return this._live ? this._ping(WAKE_PROBE_MS) : undefined;
+    if (!this._opening) this._open();  // skip the backoff wait
+  }
+
+  /** Give up on the current socket (dead or useless) and resume on a new one. */
+  _away(reason) {
+    const ws = this._ws;
+    ws?.close(CLIENT_AWAY, reason);
+    this._closed({ code: CLIENT_AWAY, reason });
   }
 
   _frame(f) {
@@ -236,9 +365,17 @@ export class Herald {
 
   _welcome(w) {
     const reconnect = this._everOpen;
+    const lost = this._lostSession;
     Object.assign(this, { connectionId: w.connection_id, frontend: w.frontend, _resume: w.resume,
-                          _attempt: 0, _everOpen: true, _live: true });
-    if (w.gap) this._emit("gap", w);  // some missed events are gone: resync from the backend
+                          _everOpen: true, _live: true, _welcomedAt: Date.now(),
+                          _lostSession: false });
+    if (!this._pingOpt && w.heartbeat > 0) this._pingEvery = w.heartbeat * 1000;
+    // what was missed is gone (retention, a new epoch) or was never asked for (no resume):
+    // the app should resynchronise from its backend
+    let gap = null;
+    if (w.gap) gap = "retention";
+    else if (w.recovered === false) gap = "not_recovered";
+    else if (reconnect && !w.resumed) gap = lost ? "session_ended" : "not_resumed";
     // no durable id seen yet: resume from the log's head as of this welcome, so what is
     // published while we are away is replayed even before our first durable event
     if (this.lastId === 0 && typeof w.log_id === "number") this.lastId = w.log_id;
@@ -251,6 +388,7 @@ export class Herald {
     for (const m of this._monitors.values()) this._sendMonitor(m).catch(report);
     this._setState("open");
     this._emit("welcome", w);
+    if (gap) this._emit("gap", { reason: gap, lastId: this.lastId, welcome: w });
     for (const p of this._queue.splice(0)) this._send(p);
     this._scheduleRefresh();
     this._schedulePing();
@@ -264,8 +402,21 @@ export class Herald {
     if (f.event.startsWith("task.") && f.data?.task_id) {
       this.task(f.data.task_id)._apply(f.event, f.data);
     }
-    this._emit(f.event, f.data, f);
-    this._emit("*", f);
+    this._emit(`event:${f.event}`, f.data, f);
+    this._emit("event:*", f);
+    // the 0.1 API: bare names, never one of the client's own events
+    if (!CLIENT_EVENTS.includes(f.event)) this._legacy(f.event, f.data, f);
+    this._legacy("*", f);
+  }
+
+  _legacy(name, ...args) {
+    if (!this._handlers.get(name)?.size) return;
+    if (!this._warned.has(name)) {
+      this._warned.add(name);
+      console.warn(`herald: on(${JSON.stringify(name)}) for application events is deprecated;` +
+                   ` use on(${JSON.stringify(`event:${name}`)})`);
+    }
+    this._emit(name, ...args);
   }
 
   _remember(id) {
@@ -298,7 +449,7 @@ export class Herald {
   }
 
   /** Send a frame and resolve with its reply (queued while reconnecting). */
-  request(op, fields = {}) {
+  request(op, fields = {}, { timeout = this._timeout } = {}) {
     const ref = ++this._ref;
     return new Promise((resolve, reject) => {
       const p = { resolve, reject, sent: false, raw: JSON.stringify({ op, ref, ...fields }) };
@@ -306,7 +457,7 @@ export class Herald {
         this._pending.delete(ref);
         this._queue = this._queue.filter((q) => q !== p);
         reject(new HeraldError("timeout", `no reply to ${op}`));
-      }, this._timeout);
+      }, timeout);
       this._pending.set(ref, p);
       if (this._live) this._send(p);
       else this._queue.push(p);
@@ -366,8 +517,8 @@ export class Herald {
    */
   async publish(target, event, data = null, { durable = false } = {}) {
     const ack = await this.request("publish", { ...target, event, data, durable });
-    if (ack.id !== undefined) this._remember(ack.id);
-    return ack.id;
+    if (ack.id !== undefined && ack.id !== null) this._remember(ack.id);
+    return ack.id ?? undefined;
   }
 
   /** Start a task; resolves with its HeraldTask (events that beat the ack are kept). */
@@ -411,16 +562,20 @@ export class Herald {
     }, Math.min(2 ** 31 - 1, Math.max(1_000, left - Math.min(60_000, left / 5))));
   }
 
-  /** A ping without a pong in time means a dead socket: drop it and resume elsewhere. */
+  /** Ping every heartbeat; no pong within `wait` ms means a dead socket: resume elsewhere. */
   _schedulePing() {
-    this._timers.ping = setTimeout(() => {
-      const ws = this._ws;
-      this.request("ping").then(() => this._schedulePing(), (err) => {
-        if (err.code !== "timeout" || ws !== this._ws) return;
-        ws.close(CLIENT_AWAY, "no pong");
-        this._closed({ code: CLIENT_AWAY, reason: "no pong" });
-      });
-    }, this._pingEvery);
+    clearTimeout(this._timers.ping);
+    this._timers.ping = setTimeout(() => this._ping(), this._pingEvery);
+  }
+
+  _ping(wait = Math.min(this._timeout, this._pingEvery)) {
+    clearTimeout(this._timers.ping);
+    const ws = this._ws;
+    this.request("ping", {}, { timeout: wait }).then(() => {
+      if (ws === this._ws) this._schedulePing();
+    }, (err) => {
+      if (err.code === "timeout" && ws === this._ws && ws) this._away("no pong");
+    });
   }
 }
 

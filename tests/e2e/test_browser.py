@@ -4,7 +4,8 @@ Two frontends A and B, one worker, and nginx whose upstream is A with B as ``bac
 comes in through nginx (so it lands on A while A lives), page 2 opens B directly, both as the
 same user. Page 1 starts a task and page 2 watches it finish; then A is SIGKILLed, a durable
 message goes to the room through B's HTTP API, and page 1 must come back through nginx on
-B, resume, and show that message exactly once.
+B, resume, and show that message exactly once. An application event named `error` reaches no
+client handler of herald.js on either page.
 """
 
 from __future__ import annotations
@@ -162,6 +163,16 @@ def test_demo_task_room_and_failover_through_nginx(cluster: Any, browser: Any,
         expect(two.page.locator("#messages li.mine")).to_have_count(1)
         _say(one, "Hello, room")
         expect(two.page.locator("#messages li", has_text="Hello, room")).to_have_count(1)
+        # an application event named like one of herald.js's own reaches no client handler
+        for event, text in (("error", "not an error"), ("chat", "after the fake error")):
+            reply = api(b, "POST", "/api/publish", json={
+                "target": {"group": "room:lobby"}, "event": event,
+                "data": {"user": "ops", "text": text}})
+            assert reply.status_code == 202, reply.text
+        for tab in tabs:  # delivered in publish order: the error event came first
+            expect(tab.page.locator("#messages li", has_text="after the fake error")
+                   ).to_have_count(1)
+            assert not [c for c in tab.console if "herald:" in c and "warning" in c], tab.console
         one.doc_screenshot("demo-room.png")
 
         # the task: started on page 1 (A), watched on page 2 (B)
