@@ -61,31 +61,32 @@ def op_join(s: Session, f: frames.Frame) -> Reply:
     limit = s.node.settings.max_groups
     if (f.scope, f.group) not in s.conn.groups and len(s.conn.groups) >= limit:
         raise Forbidden(f"group limit reached (HERALD_MAX_GROUPS={limit} per connection)")
-    if f.rewind:
-        _query_quota(s, "history/rewind")
-        # live events of the group wait until the ack and the rewound ones are out
-        s.conn.hold()
-    try:
-        s.node.join(s.conn, (f.scope, f.group))
-    except SQLAlchemyError:
-        if f.rewind:
-            s.conn.release()
-        raise HeraldError("could not record the membership") from None
     if not f.rewind:
+        _join(s, f)
         return ack(f)
+    _query_quota(s, "history/rewind")
+    s.conn.hold()  # live events of the group wait until the ack and the rewound ones
     try:
-        # read after the route is bound: an event published meanwhile is held and may
-        # come twice (same id; clients drop repeats, as after a replay)
-        events = history.rewind(s.node.engine, f.scope, f.group, f.rewind)
-    except SQLAlchemyError:
-        events = []
-        log.warning("rewind of %s/%s failed: the log cannot be read", f.scope, f.group)
-    try:
+        _join(s, f)
+        try:
+            # read after the route is bound: an event published meanwhile is held and
+            # may come twice (same id; clients drop repeats, as after a replay)
+            events = history.rewind(s.node.engine, f.scope, f.group, f.rewind)
+        except SQLAlchemyError:
+            events = []
+            log.warning("rewind of %s/%s failed: the log cannot be read", f.scope, f.group)
         s.conn.send(ack(f, rewound=len(events)))
         send_events(s.conn, events)
     finally:
         s.conn.release()
     return None
+
+def _join(s: Session, f: frames.Join) -> None:
+    assert s.conn is not None
+    try:
+        s.node.join(s.conn, (f.scope, f.group))
+    except SQLAlchemyError:
+        raise HeraldError("could not record the membership") from None
 
 def op_leave(s: Session, f: frames.Frame) -> Reply:
     assert isinstance(f, frames.Leave) and s.conn

@@ -76,6 +76,10 @@ export interface Welcome {
   groups: { scope: string; group: string }[];
   replayed: number;
   gap: boolean;
+  /** The log's epoch: keep it with the last durable id and send it as `hello.epoch`. */
+  epoch: string;
+  /** Every durable message missed since `hello.last_id` was replayed; false: reload state. */
+  recovered: boolean;
 }
 
 export interface Monitor {

@@ -84,8 +84,12 @@ def test_epoch_changes_when_the_log_loses_continuity(runner: Any) -> None:
         eng = create_engine(url)
         first = epoch.read(eng)
         assert first and epoch.read(eng) == first  # stable while nothing happens
+        cached, fresh = epoch.EpochCache(refresh_s=3600), epoch.EpochCache(refresh_s=0)
+        assert cached.current(eng) == fresh.current(eng) == first
         renewed = runner("db", "new-epoch", env=env).stdout.strip()
         assert renewed == epoch.read(eng) != first
+        # a frontend serves what it read until its refresh is due, then the new one
+        assert cached.current(eng) == first and fresh.current(eng) == renewed
         seen = {first, renewed}
         for statement in ("TRUNCATE messages", "ALTER SEQUENCE messages_id_seq RESTART",
                           "TRUNCATE messages RESTART IDENTITY"):
