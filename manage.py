@@ -47,6 +47,11 @@ def cmd_db(args: argparse.Namespace) -> int:
         command.current(cfg, verbose=True)
     elif args.action == "revision":
         command.revision(cfg, message=args.message, autogenerate=True)
+    elif args.action == "new-epoch":  # the log lost continuity: clients must resync
+        from service.store import epoch
+        from service.store.db import get_engine
+
+        print(epoch.renew(get_engine(url)))
     return 0
 
 
@@ -195,7 +200,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="Alembic migrations")
-    db.add_argument("action", choices=["upgrade", "downgrade", "current", "revision"])
+    db.add_argument("action", choices=["upgrade", "downgrade", "current", "revision",
+                                        "new-epoch"])
     db.add_argument("rev", nargs="?")
     db.add_argument("-m", "--message", default="change")
     db.set_defaults(func=cmd_db)

@@ -13,6 +13,7 @@ from service.cluster.frontend import Frontend
 from service.core.config import Settings
 from service.delivery.wsock import InlineReader
 from service.http import api
+from service.http import history as _history  # noqa: F401  (its route joins api)
 from service.http.ports import InternalPort
 from service.sockets import ws
 

@@ -41,7 +41,7 @@ from service.core.metrics import Meter
 from service.core.routes import EVERYTHING
 from service.delivery.conn import CLOSE_DRAINING, CLOSE_REPLACED, Conn
 from service.delivery.hub import Hub
-from service.store import registry, replay
+from service.store import epoch, registry, replay
 from service.store.db import get_engine, server_instance
 from service.store.probe import DedicatedProbe
 
@@ -90,6 +90,7 @@ class Frontend(Membership, Publishing):
         self.draining = False
         self.init_publishing()
         self.log_head = replay.LogHead()
+        self.epoch = epoch.EpochCache()
         self.quotas = UserQuotas(replay_per_min=settings.user_replay_per_min,
                                  durable_per_min=settings.user_durable_per_min,
                                  tasks_per_min=settings.user_tasks_per_min,

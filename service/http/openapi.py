@@ -13,6 +13,7 @@ from typing import Any
 
 from service.core.envelope import DEFAULT_SCOPE
 from service.http.schemas import IDEMPOTENCY_KEY_JSON, components
+from service.store.history import HISTORY_MAX, MAX_LOG_ID
 from service.store.messagelog import PUBLISH_BATCH_MAX
 
 Schema = dict[str, Any]
@@ -114,6 +115,15 @@ def _paths() -> dict[str, Schema]:
             {200: _json(_array(_ref("Member")), "members")}, (400, 404),
             [*group_params, _param("local", "query", _string(
                 "1 or true: only this frontend's sockets"), required=False)])},
+        "/api/groups/{scope}/{group}/history": {"get": _op(
+            "groupHistory: a page of the group's durable events by log id (after, else "
+            "the newest before `before`)",
+            {200: _json(_ref("HistoryPage"), "events oldest first")}, (400,),
+            [*group_params, *(_param(p, "query", {"type": "integer", "minimum": lo,
+                                                  "maximum": hi}, required=False)
+                              for p, lo, hi in (("limit", 1, HISTORY_MAX),
+                                                ("before", 0, MAX_LOG_ID),
+                                                ("after", 0, MAX_LOG_ID)))])},
         "/api/groups/{scope}/{group}/members/{connection_id}": {
             "put": _op("joinGroup: server-side join of any connection (pg:join)",
                        {204: none}, (400, 404), member_params),

@@ -186,6 +186,22 @@ class Readiness(_Body):
     frontend: str
 
 
+class LogEvent(_Body):
+    """A durable event frame, as a client received it live."""
+
+    op: Literal["event"]
+    event: EventName
+    data: Any
+    target: dict[str, Any]
+    ts: Annotated[float, Meta(description="publish time, Unix seconds")]
+    id: Annotated[int, Meta(description="log id")]
+
+
+class HistoryPage(_Body):
+    events: Annotated[list[LogEvent], Meta(description="oldest first")]
+    gap: Annotated[bool, Meta(description="retention cut the range: older events are gone")]
+
+
 class Error(_Body):
     error: Annotated[str, Meta(extra_json_schema={"enum": ERROR_CODES})]
     message: str
@@ -194,7 +210,8 @@ class Error(_Body):
 #: Every body the document describes (the rest are reached from these).
 DOCUMENTED = (Error, *TARGETS, PublishRequest, PublishResponse, PublishBatchRequest,
               PublishBatchResponse, ReceiptReport, TaskRequest, TaskCreated, TaskStatus,
-              GroupCount, Member, UserConnection, FrontendInfo, Health, Readiness)
+              GroupCount, Member, UserConnection, FrontendInfo, Health, Readiness,
+              HistoryPage)
 
 
 def components() -> dict[str, Any]:

@@ -13,6 +13,10 @@ import msgspec
 
 from service.core.envelope import NAME_MAX, NAME_PATTERN, NULL
 from service.core.errors import BadRequest, UnknownOp
+from service.store.history import HISTORY_MAX
+
+#: Longest ``hello.epoch`` accepted (the server's is about 40 characters).
+EPOCH_MAX = 128
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)]
 Scope = Name
@@ -30,18 +34,25 @@ class Hello(Frame, kw_only=True):
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
     resume: str | None = None
     last_id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
+    #: The ``welcome.epoch`` the client's ``last_id`` belongs to; another: not recovered.
+    epoch: Annotated[str, msgspec.Meta(max_length=EPOCH_MAX)] | None = None
 
 
 class Refresh(Frame, kw_only=True):
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
 
 
-class Join(Frame, kw_only=True):
+class GroupFrame(Frame, kw_only=True):
     group: Name
     scope: Scope = "default"
 
 
-class Leave(Join):
+class Join(GroupFrame, kw_only=True):
+    #: The group's last N durable events, sent after the ack (``HISTORY_MAX`` at most).
+    rewind: Annotated[int, msgspec.Meta(ge=0, le=HISTORY_MAX)] = 0
+
+
+class Leave(GroupFrame):
     pass
 
 
@@ -66,12 +77,23 @@ class Members(Frame, kw_only=True):
     after: Annotated[str, msgspec.Meta(max_length=NAME_MAX)] | None = None
 
 
-class Monitor(Join):
+class Monitor(GroupFrame):
     pass
 
 
-class Demonitor(Join):
+class Demonitor(GroupFrame):
     pass
+
+
+LogId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class History(GroupFrame, kw_only=True):
+    """A page of the group's durable events: after ``after``, else before ``before``."""
+
+    limit: Annotated[int, msgspec.Meta(ge=1, le=HISTORY_MAX)] = HISTORY_MAX
+    before: LogId | None = None
+    after: LogId | None = None
 
 
 class StartTask(Frame, kw_only=True):
@@ -94,6 +116,7 @@ SCHEMAS: dict[str, type[Frame]] = {
     "monitor": Monitor,
     "demonitor": Demonitor,
     "task": StartTask,
+    "history": History,
     "ping": Ping,
 }
 

@@ -8,22 +8,26 @@ into `error` frames while the socket stays open.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.core import presence
 from service.core.auth import verify_token
-from service.core.envelope import Target
-from service.core.errors import BadRequest, Forbidden, HeraldError, RateLimited
+from service.core.envelope import Target, event_frame
+from service.core.errors import BadRequest, Forbidden, HeraldError, RateLimited, Unavailable
 from service.sockets import frames
-from service.store import registry
+from service.sockets.welcome import send_events
+from service.store import history, registry
 
 if TYPE_CHECKING:
     from service.sockets.ws import Session
 
 Reply = dict[str, Any] | None
+log = logging.getLogger(__name__)
 
 
 
@@ -57,11 +61,32 @@ def op_join(s: Session, f: frames.Frame) -> Reply:
     limit = s.node.settings.max_groups
     if (f.scope, f.group) not in s.conn.groups and len(s.conn.groups) >= limit:
         raise Forbidden(f"group limit reached (HERALD_MAX_GROUPS={limit} per connection)")
+    if not f.rewind:
+        _join(s, f)
+        return ack(f)
+    _query_quota(s, "history/rewind")
+    s.conn.hold()  # live events of the group wait until the ack and the rewound ones
+    try:
+        _join(s, f)
+        try:
+            # read after the route is bound: an event published meanwhile is held and
+            # may come twice (same id; clients drop repeats, as after a replay)
+            events = history.rewind(s.node.engine, f.scope, f.group, f.rewind)
+        except SQLAlchemyError:
+            events = []
+            log.warning("rewind of %s/%s failed: the log cannot be read", f.scope, f.group)
+        s.conn.send(ack(f, rewound=len(events)))
+        send_events(s.conn, events)
+    finally:
+        s.conn.release()
+    return None
+
+def _join(s: Session, f: frames.Join) -> None:
+    assert s.conn is not None
     try:
         s.node.join(s.conn, (f.scope, f.group))
     except SQLAlchemyError:
         raise HeraldError("could not record the membership") from None
-    return ack(f)
 
 def op_leave(s: Session, f: frames.Frame) -> Reply:
     assert isinstance(f, frames.Leave) and s.conn
@@ -102,11 +127,33 @@ def op_members(s: Session, f: frames.Frame) -> Reply:
             "members": members,
             "next": members[-1]["connection_id"] if more else None}
 
-def _query_quota(s: Session) -> None:
+def _query_quota(s: Session, what: str = "members/monitor/history") -> None:
     assert s.conn is not None
     quota = s.node.quotas.queries
     if not quota.take(s.conn.user_id):
-        raise RateLimited(quota.refusal("members/monitor"))
+        raise RateLimited(quota.refusal(what))
+
+def op_history(s: Session, f: frames.Frame) -> Reply:
+    """A page of the group's durable events (``store/history.py``), oldest first; a page
+    is cut short to fit half the socket's outbox (the client pages on from its last id)."""
+    assert isinstance(f, frames.History) and s.grants and s.conn
+    if not s.grants.may_join(f.scope, f.group):
+        raise Forbidden(f"not allowed to read the history of {f.scope}/{f.group}")
+    _query_quota(s, "history")
+    try:
+        got = history.page(s.node.engine, f.scope, f.group, limit=f.limit,
+                           before=f.before, after=f.after)
+    except SQLAlchemyError:
+        raise Unavailable("the log cannot be read now; retry") from None
+    room, events = s.conn.byte_limit // 2, list[msgspec.Raw]()
+    for env in got.events:
+        frame = event_frame(env)
+        room -= len(frame) + 1
+        if events and room < 0:
+            break
+        events.append(msgspec.Raw(frame))
+    return {"op": "history", "ref": f.ref, "group": f.group, "scope": f.scope,
+            "events": events, "gap": got.gap}
 
 def op_monitor(s: Session, f: frames.Frame) -> Reply:
     assert isinstance(f, (frames.Monitor, frames.Demonitor)) and s.conn and s.grants
@@ -169,6 +216,7 @@ HANDLERS: dict[str, Callable[[Session, frames.Frame], Reply]] = {
     "monitor": op_monitor,
     "demonitor": op_monitor,
     "task": op_task,
+    "history": op_history,
 }
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from service.cluster.frontend import Frontend
 from service.cluster.membership import REGISTRY_ACK_TIMEOUT_S
 from service.core.auth import Grants, ResumeClaim, issue_resume_token, verify_resume_token
-from service.core.envelope import encode, event_frame, ws_text_frame
+from service.core.envelope import Envelope, encode, event_frame, ws_text_frame
 from service.core.errors import RateLimited
 from service.delivery.conn import CLOSE_POLICY, CLOSE_REPLACED, Conn
 from service.sockets.frames import Hello
@@ -192,7 +192,9 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
                            "frontend": node.id, "resume": token,
                            "heartbeat": settings.heartbeat_s, "resumed": resumed is not None,
                            "groups": groups, "replayed": 0, "gap": False,
-                           "log_id": node.log_head.current(node.engine)}, engine=node.engine)
+                           "log_id": node.log_head.current(node.engine),
+                           "epoch": node.epoch.current(node.engine), "recovered": False},
+                    engine=node.engine)
     if frame.last_id is not None:
         quota = node.quotas.replay
         # the replay may not exceed the hello's limit nor what is left of the user's quota
@@ -203,9 +205,20 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
                            limit=allowed)
         quota.spend(conn.user_id, len(plan.ids))
         opened.replay = plan
-        opened.welcome.update(replayed=len(plan.ids), gap=plan.gap)
+        opened.welcome.update(replayed=len(plan.ids), gap=plan.gap,
+                              recovered=recovered(opened.welcome, frame, plan))
         node.count_replayed(len(plan.ids))
     return opened
+
+
+def recovered(welcome: dict[str, Any], frame: Hello, plan: replay.Plan) -> bool:
+    """Whether every durable message this client missed since ``last_id`` is replayed:
+    its session was resumed (a fresh one restores no groups, so what they got is not
+    replayed), nothing was cut (``gap``: retention or ``HERALD_REPLAY_LIMIT``), and its
+    ``last_id`` belongs to this log (``hello.epoch``, when given, is the server's)."""
+    epoch = welcome["epoch"]
+    return (bool(welcome["resumed"]) and not plan.gap and bool(epoch)
+            and (frame.epoch is None or frame.epoch == epoch))
 
 
 def send_opened(opened: Opened) -> None:
@@ -217,16 +230,25 @@ def send_opened(opened: Opened) -> None:
     conn = opened.conn
     conn.push(ws_text_frame(encode(opened.welcome)))
     if opened.replay is not None and opened.engine is not None:
-        low_water = int(conn.byte_limit * REPLAY_LOW_WATER)
         reading = True  # False once the client stopped reading: the outbox bound decides
         for batch in opened.replay.batches(opened.engine):
-            for env in batch:
-                if conn.closed or conn.close_code is not None:
-                    return
-                if reading:
-                    reading = _wait_drained(conn, low_water)
-                conn.push(ws_text_frame(event_frame(env)))
+            reading = send_events(conn, batch, reading)
+            if conn.closed or conn.close_code is not None:
+                return
     conn.release()
+
+
+def send_events(conn: Conn, envs: Iterable[Envelope], reading: bool = True) -> bool:
+    """Queue event frames, each once the outbox has drained below ``REPLAY_LOW_WATER``
+    (bounded wait); returns whether the client still reads (False: stop waiting)."""
+    low_water = int(conn.byte_limit * REPLAY_LOW_WATER)
+    for env in envs:
+        if conn.closed or conn.close_code is not None:
+            return reading
+        if reading:
+            reading = _wait_drained(conn, low_water)
+        conn.push(ws_text_frame(event_frame(env)))
+    return reading
 
 
 def _wait_drained(conn: Conn, low_water: int) -> bool:

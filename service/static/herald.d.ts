@@ -133,8 +133,9 @@ export interface Welcome {
   gap: boolean;
   /** The log's newest id (a client that has seen no durable id resumes from it). */
   log_id?: number;
-  /** The log's continuity epoch and whether every missed durable event was replayed. */
+  /** The log's epoch: keep it with the last durable id and send it as `hello.epoch`. */
   epoch?: string;
+  /** Every durable message missed since `hello.last_id` was replayed; false: reload state. */
   recovered?: boolean;
 }
 

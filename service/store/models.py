@@ -182,3 +182,15 @@ class WebhookState(Base):
     key: Mapped[str] = mapped_column(String(2 * NAME_LEN + 1), primary_key=True)
     state: Mapped[str] = mapped_column(String(8))
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LogEpoch(Base):
+    """The log's epoch (one row, id 1): a random id replaced whenever the log lost
+    continuity (``store/epoch.py``; a trigger on ``TRUNCATE messages`` renews it too)."""
+
+    __tablename__ = "log_epoch"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    epoch: Mapped[str] = mapped_column(String(ID_LEN))
+    changed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now())

@@ -101,6 +101,12 @@ def plan(engine: Engine, *, user_id: str, connection_id: str | None,
             newer = and_(newer, Message.created_at >= session_start - timedelta(
                 seconds=OPEN_MARGIN_S))
         wanted = (or_(*addressed), newer)
+        # what the grace re-sends (ids up to last_id) does not use up the limit: the
+        # window is ``limit`` messages after last_id (at most ``limit`` more re-sent)
+        again = 0 if anchor is None else min(limit, db.execute(
+            select(func.count()).select_from(Message)
+            .where(*wanted, Message.id <= last_id)).scalar_one())
+        limit += again
         head = min(limit, REPLAY_SLICE)
         rows = db.execute(select(*_COLUMNS).where(*wanted).order_by(Message.id)
                           .limit(head + 1)).all()

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from tests.support import Client, api, wait_until
 
 OPS = ["hello", "refresh", "join", "leave", "publish", "members", "monitor", "demonitor",
-       "task", "ping"]
-REPLY_OPS = {"ack", "error", "pong", "members", "presence", "event"}
+       "task", "history", "ping"]
+REPLY_OPS = {"ack", "error", "pong", "members", "presence", "event", "history"}
 ERROR_CODES = {"bad_request", "unknown_op", "unauthorized", "forbidden", "not_found",
                "too_large", "rate_limited", "internal"}
 CLOSE_CODES = {1007, 1008, 1009, 4401}  # 1007: invalid UTF-8 in a text frame
@@ -30,7 +30,8 @@ json_value = st.recursive(json_leaf, lambda kids: st.lists(kids, max_size=4)
                           | st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=12)
 field_names = st.sampled_from(["group", "scope", "token", "event", "data", "all", "user",
                                "connection", "ref", "local", "durable", "name", "args",
-                               "notify", "last_id", "resume"])
+                               "notify", "last_id", "resume", "epoch", "rewind", "limit",
+                               "before", "after"])
 op_frames = st.fixed_dictionaries(
     {"op": st.sampled_from(OPS) | st.text(max_size=10) | json_leaf},
     optional={"ref": json_value}).flatmap(

@@ -76,6 +76,9 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(
     try:
         alice.hello(token("alice"))
         assert alice.request("join", group="lobby")["op"] == "ack"
+        # and a durable event in lobby's history, so its page's schema is checked too
+        assert api(fe, "POST", "/api/publish", json={"target": {"group": "lobby"},
+                                                     "event": "hello"}).status_code == 202
         cmd = [str(Path(PYTHON).parent / "schemathesis"), "run", f"{fe.url}/openapi.json",
                "--header", "Authorization: Bearer test-key-1", "--checks", CHECKS,
                "--max-examples", "50", "--generation-deterministic",

@@ -38,6 +38,16 @@ def test_group_ops(op: str, cls: type) -> None:
     assert (scoped.group, scoped.scope) == ("g", "room")
 
 
+def test_history_rewind_and_epoch_fields() -> None:
+    h = frames.parse(b'{"op":"history","group":"g","after":5}')
+    assert isinstance(h, frames.History)
+    assert (h.scope, h.limit, h.before, h.after) == ("default", 100, None, 5)
+    j = frames.parse(b'{"op":"join","group":"g","rewind":1}')
+    assert isinstance(j, frames.Join) and j.rewind == 1
+    hello = frames.parse(b'{"op":"hello","token":"t","epoch":"abc.1.2"}')
+    assert isinstance(hello, frames.Hello) and hello.epoch == "abc.1.2"
+
+
 def test_publish_defaults_and_fields() -> None:
     f = frames.parse(b'{"op":"publish","group":"g","event":"msg"}')
     assert isinstance(f, frames.Publish)
@@ -121,6 +131,13 @@ def test_unknown_op() -> None:
     b'{"op":"task"}',
     b'{"op":"task","name":"t","args":[1]}',
     b'{"op":"task","name":"t","notify":"all"}',
+    b'{"op":"join","group":"g","rewind":101}',          # past HISTORY_MAX
+    b'{"op":"join","group":"g","rewind":-1}',
+    b'{"op":"history"}',
+    b'{"op":"history","group":"g","limit":0}',
+    b'{"op":"history","group":"g","limit":101}',
+    b'{"op":"history","group":"g","before":-1}',
+    b'{"op":"hello","token":"t","epoch":7}',
 ])
 def test_missing_or_wrong_typed_fields(raw: bytes) -> None:
     with pytest.raises(BadRequest):
