@@ -467,9 +467,17 @@ def nginx_locations(conf: str) -> dict[str, str]:
 
 
 def herald_js_ping_s() -> float:
-    found = re.search(r"pingInterval\s*=\s*([\d_]+)", HERALD_JS.read_text())
-    assert found, "herald.js's default pingInterval moved: update this test"
-    return int(found.group(1).replace("_", "")) / 1000
+    """herald.js's longest ping interval: its fallback before a welcome says ``heartbeat``
+    (after it, it pings every heartbeat, 10 s by default: more often)."""
+    source = HERALD_JS.read_text()
+    found = re.search(r"PING_MS\s*=\s*([\d_]+)", source)
+    assert found, "herald.js's default ping interval moved: update this test"
+    assert "w.heartbeat * 1000" in source, "herald.js no longer pings at welcome.heartbeat"
+    ping_s = int(found.group(1).replace("_", "")) / 1000
+    from service.core.config import Settings
+
+    assert Settings.heartbeat_s <= ping_s  # so the fallback is the longest interval
+    return ping_s
 
 
 FORWARDED = ("Host", "X-Real-IP", "X-Forwarded-For", "X-Forwarded-Proto")
