@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from service.core.webhook_signature import HEADER, verify
-from tests.support import Client, api, wait_until
+from tests.support import WAIT_S, Client, api, wait_until
 
 SECRET = "test-webhook-secret"
 #: Short windows for tests: offline/vacated after 1 s; first retry after 0.2 s.
@@ -228,7 +228,10 @@ def test_a_killed_frontends_users_go_offline(cluster: Any, token: Any,
     client.request("join", group="wh-crash")
     wait_until(lambda: receiver.events("group.occupied") and receiver.events("user.online"))
     doomed.kill()  # SIGKILL: no disconnect ever reaches the registry
-    wait_until(lambda: receiver.events("user.offline") and receiver.events("group.vacated"))
+    # beat (a fresh process: slow to start on a loaded machine) sweeps it, then the flap
+    # window passes: allow for both
+    wait_until(lambda: receiver.events("user.offline") and receiver.events("group.vacated"),
+               timeout=3 * WAIT_S)
     assert _of_user(receiver.events(), "wh-dave") == ["user.online", "user.offline"]
     assert receiver.events("group.vacated")[0]["data"]["group"] == "wh-crash"
 
