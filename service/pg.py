@@ -63,19 +63,23 @@ class Herald:
             idempotency_ttl_s=self.settings.idempotency_ttl_s)
         self.after_commit = AfterCommit(self.log)
 
-    def join(self, scope: str, group: str, connection_id: str) -> None:
-        """Server-side join of any connection (raises NotFound for an unknown one)."""
-        self._membership("join", scope, group, connection_id)
+    def join(self, scope: str, group: str, connection_id: str,
+             meta: dict[str, Any] | None = None) -> None:
+        """Server-side join of any connection (raises NotFound for an unknown one), with
+        an optional presence ``meta``."""
+        self._membership("join", scope, group, connection_id, meta)
 
     def leave(self, scope: str, group: str, connection_id: str) -> None:
         """Server-side leave (idempotent)."""
         self._membership("leave", scope, group, connection_id)
 
-    def _membership(self, action: str, scope: str, group: str, connection_id: str) -> None:
-        registry.record_server_membership(self.engine, action, connection_id, scope, group)
+    def _membership(self, action: str, scope: str, group: str, connection_id: str,
+                    meta: dict[str, Any] | None = None) -> None:
+        registry.record_server_membership(self.engine, action, connection_id, scope, group,
+                                          meta)
         # the frontend holding the socket updates its index and tells monitors
         self.bus.publish(encode(control_envelope(self.origin, connection_id, action,
-                                                 scope, group)))
+                                                 scope, group, meta)))
 
     def get_members(self, scope: str, group: str) -> list[dict[str, str]]:
         return registry.get_members(self.engine, scope, group)
@@ -197,4 +201,4 @@ def get_local_members(scope: str, group: str) -> list[dict[str, str]]:
     from flask import current_app
 
     node = current_app.extensions["herald"]
-    return [node.member_info(c) for c in node.hub.local_members((scope, group))]
+    return [node.member_info(c, (scope, group)) for c in node.hub.local_members((scope, group))]

@@ -221,7 +221,7 @@ class Frontend(Membership, Publishing):
         for conn in conns:
             if owners.get(conn.id) == self.id:
                 for key in conn.groups:
-                    self.publish_presence(key, [self.member_info(conn)], [])
+                    self.publish_presence(key, [self.member_info(conn, key)], [])
             elif self.hub.conns.get(conn.id) is conn and conn.id not in self.resuming:
                 moved += 1
                 conn.moved = True  # its row is another socket's now: leave it alone

@@ -41,6 +41,13 @@ from service.store.replay import LogHead
 
 log = logging.getLogger(__name__)
 
+#: How long presence changes are collected before they go out: one frame per group per
+#: interval with the net change of each connection, so a reconnect storm into a big room
+#: sends each monitor a few diffs, not a frame per join (Phoenix batches likewise).
+PRESENCE_BATCH_S = 0.05
+
+PresenceItem = tuple[GroupKey, presence.PresenceData]
+
 
 class Publishing:
     """Publishing and bus delivery for a frontend; the host class provides the parts."""
@@ -60,8 +67,9 @@ class Publishing:
                                            targeted=self.settings.targeted,
                                            idempotency_ttl_s=self.settings.idempotency_ttl_s)
         self.receipts = ReceiptReporter(self.engine, self.id, self.hub)
-        # presence changes made in one turn of the loop leave in one bus message
-        self._presence: NextTick[Envelope] = NextTick(self._send_presence)
+        # presence changes made in one interval leave coalesced, in one bus message
+        self._presence: NextTick[PresenceItem] = NextTick(self._flush_presence,
+                                                          PRESENCE_BATCH_S)
         # while the bus is lost: our own durable messages, held back for the gap replay
         self._gap: list[Envelope] | None = None
 
@@ -198,14 +206,31 @@ class Publishing:
                 if shared is None:
                     shared = ws_text_frame(encode(presence.frame(key[0], key[1], change)))
                 conn.deliver(shared)
-            elif news.joins or news.leaves:
+            elif news.joins or news.leaves or news.updates:
                 conn.send(presence.frame(key[0], key[1], news))
 
-    def publish_presence(self, key: GroupKey, joins: list[dict[str, str]],
-                         leaves: list[dict[str, str]]) -> None:
-        """Tell monitors of a group, here and on every other frontend, who joined or left."""
-        self._deliver_presence(key, presence.PresenceData(joins=joins, leaves=leaves))
-        self._presence.add(presence_envelope(self.id, key[0], key[1], joins, leaves))
+    def publish_presence(self, key: GroupKey, joins: list[presence.Member],
+                         leaves: list[presence.Member],
+                         updates: list[presence.Member] | None = None,
+                         wait: bool = False) -> None:
+        """Tell monitors of a group, here and on every other frontend, who joined, left or
+        changed its meta: within ``PRESENCE_BATCH_S``, coalesced with the group's other
+        changes. ``wait``: return once it has left (an op acknowledges after that)."""
+        change = presence.PresenceData(joins=joins, leaves=leaves, updates=updates or [])
+        self._presence.add((key, change), wait=wait)
+
+    def _flush_presence(self, items: list[PresenceItem]) -> None:
+        """One coalesced change per group: to local monitors, then one bus message."""
+        by_group: dict[GroupKey, list[presence.PresenceData]] = {}
+        for key, change in items:
+            by_group.setdefault(key, []).append(change)
+        envs = []
+        for key, changes in by_group.items():
+            net = changes[0] if len(changes) == 1 else presence.coalesce(changes)
+            self._deliver_presence(key, net)
+            envs.append(presence_envelope(self.id, key[0], key[1], net.joins, net.leaves,
+                                          net.updates))
+        self._send_presence(envs)
 
     def _send_presence(self, envs: list[Envelope]) -> None:
         try:

@@ -98,6 +98,7 @@ class Settings:
     flower_basic_auth: str = ""  # HERALD_FLOWER_BASIC_AUTH: "user:password" for Flower
     rabbitmq_api_url: str = "http://guest:guest@127.0.0.1:15672/api/"  # HERALD_RABBITMQ_API
     idempotency_ttl_s: int = 24 * 3600  # HERALD_IDEMPOTENCY_TTL: how long a key is remembered
+    max_meta: int = 1024  # HERALD_MAX_META: bytes of a membership's presence meta (JSON)
     # webhooks (workers/webhooks.py): none configured, none computed or sent
     webhook_urls: tuple[str, ...] = ()  # HERALD_WEBHOOK_URLS
     webhook_secret: str = ""  # HERALD_WEBHOOK_SECRET (default: HERALD_SECRET_KEY)
@@ -179,6 +180,7 @@ class Settings:
             flower_basic_auth=os.environ.get("HERALD_FLOWER_BASIC_AUTH", ""),
             rabbitmq_api_url=os.environ.get("HERALD_RABBITMQ_API") or cls.rabbitmq_api_url,
             idempotency_ttl_s=env_int("HERALD_IDEMPOTENCY_TTL", cls.idempotency_ttl_s),
+            max_meta=env_int("HERALD_MAX_META", cls.max_meta),
             webhook_urls=env_list("HERALD_WEBHOOK_URLS"),
             webhook_secret=os.environ.get("HERALD_WEBHOOK_SECRET", ""),
             webhook_events=env_list("HERALD_WEBHOOK_EVENTS"),
@@ -212,6 +214,7 @@ class Settings:
                             ("HERALD_USER_TASKS_PER_MIN", self.user_tasks_per_min),
                             ("HERALD_USER_QUERIES_PER_MIN", self.user_queries_per_min),
                             ("HERALD_IDEMPOTENCY_TTL", self.idempotency_ttl_s),
+                            ("HERALD_MAX_META", self.max_meta),
                             ("HERALD_RELAY_BATCH", self.relay_batch)):
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive finite number")
@@ -293,5 +296,5 @@ ENV_VARS = (
     "HERALD_TASK_QUEUE_TYPE", "HERALD_METRICS_PORT", "HERALD_IDEMPOTENCY_TTL",
     "HERALD_WEBHOOK_URLS", "HERALD_WEBHOOK_SECRET", "HERALD_WEBHOOK_EVENTS",
     "HERALD_WEBHOOK_FLAP_S", "HERALD_WEBHOOK_RETRY_BASE_S", "HERALD_RELAY_SOURCE",
-    "HERALD_RELAY_BATCH",
+    "HERALD_RELAY_BATCH", "HERALD_MAX_META",
 )

@@ -210,18 +210,25 @@ def target_of(env: Envelope) -> Target:
     return Target.connection(t["connection"])
 
 
-def presence_envelope(origin: str, scope: str, group: str, joins: list[dict[str, str]],
-                      leaves: list[dict[str, str]]) -> Envelope:
-    """A presence change for monitors of one group; ``data`` holds joins and leaves."""
+def presence_envelope(origin: str, scope: str, group: str, joins: list[dict[str, Any]],
+                      leaves: list[dict[str, Any]],
+                      updates: list[dict[str, Any]] | None = None) -> Envelope:
+    """A presence change for monitors of one group; ``data`` holds joins, leaves and
+    (meta) updates, each entry with its ``meta``."""
+    data: dict[str, Any] = {"joins": joins, "leaves": leaves}
+    if updates:  # absent when empty: what older frontends sent
+        data["updates"] = updates
     return Envelope(origin=origin, kind="presence", target={"group": group, "scope": scope},
-                    event="presence", data=raw_json({"joins": joins, "leaves": leaves}),
-                    ts=time.time())
+                    event="presence", data=raw_json(data), ts=time.time())
 
 
 
 def control_envelope(origin: str, connection_id: str, action: str, scope: str,
-                     group: str) -> Envelope:
-    """Ask the frontend holding ``connection_id`` to join or leave a group (server-side pg)."""
+                     group: str, meta: dict[str, Any] | None = None) -> Envelope:
+    """Ask the frontend holding ``connection_id`` to join or leave a group (server-side pg);
+    a join may carry the membership's ``meta``."""
+    data: dict[str, Any] = {"scope": scope, "group": group}
+    if meta is not None:
+        data["meta"] = meta
     return Envelope(origin=origin, kind="control", target={"connection": connection_id},
-                    event=action, data=raw_json({"scope": scope, "group": group}),
-                    ts=time.time())
+                    event=action, data=raw_json(data), ts=time.time())

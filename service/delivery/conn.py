@@ -61,6 +61,7 @@ class Conn:
         "gen",
         "groups",
         "id",
+        "metas",
         "meter",
         "monitors",
         "moved",
@@ -80,6 +81,7 @@ class Conn:
         self.ws = ws
         self.sock = guard(ws)
         self.groups: set[GroupKey] = set()
+        self.metas: dict[GroupKey, dict[str, Any]] = {}  # presence meta per group joined
         self.monitors: dict[GroupKey, MonitorState] = {}
         # lists, not deques: an empty list is 56 bytes, an empty deque 600, and the writer
         # always takes everything at once anyway

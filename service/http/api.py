@@ -23,8 +23,15 @@ from service.core.envelope import NULL, TARGET_KINDS, Target, raw_json, valid_na
 from service.core.envvars import parse_bool
 from service.core.errors import BadRequest, HeraldError, NotFound, Unauthorized, Unavailable
 from service.core.metrics import render as render_metrics
+from service.core.presence import check_meta
 from service.http.openapi import spec
-from service.http.schemas import BatchMessage, PublishBatchRequest, PublishRequest, TaskRequest
+from service.http.schemas import (
+    BatchMessage,
+    MemberMeta,
+    PublishBatchRequest,
+    PublishRequest,
+    TaskRequest,
+)
 from service.store import idempotency, receipts, registry
 from service.store.messagelog import PUBLISH_BATCH_MAX, Entry
 from service.store.models import ID_LEN, TaskRecord
@@ -220,7 +227,8 @@ def group_members(scope: str, group: str) -> Response:
     _names(scope, group)
     if parse_bool(request.args.get("local")):
         fe = node()
-        return jsonify([fe.member_info(c) for c in fe.hub.local_members((scope, group))])
+        return jsonify([fe.member_info(c, (scope, group))
+                        for c in fe.hub.local_members((scope, group))])
     return jsonify(registry.get_members(node().engine, scope, group))
 
 
@@ -229,7 +237,10 @@ def group_members(scope: str, group: str) -> Response:
 def server_membership(scope: str, group: str, connection_id: str) -> tuple[str, int]:
     _names(scope, group, connection_id)
     action = "join" if request.method == "PUT" else "leave"
-    node().server_membership(action, (scope, group), connection_id)
+    meta = None
+    if action == "join" and request.content_length != 0 and request.get_data(cache=True):
+        meta = check_meta(_body(MemberMeta).meta, node().settings.max_meta)
+    node().server_membership(action, (scope, group), connection_id, meta)
     return "", 204
 
 

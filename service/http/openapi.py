@@ -125,8 +125,11 @@ def _paths() -> dict[str, Schema]:
                                                 ("before", 0, MAX_LOG_ID),
                                                 ("after", 0, MAX_LOG_ID)))])},
         "/api/groups/{scope}/{group}/members/{connection_id}": {
-            "put": _op("joinGroup: server-side join of any connection (pg:join)",
-                       {204: none}, (400, 404), member_params),
+            "put": {**_op("joinGroup: server-side join of any connection (pg:join), "
+                          "optionally with its presence meta",
+                          {204: none}, (400, 404), member_params),
+                    "requestBody": {"required": False, "content": {
+                        "application/json": {"schema": _ref("MemberMeta")}}}},
             "delete": _op("leaveGroup: server-side leave (idempotent; pg:leave)",
                           {204: none}, (400, 404), member_params)},
         "/api/users/{user_id}/connections": {"get": _op(

@@ -152,6 +152,16 @@ class Member(_Body):
     connection_id: str
     user_id: str
     frontend: str
+    meta: Annotated[dict[str, Any], Meta(
+        description="the member's presence meta ({} when none was given)")]
+
+
+class MemberMeta(_Body):
+    """The optional body of a server-side join."""
+
+    meta: Annotated[dict[str, Any], Meta(
+        description="the membership's presence meta, at most HERALD_MAX_META bytes; "
+                    "replaces that of an existing membership")]
 
 
 class ScopedGroup(_Body):
@@ -210,7 +220,7 @@ class Error(_Body):
 #: Every body the document describes (the rest are reached from these).
 DOCUMENTED = (Error, *TARGETS, PublishRequest, PublishResponse, PublishBatchRequest,
               PublishBatchResponse, ReceiptReport, TaskRequest, TaskCreated, TaskStatus,
-              GroupCount, Member, UserConnection, FrontendInfo, Health, Readiness,
+              GroupCount, Member, MemberMeta, UserConnection, FrontendInfo, Health, Readiness,
               HistoryPage)
 
 

@@ -50,6 +50,14 @@ class GroupFrame(Frame, kw_only=True):
 class Join(GroupFrame, kw_only=True):
     #: The group's last N durable events, sent after the ack (``HISTORY_MAX`` at most).
     rewind: Annotated[int, msgspec.Meta(ge=0, le=HISTORY_MAX)] = 0
+    #: This connection's presence meta in the group (``HERALD_MAX_META`` bytes at most).
+    meta: dict[str, Any] | None = None
+
+
+class Update(GroupFrame, kw_only=True):
+    """Replace this connection's presence meta in a group it is a member of."""
+
+    meta: dict[str, Any]
 
 
 class Leave(GroupFrame):
@@ -117,6 +125,7 @@ SCHEMAS: dict[str, type[Frame]] = {
     "demonitor": Demonitor,
     "task": StartTask,
     "history": History,
+    "update": Update,
     "ping": Ping,
 }
 

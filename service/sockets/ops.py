@@ -83,10 +83,24 @@ def op_join(s: Session, f: frames.Frame) -> Reply:
 
 def _join(s: Session, f: frames.Join) -> None:
     assert s.conn is not None
+    meta = (presence.check_meta(f.meta, s.node.settings.max_meta) if f.meta is not None
+            else None)
     try:
-        s.node.join(s.conn, (f.scope, f.group))
+        s.node.join(s.conn, (f.scope, f.group), meta=meta)
     except SQLAlchemyError:
         raise HeraldError("could not record the membership") from None
+
+def op_update(s: Session, f: frames.Frame) -> Reply:
+    """Change this connection's presence meta in a group; monitors get it in ``updates``."""
+    assert isinstance(f, frames.Update) and s.conn
+    meta = presence.check_meta(f.meta, s.node.settings.max_meta)
+    try:
+        changed = s.node.update_meta(s.conn, (f.scope, f.group), meta)
+    except SQLAlchemyError:
+        raise HeraldError("could not record the meta") from None
+    if not changed:
+        raise BadRequest(f"not a member of {f.scope}/{f.group}: join it first")
+    return ack(f)
 
 def op_leave(s: Session, f: frames.Frame) -> Reply:
     assert isinstance(f, frames.Leave) and s.conn
@@ -117,7 +131,7 @@ def op_members(s: Session, f: frames.Frame) -> Reply:
     if f.local:
         local = sorted((c for c in s.node.hub.local_members((f.scope, f.group))
                         if f.after is None or c.id > f.after), key=lambda c: c.id)
-        members = [s.node.member_info(c) for c in local[:limit + 1]]
+        members = [s.node.member_info(c, (f.scope, f.group)) for c in local[:limit + 1]]
     else:
         members = registry.get_members(s.node.engine, f.scope, f.group,
                                        limit=limit + 1, after=f.after)
@@ -217,6 +231,7 @@ HANDLERS: dict[str, Callable[[Session, frames.Frame], Reply]] = {
     "demonitor": op_monitor,
     "task": op_task,
     "history": op_history,
+    "update": op_update,
 }
 
 

@@ -123,7 +123,7 @@ def _close_when_refused(conn: Conn, limit: int) -> Callable[[AsyncResult], None]
 
 
 def _resume(node: Frontend, grants: Grants, frame: Hello
-            ) -> tuple[str, list[tuple[str, str]], datetime, int] | None:
+            ) -> tuple[str, list[tuple[str, str, dict[str, Any]]], datetime, int] | None:
     """Re-attach the connection a valid, unused resume token names; None: start fresh.
 
     Raises ResumeUnavailable when the registry cannot be reached."""
@@ -173,9 +173,9 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
         node.hub.add(conn)
         if resumed is None:
             _register(node, conn)
-        for scope, group in restored:
+        for scope, group, meta in restored:
             if grants.may_join(scope, group):  # the new token decides, not the old one
-                node.join(conn, (scope, group), record=False, wait=False)
+                node.join(conn, (scope, group), record=False, wait=False, meta=meta)
                 groups.append({"scope": scope, "group": group})
             else:
                 node.registry.submit("leave", connection_id=conn.id, scope=scope, group=group)

@@ -236,9 +236,8 @@ class Session:
         # user and groups ride along for the webhooks' checks (registry_sql ignores them)
         node.registry.submit("detach" if self._resumable() else "disconnect", id=conn.id,
                              frontend_id=node.id, user_id=conn.user_id, groups=list(groups))
-        info = node.member_info(conn)
         for key in groups:
-            node.publish_presence(key, [], [info])
+            node.publish_presence(key, [], [node.member_info(conn, key)])
 
 
 def init_app(app: Flask, sock: Sock) -> None:

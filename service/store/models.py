@@ -91,6 +91,8 @@ class Membership(Base):
     group: Mapped[str] = mapped_column("group_name", String(NAME_LEN), primary_key=True)
     joined_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now())
+    #: The member's presence meta (``join.meta``, ``update``); null: none given.
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
 
     __table_args__ = (Index("ix_memberships_scope_group", "scope", "group_name"),)
 

@@ -38,7 +38,7 @@ def __getattr__(name: str) -> Any:
 # --- frontends ---------------------------------------------------------------------------
 
 def register_frontend(engine: Engine, frontend_id: str, host: str,
-                      queue: str | None) -> list[dict[str, str]]:
+                      queue: str | None) -> list[dict[str, Any]]:
     """(Re)register a frontend, first deleting rows an earlier run with this id left behind.
 
     Returns the memberships that were removed with them, for presence leaves.
@@ -69,9 +69,9 @@ def detach_frontends(db: DBConn, frontend_ids: list[str]) -> None:
 
 
 def reattach(engine: Engine, connection_id: str, user_id: str, frontend_id: str,
-             gen: int) -> tuple[list[tuple[str, str]], datetime, int] | None:
-    """Move a connection of ``user_id`` to ``frontend_id`` (a resume); return its groups,
-    when it first connected, and its new resume generation.
+             gen: int) -> tuple[list[tuple[str, str, dict[str, Any]]], datetime, int] | None:
+    """Move a connection of ``user_id`` to ``frontend_id`` (a resume); return its groups
+    (scope, group, meta), when it first connected, and its new resume generation.
 
     ``gen`` is the generation the client's resume token was issued for: the row moves only
     if it still is the current one, and the move bumps it, so a resume token works once.
@@ -90,41 +90,47 @@ def reattach(engine: Engine, connection_id: str, user_id: str, frontend_id: str,
             .returning(ConnectionRecord.connected_at, ConnectionRecord.resume_gen)).first()
         if row is None:
             return None
-        rows = db.execute(select(Membership.scope, Membership.group)
+        rows = db.execute(select(Membership.scope, Membership.group, Membership.meta)
                           .where(Membership.connection_id == connection_id)
                           .order_by(Membership.joined_at)).all()
-    return [(s, g) for s, g in rows], row[0], row[1]
+    return [(s, g, m or {}) for s, g, m in rows], row[0], row[1]
 
 
-def memberships_of_frontends(db: DBConn, frontend_ids: list[str]) -> list[dict[str, str]]:
+def memberships_of_frontends(db: DBConn, frontend_ids: list[str]) -> list[dict[str, Any]]:
     """Every membership held by connections of these frontends."""
     rows = db.execute(
         select(Membership.scope, Membership.group, Membership.connection_id,
-               ConnectionRecord.user_id, ConnectionRecord.frontend_id)
+               ConnectionRecord.user_id, ConnectionRecord.frontend_id, Membership.meta)
         .join(ConnectionRecord, ConnectionRecord.id == Membership.connection_id)
         .where(ConnectionRecord.frontend_id.in_(frontend_ids))
         .order_by(Membership.connection_id, Membership.joined_at)).all()
-    return [{"scope": s, "group": g, "connection_id": c, "user_id": u, "frontend": f or ""}
-            for s, g, c, u, f in rows]
+    return [{"scope": s, "group": g, "connection_id": c, "user_id": u, "frontend": f or "",
+             "meta": m or {}} for s, g, c, u, f, m in rows]
 
 
-def add_membership(engine: Engine, connection_id: str, scope: str, group: str) -> bool:
-    """Server-side join: add the row if the connection exists; False when it does not."""
+def add_membership(engine: Engine, connection_id: str, scope: str, group: str,
+                   meta: dict[str, Any] | None = None) -> bool:
+    """Server-side join: add the row if the connection exists; False when it does not.
+    A ``meta`` replaces that of a membership the connection already has."""
     exists = select(ConnectionRecord.id).where(ConnectionRecord.id == connection_id,
                                                ConnectionRecord.frontend_id.is_not(None))
     with engine.begin() as db:
         if db.execute(exists).first() is None:
             return False
-        db.execute(insert(Membership).values(connection_id=connection_id, scope=scope,
-                                             group_name=group).on_conflict_do_nothing())
+        row = insert(Membership).values(connection_id=connection_id, scope=scope,
+                                        group_name=group, meta=meta)
+        db.execute(row.on_conflict_do_nothing() if meta is None else
+                   row.on_conflict_do_update(index_elements=["connection_id", "scope",
+                                                             "group_name"],
+                                             set_={"meta": meta}))
     return True
 
 
 def record_server_membership(engine: Engine, action: str, connection_id: str, scope: str,
-                             group: str) -> None:
+                             group: str, meta: dict[str, Any] | None = None) -> None:
     """The registry half of a server-side join or leave; NotFound for an unknown connection."""
     if action == "join":
-        if not add_membership(engine, connection_id, scope, group):
+        if not add_membership(engine, connection_id, scope, group, meta):
             raise NotFound(f"no connection {connection_id!r}")
     elif action == "leave":
         remove_membership(engine, connection_id, scope, group)
@@ -181,10 +187,11 @@ def count_user_connections(engine: Engine, user_id: str, besides: str | None = N
 
 
 def get_members(engine: Engine, scope: str, group: str, *, limit: int | None = None,
-                after: str | None = None) -> list[dict[str, str]]:
+                after: str | None = None) -> list[dict[str, Any]]:
     """Cluster-wide members of a group (pg:get_members), by connection id: at most
     ``limit`` of them, those after the connection id ``after`` (a page)."""
-    stmt = (select(Membership.connection_id, ConnectionRecord.user_id, ConnectionRecord.frontend_id)
+    stmt = (select(Membership.connection_id, ConnectionRecord.user_id,
+                   ConnectionRecord.frontend_id, Membership.meta)
             .join(ConnectionRecord, ConnectionRecord.id == Membership.connection_id)
             .where(Membership.scope == scope, Membership.group == group,
                    ConnectionRecord.frontend_id.is_not(None))
@@ -194,8 +201,8 @@ def get_members(engine: Engine, scope: str, group: str, *, limit: int | None = N
     if limit is not None:
         stmt = stmt.limit(limit)
     with engine.connect() as db:
-        return [{"connection_id": c, "user_id": u, "frontend": f or ""}
-                for c, u, f in db.execute(stmt)]
+        return [{"connection_id": c, "user_id": u, "frontend": f or "", "meta": m or {}}
+                for c, u, f, m in db.execute(stmt)]
 
 
 def which_groups(engine: Engine, scope: str | None = None) -> list[dict[str, Any]]:

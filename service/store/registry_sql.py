@@ -69,9 +69,11 @@ WHERE c.id = x.id AND c.frontend_id = x.frontend_id
 """
 
 JOIN = """
-INSERT INTO memberships (connection_id, scope, group_name)
-SELECT * FROM unnest(CAST(%(ids)s AS text[]), CAST(%(scopes)s AS text[]),
-                     CAST(%(groups)s AS text[]))
+INSERT INTO memberships (connection_id, scope, group_name, meta)
+SELECT x.connection_id, x.scope, x.group_name, CAST(x.meta AS jsonb)
+FROM unnest(CAST(%(ids)s AS text[]), CAST(%(scopes)s AS text[]),
+            CAST(%(groups)s AS text[]), CAST(%(metas)s AS text[]))
+     AS x(connection_id, scope, group_name, meta)
 ON CONFLICT DO NOTHING
 """
 
@@ -105,6 +107,15 @@ FROM unnest(CAST(%(ids)s AS text[]), CAST(%(users)s AS text[]),
 ON CONFLICT (id) DO UPDATE SET frontend_id = EXCLUDED.frontend_id, detached_at = NULL
 WHERE connections.frontend_id IS NULL AND connections.user_id = EXCLUDED.user_id
   AND connections.resume_gen = EXCLUDED.resume_gen
+"""
+
+UPDATE_META = """
+UPDATE memberships AS m SET meta = CAST(x.meta AS jsonb)
+FROM unnest(CAST(%(ids)s AS text[]), CAST(%(scopes)s AS text[]),
+            CAST(%(groups)s AS text[]), CAST(%(metas)s AS text[]))
+     AS x(connection_id, scope, group_name, meta)
+WHERE m.connection_id = x.connection_id AND m.scope = x.scope
+  AND m.group_name = x.group_name
 """
 
 # memberships of its sockets that they do not have (a lost leave)
@@ -155,7 +166,15 @@ def detach(db: DB, rows: Rows) -> None:
 
 
 def join(db: DB, rows: Rows) -> None:
-    db.execute(JOIN, columns(rows, ids="connection_id", scopes="scope", groups="group"))
+    db.execute(JOIN, columns([{"meta": None, **r} for r in rows], ids="connection_id",
+                             scopes="scope", groups="group", metas="meta"))
+
+
+def update_meta(db: DB, rows: Rows) -> None:
+    """``update``: a membership's new meta (JSON text); the last of a connection's wins."""
+    last = {(r["connection_id"], r["scope"], r["group"]): r for r in rows}
+    db.execute(UPDATE_META, columns(list(last.values()), ids="connection_id",
+                                    scopes="scope", groups="group", metas="meta"))
 
 
 def leave(db: DB, rows: Rows) -> None:
@@ -188,5 +207,6 @@ APPLY: dict[str, Callable[[DB, Rows], Cursor[Any] | None]] = {
     "connect": connect,
     "open": open_,
     "join": join,
+    "meta": update_meta,
     "reconcile": reconcile,
 }

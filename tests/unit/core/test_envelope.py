@@ -160,7 +160,10 @@ def test_presence_round_trip() -> None:
     assert (change.joins, change.leaves) == (joins, leaves)
     frame = presence.frame(back.target["scope"], back.target["group"], change)
     assert json.loads(encode(frame)) == {"op": "presence", "group": "g", "scope": "room",
-                                         "joins": joins, "leaves": leaves}
+                                         "joins": joins, "leaves": leaves, "updates": []}
+    updates = [{"connection_id": "c1", "user_id": "u1", "frontend": "fe", "meta": {"s": 1}}]
+    assert presence.decode(presence_envelope("fe", "s", "g", [], [], updates).data
+                           ).updates == updates
     empty = presence.decode(presence_envelope("fe", "s", "g", [], []).data)
     assert (empty.joins, empty.leaves) == ([], [])
 

@@ -62,3 +62,25 @@ def test_a_failing_flush_releases_its_adders_and_later_ones_go_on() -> None:
     tick.add(2)
     assert flushed == [[2]]
     assert not tick._flushing
+
+
+def test_with_a_delay_what_arrives_within_the_interval_is_one_flush() -> None:
+    flushed: list[list[int]] = []
+    tick: NextTick[int] = NextTick(flushed.append, delay_s=0.05)
+
+    def late(i: int) -> None:
+        gevent.sleep(0.001)  # later loop turns, same interval
+        tick.add(i)
+
+    gevent.joinall([gevent.spawn(tick.add, 0), *(gevent.spawn(late, i) for i in (1, 2))])
+    assert flushed == [[0, 1, 2]]
+
+
+def test_an_adder_that_does_not_wait_returns_before_the_flush_and_order_holds() -> None:
+    flushed: list[list[int]] = []
+    tick: NextTick[int] = NextTick(flushed.append, delay_s=0.05)
+    for i in range(3):
+        tick.add(i, wait=False)
+    assert flushed == []
+    tick.add(3)  # waits: its flush carries the others, in order
+    assert flushed == [[0, 1, 2, 3]]
