@@ -91,7 +91,7 @@ def test_reregister_detaches_rows_of_an_earlier_run(engine: Engine, frontend: st
     writer.write("join", WAIT_S, connection_id=c, scope="s", group="g")
     stale = registry.register_frontend(engine, frontend, "host-2", None)
     assert stale == [{"scope": "s", "group": "g", "connection_id": c, "user_id": "u",
-                      "frontend": frontend}]
+                      "frontend": frontend, "meta": {}}]
     assert registry.register_frontend(engine, frontend, "host-2", None) == []
     assert rows(engine, "SELECT host, queue FROM frontends WHERE id = :f", f=frontend) == [
         ("host-2", None)]
@@ -117,7 +117,7 @@ def test_detach_and_reattach(engine: Engine, frontend: str, writer: RegistryWrit
     assert registry.reattach(engine, uid("c"), "u", frontend, 0) is None
     assert registry.reattach(engine, c, "u", frontend, 1) is None  # not its generation
     groups, connected_at, gen = registry.reattach(engine, c, "u", frontend, 0) or ([], None, 0)
-    assert groups == [("s", "g1"), ("t", "g2")] and connected_at is not None and gen == 1
+    assert groups == [("s", "g1", {}), ("t", "g2", {})] and connected_at is not None and gen == 1
     assert attachment(engine, c) == [(frontend, False)]
     # a resume token works once: generation 0 is spent, 1 is the current one
     assert registry.reattach(engine, c, "u", frontend, 0) is None
@@ -295,8 +295,8 @@ def test_lookups(engine: Engine, frontend: str, writer: RegistryWriter) -> None:
         writer.write("join", WAIT_S, connection_id=c3, scope=scope, group="lobby")
 
         # members come by connection id, so that they can be paged (``after``)
-        room = sorted([{"connection_id": c2, "user_id": user, "frontend": other},
-                       {"connection_id": c1, "user_id": user, "frontend": frontend}],
+        room = sorted([{"connection_id": c2, "user_id": user, "frontend": other, "meta": {}},
+                       {"connection_id": c1, "user_id": user, "frontend": frontend, "meta": {}}],
                       key=lambda m: m["connection_id"])
         assert registry.get_members(engine, scope, "room") == room
         assert registry.get_members(engine, scope, "room", limit=1) == room[:1]
@@ -340,3 +340,26 @@ def test_list_frontends_counts_zero(engine: Engine, frontend: str) -> None:
     mine = [f for f in registry.list_frontends(engine) if f["id"] == frontend]
     assert len(mine) == 1
     assert (mine[0]["connections"], mine[0]["host"]) == (0, "host-1")
+
+
+def test_membership_meta_joins_updates_and_reattaches(engine: Engine, frontend: str,
+                                                      writer: RegistryWriter) -> None:
+    writer.start()
+    c, scope = uid("c"), uid("scope")
+    writer.write("connect", WAIT_S, id=c, frontend_id=frontend, user_id="u")
+    writer.write("join", WAIT_S, connection_id=c, scope=scope, group="g", meta='{"v": 1}')
+    writer.write("join", WAIT_S, connection_id=c, scope=scope, group="h")  # no meta: {}
+    assert [m["meta"] for m in registry.get_members(engine, scope, "g")] == [{"v": 1}]
+    assert [m["meta"] for m in registry.get_members(engine, scope, "h")] == [{}]
+    # two updates of one membership in one batch: the last one wins
+    first = writer.submit("meta", connection_id=c, scope=scope, group="g", meta='{"v": 2}')
+    writer.write("meta", WAIT_S, connection_id=c, scope=scope, group="g", meta='{"v": 3}')
+    assert registry.settled(first, WAIT_S)
+    assert [m["meta"] for m in registry.get_members(engine, scope, "g")] == [{"v": 3}]
+    # a server-side join with a meta replaces it; without one, leaves it
+    assert registry.add_membership(engine, c, scope, "g", {"v": 4})
+    assert registry.add_membership(engine, c, scope, "g")
+    assert [m["meta"] for m in registry.get_members(engine, scope, "g")] == [{"v": 4}]
+    assert writer.write("detach", WAIT_S, id=c, frontend_id=frontend)
+    groups, _, _ = registry.reattach(engine, c, "u", frontend, 0) or ([], None, 0)
+    assert groups == [(scope, "g", {"v": 4}), (scope, "h", {})]
