@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tests.support import Client, api, wait_until
 
 OPS = ["hello", "refresh", "join", "leave", "publish", "members", "monitor", "demonitor",
-       "task", "history", "ping"]
+       "task", "history", "update", "ping"]
 REPLY_OPS = {"ack", "error", "pong", "members", "presence", "event", "history"}
 ERROR_CODES = {"bad_request", "unknown_op", "unauthorized", "forbidden", "not_found",
                "too_large", "rate_limited", "internal"}
@@ -31,7 +31,7 @@ json_value = st.recursive(json_leaf, lambda kids: st.lists(kids, max_size=4)
 field_names = st.sampled_from(["group", "scope", "token", "event", "data", "all", "user",
                                "connection", "ref", "local", "durable", "name", "args",
                                "notify", "last_id", "resume", "epoch", "rewind", "limit",
-                               "before", "after"])
+                               "before", "after", "meta"])
 op_frames = st.fixed_dictionaries(
     {"op": st.sampled_from(OPS) | st.text(max_size=10) | json_leaf},
     optional={"ref": json_value}).flatmap(
