@@ -104,6 +104,8 @@ export interface Member {
   connection_id: string;
   user_id: string;
   frontend: string;
+  /** The member's presence meta in this group (`join.meta`, `update`); {} when none. */
+  meta?: Record<string, unknown>;
 }
 
 export interface PresenceFrame {
@@ -112,6 +114,8 @@ export interface PresenceFrame {
   scope: string;
   joins: Member[];
   leaves: Member[];
+  /** Members whose meta changed (each connection at most once per frame). */
+  updates?: Member[];
 }
 
 export interface PresenceChange {
