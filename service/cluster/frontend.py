@@ -31,7 +31,7 @@ from service.cluster.drain import (
     DRAIN_WAIT_S,
 )
 from service.cluster.leaves import publish_leaves
-from service.cluster.membership import Membership
+from service.cluster.membership import Membership, meta_text
 from service.cluster.publishing import Publishing
 from service.cluster.readiness import DB_PROBE_TIMEOUT_S, DatabaseWatch
 from service.core.backoff import Backoff
@@ -207,13 +207,14 @@ class Frontend(Membership, Publishing):
         eviction). The others' groups are announced again (a sweep announced them gone).
         Raises SQLAlchemyError while Postgres is away (the caller tries again)."""
         conns = list(self.hub.conns.values())
-        memberships = [(c.id, scope, group) for c in conns for scope, group in c.groups]
+        memberships = [(c.id, scope, group, meta_text(c.metas.get((scope, group))))
+                       for c in conns for scope, group in c.groups]
         done = self.registry.submit(
             "reconcile", frontend_id=self.id, keep=[c.id for c in conns] + list(self.resuming),
             ids=[c.id for c in conns], users=[c.user_id for c in conns],
             gens=[c.gen for c in conns],
             mids=[m[0] for m in memberships], scopes=[m[1] for m in memberships],
-            groups=[m[2] for m in memberships])
+            groups=[m[2] for m in memberships], metas=[m[3] for m in memberships])
         if not registry.settled(done, RESYNC_WAIT_S):
             raise RegistryBusy("the registry reconcile is still queued")
         owners = registry.owners(self.engine, [c.id for c in conns])

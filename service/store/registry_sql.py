@@ -128,13 +128,17 @@ WHERE c.id = m.connection_id AND c.frontend_id = %(frontend)s
                            CAST(%(groups)s AS text[])))
 """
 
-# and those they have (a lost join), for sockets whose rows are this frontend's
+# and those they have (a lost join), for sockets whose rows are this frontend's, with the
+# metas they hold (a lost update)
 RECONCILE_JOINED = """
-INSERT INTO memberships (connection_id, scope, group_name)
-SELECT x.* FROM unnest(CAST(%(mids)s AS text[]), CAST(%(scopes)s AS text[]),
-                       CAST(%(groups)s AS text[])) AS x(connection_id, scope, group_name)
+INSERT INTO memberships (connection_id, scope, group_name, meta)
+SELECT x.connection_id, x.scope, x.group_name, CAST(x.meta AS jsonb)
+FROM unnest(CAST(%(mids)s AS text[]), CAST(%(scopes)s AS text[]),
+            CAST(%(groups)s AS text[]), CAST(%(metas)s AS text[]))
+     AS x(connection_id, scope, group_name, meta)
 JOIN connections AS c ON c.id = x.connection_id AND c.frontend_id = %(frontend)s
-ON CONFLICT DO NOTHING
+ON CONFLICT (connection_id, scope, group_name) DO UPDATE SET meta = EXCLUDED.meta
+  WHERE memberships.meta IS DISTINCT FROM EXCLUDED.meta
 """
 
 
@@ -185,10 +189,11 @@ def reconcile(db: DB, rows: Rows) -> None:
     """Make the rows of one frontend's sockets what its hub holds (sent by
     ``Frontend._resync_registry``): ``frontend_id``, ``keep`` (ids never to detach: the
     live sockets and those being resumed), ``ids`` and ``users`` of the live sockets, and
-    their memberships as ``mids``, ``scopes``, ``groups``."""
+    their memberships as ``mids``, ``scopes``, ``groups`` and ``metas`` (JSON text)."""
     for row in rows:
         params = {"frontend": row["frontend_id"], **{k: row[k] for k in (
             "keep", "ids", "users", "gens", "mids", "scopes", "groups")}}
+        params["metas"] = row.get("metas") or [None] * len(row["mids"])
         for sql in (RECONCILE_GONE, RECONCILE_LIVE, RECONCILE_LEFT, RECONCILE_JOINED):
             db.execute(sql, params)
 

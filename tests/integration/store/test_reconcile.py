@@ -91,3 +91,18 @@ def test_reconcile_never_takes_back_a_session_resumed_since(
                         ids=[stale, live], users=["u-" + stale, "u-" + live], gens=[0, 0],
                         mids=[], scopes=[], groups=[])
     assert registry.owners(engine, [stale, live]) == {stale: None, live: ours}
+
+
+def test_reconcile_writes_back_the_metas_the_hub_holds(
+        engine: Engine, frontends: tuple[str, str], writer: RegistryWriter) -> None:
+    ours, _ = frontends
+    a, g, lost = uid("a"), uid("g"), uid("g")
+    assert writer.write("connect", WAIT_S, id=a, frontend_id=ours, user_id="u-" + a)
+    assert writer.write("join", WAIT_S, connection_id=a, scope="s", group=g, meta='{"v": 1}')
+    # the hub: a in g with meta v2 (its update was lost) and in lost (its join was lost)
+    assert writer.write("reconcile", WAIT_S, frontend_id=ours, keep=[a], ids=[a],
+                        users=["u-" + a], gens=[0], mids=[a, a], scopes=["s", "s"],
+                        groups=[g, lost], metas=['{"v": 2}', '{"v": 3}'])
+    metas = rows(engine, "SELECT group_name, meta->>'v' FROM memberships "
+                 "WHERE connection_id = :a", a=a)
+    assert metas == {(g, "2"), (lost, "3")}
