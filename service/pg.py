@@ -155,7 +155,8 @@ class Herald:
         return receipts.report(self.engine, message_id)
 
     def monitor(self, scope: str, group: str) -> Iterator[PresenceData]:
-        """Yield the current members (as joins), then every join and leave, each once.
+        """Yield the current members (as joins), then every join, leave and meta update,
+        each once.
 
         Consumes through its own exclusive queue; closing the generator stops it.
         """
@@ -184,7 +185,7 @@ class Herald:
                                                                 "scope": scope}:
                         continue
                     news = state.filter(decode_presence(env.data))
-                    if news.joins or news.leaves:
+                    if news.joins or news.leaves or news.updates:
                         yield news
         finally:
             # py-amqp is not thread-safe: only raise the flag; the loop sees it within
