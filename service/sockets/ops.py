@@ -86,6 +86,9 @@ def _join(s: Session, f: frames.Join) -> None:
     meta = (presence.check_meta(f.meta, s.node.settings.max_meta) if f.meta is not None
             else None)
     try:
+        if meta is not None and (f.scope, f.group) in s.conn.groups:
+            s.node.update_meta(s.conn, (f.scope, f.group), meta)  # a re-join with a meta
+            return
         s.node.join(s.conn, (f.scope, f.group), meta=meta)
     except SQLAlchemyError:
         raise HeraldError("could not record the membership") from None

@@ -75,6 +75,8 @@ def test_meta_round_trips_through_join_members_and_presence_on_both_frontends(
     assert metas(api(pa, "GET", f"/api/groups/default/{room}/members").json()) == {cid: away}
     assert metas(reply.request("members", group=room)["members"]) == {cid: away}
 
+    assert c.request("join", group=room)["op"] == "ack"  # a re-join without meta: no change
+    assert c.request("join", group=room, meta=away)["op"] == "ack"  # with one: an update
     assert c.request("leave", group=room)["op"] == "ack"
     for mon in (mon_a, mon_b):
         mon.wait_for(lambda f: any(m["connection_id"] == cid for m in f.get("leaves", [])))

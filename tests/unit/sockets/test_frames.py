@@ -213,3 +213,16 @@ def test_members_page_fields() -> None:
     assert isinstance(f, frames.Members) and (f.limit, f.after) == (10, "c9")
     with pytest.raises(BadRequest):
         frames.parse(b'{"op": "members", "group": "g", "limit": 0}')
+
+
+def test_join_meta_and_update() -> None:
+    j = frames.parse(b'{"op":"join","group":"g","meta":{"status":"away","n":[1]}}')
+    assert isinstance(j, frames.Join) and j.meta == {"status": "away", "n": [1]}
+    bare = frames.parse(b'{"op":"join","group":"g"}')
+    assert isinstance(bare, frames.Join) and bare.meta is None
+    u = frames.parse(b'{"op":"update","group":"g","scope":"s","meta":{}}')
+    assert isinstance(u, frames.Update) and (u.group, u.scope, u.meta) == ("g", "s", {})
+    for bad in (b'{"op":"update","group":"g"}', b'{"op":"update","group":"g","meta":[1]}',
+                b'{"op":"join","group":"g","meta":"x"}'):
+        with pytest.raises(BadRequest):
+            frames.parse(bad)
