@@ -146,9 +146,23 @@ def test_a_websocket_member_sees_the_sse_client_join(cluster: Any, token: Any) -
     s = SseClient(sse_url(fe, f"default/{group}", token(uid("u"))))
     try:
         s.wait_for(bool)
-        assert c.request("publish", group=group, event="from-ws", data=7, durable=True)["op"] == "ack"
+        ack = c.request("publish", group=group, event="from-ws", data=7, durable=True)
+        assert ack["op"] == "ack", ack
         got = s.wait_for(lambda ev: any(x.get("event") == "from-ws" for x in ev))
         assert got[-1]["data"]["data"] == 7 and isinstance(got[-1]["id"], int)
     finally:
         s.close()
         c.close()
+
+
+def test_a_stream_ends_with_a_close_event_when_its_token_expires(cluster: Any,
+                                                                 token: Any) -> None:
+    fe = cluster.frontend("sse-exp")
+    s = SseClient(sse_url(fe, f"default/{uid('room')}", token(uid("u"), ttl_s=2)))
+    try:
+        s.wait_for(lambda ev: any(x.get("event") == "close" for x in ev))
+        close = s.named("close")[0]["data"]
+        assert close == {"op": "close", "code": 4401, "reason": "token expired"}
+        wait_until(lambda: s.ended, timeout=10)  # and the response is over
+    finally:
+        s.close()
