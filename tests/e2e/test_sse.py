@@ -4,6 +4,9 @@ before the stream; a resume by ``Last-Event-ID`` on another frontend after a SIG
 
 from __future__ import annotations
 
+import re
+import signal
+import socket
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -16,6 +19,10 @@ from tests.support import Client, Proc, api, wait_until
 #: Durable events published in the resume test, before and after the kill (bounded).
 BEFORE_KILL = 5
 AFTER_KILL = 5
+#: The stalled-reader test: a small outbox, and enough large events to overflow it.
+STALL_OUTBOX = 20
+STALL_EVENTS = 200
+STALL_EVENT_BYTES = 16_000
 
 
 def uid(prefix: str) -> str:
@@ -164,5 +171,45 @@ def test_a_stream_ends_with_a_close_event_when_its_token_expires(cluster: Any,
         close = s.named("close")[0]["data"]
         assert close == {"op": "close", "code": 4401, "reason": "token expired"}
         wait_until(lambda: s.ended, timeout=10)  # and the response is over
+    finally:
+        s.close()
+
+
+def test_a_stream_that_is_not_read_is_dropped_and_leaves(cluster: Any, token: Any) -> None:
+    """HERALD_OUTBOX_LIMIT holds for a stream as for a socket: a reader that stopped
+    reading is closed and cut, not buffered forever; a reading one gets everything."""
+    fe = cluster.frontend("sse-slow", env={"HERALD_OUTBOX_LIMIT": str(STALL_OUTBOX)})
+    group = uid("room")
+    reader = SseClient(sse_url(fe, f"default/{group}", token(uid("reader"))))
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+    try:
+        stalled.connect(("127.0.0.1", fe.port))
+        stalled.sendall(f"GET /sse?groups=default/{group}&token={token(uid('slow'))} "
+                        f"HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        wait_until(lambda: len(members(fe, group)) == 2)
+        reader.wait_for(bool)
+        blob = "x" * STALL_EVENT_BYTES
+        ids = [publish(fe, {"group": group}, "big", blob) for _ in range(STALL_EVENTS)]
+        # the stalled stream was closed (1013) and, its close never read, cut: it leaves
+        wait_until(lambda: len(members(fe, group)) == 1, timeout=30)
+        reader.wait_for(lambda ev: any(x.get("id") == ids[-1] for x in ev), timeout=30)
+        assert [x["id"] for x in reader.named("big")] == ids
+        r = requests.get(fe.url + "/metrics", timeout=5).text
+        assert re.search(r"^herald_outbox_overflows(_total)?({[^}]*})? [1-9]", r, re.M), r[:2000]
+    finally:
+        stalled.close()
+        reader.close()
+
+
+def test_a_draining_frontend_closes_its_streams_1012(cluster: Any, token: Any) -> None:
+    fe = cluster.frontend("sse-drain")
+    s = SseClient(sse_url(fe, f"default/{uid('room')}", token(uid("u"))))
+    try:
+        s.wait_for(bool)
+        fe.signal_group(signal.SIGTERM)
+        s.wait_for(lambda ev: any(x.get("event") == "close" for x in ev))
+        assert s.named("close")[0]["data"]["code"] == 1012
+        wait_until(lambda: s.ended, timeout=10)
     finally:
         s.close()
