@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
 
 import gevent
 import msgspec
@@ -107,7 +106,6 @@ class Pipe:
         self.channel: Channel[bytes] = Channel()
         # Conn puts a lock (GuardedSocket) around ``sock``: the pipe keeps its own handle
         self.out = self.sock = _PipeSock(self.channel)
-        self.environ: dict[str, Any] = {}
 
     def close(self, reason: int, message: str = "") -> None:
         """The writer's close: a ``close`` event (code and reason), then the end."""

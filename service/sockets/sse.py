@@ -31,7 +31,7 @@ from service.core.envelope import DEFAULT_SCOPE, encode, valid_name
 from service.core.errors import BadRequest, Forbidden, Unauthorized, Unavailable
 from service.delivery.conn import CLOSE_UNAUTHORIZED
 from service.delivery.sse import Pipe, SseConn, SseFormat, sse_event
-from service.sockets.frames import Hello
+from service.sockets.frames import EPOCH_MAX, Hello
 from service.sockets.welcome import Opened, ResumeUnavailable, open_session, send_events
 from service.sockets.ws import origin_allowed
 
@@ -193,10 +193,11 @@ def stream() -> Response:
                             meter=node.meter, outbox_bytes=settings.outbox_bytes))
         return made[-1]
 
-    hello = Hello(op="hello", token="-", last_id=last_id, epoch=epoch[:64] if epoch else None)
+    hello = Hello(op="hello", token="-", last_id=last_id,
+                  epoch=epoch[:EPOCH_MAX] if epoch else None)
     try:
         opened = open_session(node, grants, hello, pipe, make_conn=make_conn, join=keys)
-    except (SQLAlchemyError, ResumeUnavailable):
+    except (SQLAlchemyError, ResumeUnavailable):  # no resume token: only the registry
         for conn in made:  # a membership failed to land: undo the rest, as a disconnect
             Stream(node, Opened(conn, {"log_id": None}), pipe, grants, None).close()
         raise Unavailable("could not record the connection; retry") from None
