@@ -15,7 +15,7 @@ from service.delivery.wsock import InlineReader
 from service.http import api
 from service.http import history as _history  # noqa: F401  (its route joins api)
 from service.http.ports import InternalPort
-from service.sockets import ws
+from service.sockets import sse, ws
 
 #: WSGI environ key simple-websocket reads to negotiate permessage-deflate.
 _EXTENSIONS_HEADER = "HTTP_SEC_WEBSOCKET_EXTENSIONS"
@@ -57,6 +57,7 @@ def create_app(test_config: dict[str, Any] | None = None, *, port: int | None = 
     app.extensions["herald"] = node
     ws.init_app(app, Sock(app))
     api.init_app(app)
+    sse.init_app(app)
     from service.http import demo
     demo.init_app(app)
     if not settings.ws_deflate:

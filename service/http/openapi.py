@@ -19,9 +19,12 @@ from service.store.messagelog import PUBLISH_BATCH_MAX
 Schema = dict[str, Any]
 
 #: The JSON error body's code for each status the HTTP API answers with.
-ERRORS = {400: "bad_request", 401: "unauthorized", 404: "not_found",
-          405: "method_not_allowed", 413: "too_large", 503: "unavailable"}
+ERRORS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          405: "method_not_allowed", 413: "too_large", 429: "rate_limited",
+          503: "unavailable"}
 _WHY = {400: "invalid body, name or parameter", 401: "missing or invalid bearer API key",
+        403: "not granted (the token's join grants) or origin not allowed",
+        429: "over a limit the message names (HERALD_MAX_USER_CONNECTIONS)",
         404: "no such task, task name, connection or route",
         405: "method not allowed on this path (with an Allow header)",
         413: "body larger than HERALD_MAX_FRAME", 503: "Postgres or RabbitMQ unavailable"}
@@ -151,6 +154,30 @@ def _paths() -> dict[str, Schema]:
     }
 
 
+def _sse() -> Schema:
+    """``GET /sse`` (service/sockets/sse.py): a client token, not an API key."""
+    op = _op("events: a session's events as Server-Sent Events (event: name, id: log id "
+             "of a durable event, data: the event frame's JSON); a comment line every "
+             "heartbeat; Last-Event-ID resumes as hello.last_id does",
+             {200: {"description": "the stream (first event: welcome)",
+                    "content": {"text/event-stream": {"schema": _string()}}}},
+             (400, 401, 403, 429, 503),
+             [_param("groups", "query", _string(
+                 "comma-separated <scope>/<group> (a bare group is in the default scope), "
+                 "at most HERALD_MAX_GROUPS, each granted by the token"), required=False),
+              _param("token", "query", _string("the client token, when there is no "
+                                               "Authorization header"), required=False),
+              _param("last_id", "query", {"type": "integer", "minimum": 0,
+                                          "maximum": MAX_LOG_ID}, required=False),
+              _param("epoch", "query", _string("welcome.epoch of last_id"), required=False),
+              _param("Last-Event-ID", "header", _string("a log id (EventSource sends it)",
+                                                        pattern="^[0-9]{1,19}$"),
+                     required=False)],
+             secure=False)
+    op["security"] = [{"clientToken": []}, {"tokenQuery": []}]
+    return op
+
+
 def spec() -> dict[str, Any]:
     """The OpenAPI document (a fresh dict each call)."""
     return {
@@ -160,11 +187,16 @@ def spec() -> dict[str, Any]:
                                 "a bearer API key; probes need none. Errors are "
                                 '{"error": code, "message": text}; any other method on a '
                                 "path is 405 with that body."},
-        "paths": _paths(),
+        "paths": {**_paths(), "/sse": {"get": _sse()}},
         "components": {
             "schemas": components(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "a key from HERALD_API_KEYS"}},
+                                           "description": "a key from HERALD_API_KEYS"},
+                                "clientToken": {"type": "http", "scheme": "bearer",
+                                                "description": "a client token (/sse)"},
+                                "tokenQuery": {"type": "apiKey", "in": "query",
+                                               "name": "token",
+                                               "description": "a client token (/sse)"}},
             "responses": {"MethodNotAllowed": _error(405)},
         },
     }

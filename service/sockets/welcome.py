@@ -154,8 +154,13 @@ def _resume(node: Frontend, grants: Grants, frame: Hello
     return (claim.connection_id, *reattached)
 
 
-def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opened:
+def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any,
+                 make_conn: Callable[[str, str], Conn] | None = None,
+                 join: Iterable[tuple[str, str]] = ()) -> Opened:
     """Register the connection (new or resumed) and plan welcome and replay.
+
+    ``make_conn(id, user)``: another kind of connection (SSE's); ``join``: groups to join
+    (and record) before the welcome, whose missed events the replay includes too.
 
     Raises TooManyConnections when the user is at its limit, ResumeUnavailable when a
     resume cannot reach the registry."""
@@ -165,9 +170,10 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
                                          else (uuid.uuid4().hex, [], None, 0))
     groups = []
     try:
-        conn = Conn(cid, grants.user_id, ws, settings.outbox_limit,
-                    on_overflow=node.count_overflow, meter=node.meter,
-                    outbox_bytes=settings.outbox_bytes)
+        conn = (make_conn(cid, grants.user_id) if make_conn is not None else
+                Conn(cid, grants.user_id, ws, settings.outbox_limit,
+                     on_overflow=node.count_overflow, meter=node.meter,
+                     outbox_bytes=settings.outbox_bytes))
         conn.gen = gen
         conn.hold()
         node.hub.add(conn)
@@ -179,6 +185,9 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any) -> Opene
                 groups.append({"scope": scope, "group": group})
             else:
                 node.registry.submit("leave", connection_id=conn.id, scope=scope, group=group)
+        for key in join:
+            node.join(conn, key, wait=False)  # recorded, awaited; bound with the routes below
+            groups.append({"scope": key[0], "group": key[1]})
         if resumed is not None:  # reattached outside the writer: tell the webhooks' checks
             node.registry.committed("resume", id=cid, user_id=conn.user_id,
                                     groups=[(g["scope"], g["group"]) for g in groups])

@@ -75,7 +75,7 @@ def test_every_location_forwards_the_client_address(tmp_path: Path) -> None:
     proxy = Nginx(tmp_path / "nginx", [], render=render(echo.port))
     try:
         proxy.wait_ready()
-        for path in ("/healthz", "/readyz", "/ws", "/api/frontends", "/"):
+        for path in ("/healthz", "/readyz", "/ws", "/sse", "/api/frontends", "/"):
             headers = requests.get(proxy.url + path, timeout=5).json()
             for name in ("x-forwarded-for", "x-real-ip", "x-forwarded-proto", "host"):
                 assert name in headers, f"{path}: {name} not forwarded: {headers}"

@@ -12,7 +12,7 @@ from openapi_spec_validator import validate
 from service.http.openapi import spec
 from tests.support import PYTHON, Client, api, free_port
 
-DOCUMENTED = ("/api/", "/healthz", "/readyz", "/openapi.json")
+DOCUMENTED = ("/api/", "/healthz", "/readyz", "/openapi.json", "/sse")
 METHODS = {"get", "put", "post", "delete", "patch"}
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_schema_conformance")
