@@ -65,13 +65,15 @@ def op_join(s: Session, f: frames.Frame) -> Reply:
         _join(s, f)
         return ack(f)
     _query_quota(s, "history/rewind")
+    # the log's head before the join: what is logged after it, the socket also holds live
+    head = s.node.log_head.current(s.node.engine)
     s.conn.hold()  # live events of the group wait until the ack and the rewound ones
     try:
         _join(s, f)
         try:
             # read after the route is bound: an event published meanwhile is held and
             # may come twice (same id; clients drop repeats, as after a replay)
-            events = history.rewind(s.node.engine, f.scope, f.group, f.rewind)
+            events = history.rewind(s.node.engine, f.scope, f.group, f.rewind, since=head)
         except SQLAlchemyError:
             events = []
             log.warning("rewind of %s/%s failed: the log cannot be read", f.scope, f.group)

@@ -62,6 +62,18 @@ def page(engine: Engine, scope: str, group: str, *, limit: int = HISTORY_MAX,
     return Page(_envelopes(rows), gap)
 
 
-def rewind(engine: Engine, scope: str, group: str, n: int) -> list[Envelope]:
-    """The group's last ``n`` durable events, oldest first (``join``'s ``rewind``)."""
-    return page(engine, scope, group, limit=n).events if n > 0 else []
+def rewind(engine: Engine, scope: str, group: str, n: int,
+           since: int | None = None) -> list[Envelope]:
+    """The group's last ``n`` durable events, oldest first (``join``'s ``rewind``), and
+    with ``since`` also every later event after that id (up to ``HISTORY_MAX``): those
+    logged while the join was being made, which the socket also holds live. Sent before
+    what it holds, they keep the order (the held copies are repeats, dropped by id);
+    without them the held ones older than the last ``n`` would follow the newer."""
+    if n <= 0:
+        return []
+    last = page(engine, scope, group, limit=n).events
+    if since is None or (last and last[0].id is not None and last[0].id <= since + 1):
+        return last
+    during = page(engine, scope, group, after=since).events
+    merged = {e.id: e for e in (*during, *last)}
+    return [merged[i] for i in sorted(i for i in merged if i is not None)]

@@ -107,7 +107,8 @@ def test_rewind_follows_the_ack_and_precedes_live_events(fe: Proc, token: Any) -
     pub.start()
     started.wait(10)
     ack = c.request("join", group=group, rewind=3)
-    assert ack["op"] == "ack" and ack["rewound"] == 3
+    # the last 3, and whatever was logged while the join was made (it follows, in order)
+    assert ack["op"] == "ack" and ack["rewound"] >= 3
     pub.join(60)
     assert len(live_ids) == LIVE_COUNT
     c.wait_for(lambda f: f.get("id") == live_ids[-1])
