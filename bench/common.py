@@ -82,11 +82,17 @@ def bench_env() -> dict[str, str]:
     }
 
 
-def delete_exchange(name: str) -> None:
-    """Remove a bench run's exchange from the broker (best effort)."""
-    from kombu import Connection, Exchange
+def delete_exchange(name: str, task_queue: str | None = None) -> None:
+    """Remove a bench run's exchange from the broker (best effort), and its task queue
+    with the queue's exchanges when the run enqueued tasks (webhook checks, demo tasks)."""
+    from kombu import Connection, Exchange, Queue
 
-    for each in (name, f"{name}.routed"):  # the routed one exists once something routed
+    names = [name, f"{name}.routed"]  # the routed one exists once something routed
+    if task_queue:
+        with contextlib.suppress(Exception), Connection(BROKER_URL, connect_timeout=5) as conn:
+            Queue(task_queue, channel=conn.channel()).delete()
+        names += [task_queue, f"{task_queue}.events"]
+    for each in names:
         with contextlib.suppress(Exception), Connection(BROKER_URL, connect_timeout=5) as conn:
             Exchange(each, channel=conn.channel()).delete()
 

@@ -120,7 +120,7 @@ class HeraldCluster:
         from service.store.db import drop_database
 
         drop_database(self.env["HERALD_DATABASE_URL"])
-        delete_exchange(self.env["HERALD_EXCHANGE"])
+        delete_exchange(self.env["HERALD_EXCHANGE"], self.env["HERALD_TASK_QUEUE"])
 
 
 class PeerSide:
