@@ -53,6 +53,11 @@ RECONNECT_MIN_S = 0.25
 RECONNECT_MAX_S = 5.0
 #: Most messages one consumer batch takes off the socket before handing them on.
 CONSUME_BATCH_MAX = 256
+#: Heartbeat intervals of silence after which a publisher takes a new connection before it
+#: publishes: the broker drops a connection it has not heard from in two, and one that is
+#: never ticked (a backend's write-only publisher between requests) would otherwise find out
+#: by a failed publish and a retry pause.
+STALE_HEARTBEATS = 1.5
 #: Pauses between one publish's attempts on a lost broker (about 7 s in all), then it raises.
 PUBLISH_RETRY_DELAYS_S = (0.1, 0.6, 1.1, 1.6, 2.0, 2.0)
 
@@ -130,6 +135,8 @@ class BusPublisher:
         self._channel: Any = None
         self._confirmed: Any = None
         self._sleep = sleep or time.sleep
+        self._clock = time.monotonic
+        self._used = self._clock()  # the last time the connection was written or read
 
     def _connection(self) -> Connection:
         return Connection(self.nodes.current, heartbeat=self._heartbeat_s,
@@ -157,6 +164,7 @@ class BusPublisher:
         message = amqp.Message(body, content_type=CONTENT_TYPE, content_encoding="binary",
                                delivery_mode=1)
         with self._lock:
+            self._refresh_if_idle()
             delays = iter(PUBLISH_RETRY_DELAYS_S)
             while True:
                 try:
@@ -167,6 +175,7 @@ class BusPublisher:
                     else:
                         self._get_channel().basic_publish(message, exchange=exchange,
                                                           routing_key=route)
+                    self._used = self._clock()
                     return
                 except (*BROKER_ERRORS, MessageNacked):
                     # a nack: the broker could not take it (a bound queue's node just
@@ -199,15 +208,32 @@ class BusPublisher:
         pile up unread and py-amqp would think the broker silent: read what is there first.
         """
         with self._lock:
-            if not self.connection.connected:
-                return
-            try:
-                with contextlib.suppress(TimeoutError):
-                    self.connection.drain_events(timeout=0)
-                self.connection.heartbeat_check()
-            except self.connection.connection_errors:
-                log.warning("publisher connection lost; it reconnects on the next publish")
-                self._reset()
+            self._tick()
+
+    def _tick(self) -> None:
+        if not self.connection.connected:
+            return
+        try:
+            with contextlib.suppress(TimeoutError):
+                self.connection.drain_events(timeout=0)
+            self.connection.heartbeat_check()
+            self._used = self._clock()
+        except self.connection.connection_errors:
+            log.warning("publisher connection lost; it reconnects on the next publish")
+            self._reset()
+
+    def _refresh_if_idle(self) -> None:
+        """Before a publish: a connection silent for STALE_HEARTBEATS intervals is replaced
+        (the broker may have dropped it, and a write into a dropped one fails or, worse,
+        vanishes); one silent for one interval gets its heartbeats read and sent first."""
+        if self._channel is None or self._heartbeat_s <= 0:
+            return
+        idle = self._clock() - self._used
+        if idle >= STALE_HEARTBEATS * self._heartbeat_s:
+            self._reset()
+            self.connection = self._connection()
+        elif idle >= self._heartbeat_s:
+            self._tick()
 
     def _reset(self) -> None:
         self._channel = self._confirmed = None

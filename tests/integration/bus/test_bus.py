@@ -197,6 +197,24 @@ def test_publisher_reconnects_after_close(exchange: str, started: list[Any]) -> 
     assert (consumer.get(), consumer.get()) == (b"1", b"2")
 
 
+def test_a_publisher_left_idle_past_its_heartbeats_publishes_without_a_failure(
+        exchange: str, started: list[Any], caplog: pytest.LogCaptureFixture) -> None:
+    """A write-only publisher nobody ticks (a backend between requests, the bench between
+    phases): the broker drops it after two missed heartbeats; the next publish takes a new
+    connection first instead of failing, logging and pausing."""
+    consumer = Running(exchange)
+    started.append(consumer)
+    publisher = BusPublisher(URL, exchange, heartbeat_s=1)
+    started.append(publisher)
+    publisher.publish(b"before")
+    assert consumer.get() == b"before"
+    time.sleep(3.5)  # two missed heartbeats and then some: the broker has closed it
+    with caplog.at_level("WARNING", logger="service.bus.amqp"):
+        publisher.publish(b"after")
+    assert consumer.get() == b"after"
+    assert not [r for r in caplog.records if "publish failed" in r.getMessage()]
+
+
 def test_a_backlog_reaches_on_batch_in_order_and_in_batches(exchange: str,
                                                             started: list[Any]) -> None:
     """While the handler is busy, messages wait on the socket; the next hand-over takes
