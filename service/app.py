@@ -14,6 +14,7 @@ from service.core.config import Settings
 from service.delivery.wsock import InlineReader
 from service.http import api
 from service.http import history as _history  # noqa: F401  (its route joins api)
+from service.http.lean import LeanPublish
 from service.http.ports import InternalPort
 from service.sockets import sse, ws
 
@@ -56,6 +57,8 @@ def create_app(test_config: dict[str, Any] | None = None, *, port: int | None = 
     node = Frontend(settings, port)
     app.extensions["herald"] = node
     ws.init_app(app, Sock(app))
+    app.wsgi_app = LeanPublish(app.wsgi_app, node,  # type: ignore[method-assign]
+                               settings.max_frame_bytes)
     api.init_app(app)
     sse.init_app(app)
     from service.http import demo

@@ -87,6 +87,9 @@ class FrontendServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships n
     def load(self) -> Any:
         # imported here, in the worker after gevent has patched the standard library
         from service.app import create_app
+        from service.http import gunicorn_speed
+
+        gunicorn_speed.install()
 
         self.flask_app = create_app(port=self.port)
         return self.flask_app

@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from service.bus import BROKER_ERRORS
 from service.cluster.frontend import Frontend
 from service.core.auth import api_key_valid
-from service.core.envelope import NULL, TARGET_KINDS, Target, raw_json, valid_name
+from service.core.envelope import NULL, raw_json, valid_name
 from service.core.envvars import parse_bool
 from service.core.errors import BadRequest, HeraldError, NotFound, Unauthorized, Unavailable
 from service.core.metrics import render as render_metrics
@@ -32,6 +32,7 @@ from service.http.schemas import (
     PublishRequest,
     TaskRequest,
 )
+from service.http.targets import parse_target as _target
 from service.store import idempotency, receipts, registry
 from service.store.messagelog import PUBLISH_BATCH_MAX, Entry
 from service.store.models import ID_LEN, TaskRecord
@@ -73,23 +74,6 @@ def _body(schema: type[Any]) -> Any:
 
 def _data(body: PublishRequest | BatchMessage) -> msgspec.Raw:
     return NULL if body.data is UNSET else body.data
-
-
-#: The fields each kind of target may have (the first one names the kind).
-_TARGET_FIELDS = {"all": {"all"}, "group": {"group", "scope"}, "user": {"user"},
-                  "connection": {"connection"}}
-
-
-def _target(obj: dict[str, Any], field: str) -> Target:
-    """A target object exactly as documented: one kind, no other fields, no nulls."""
-    kinds = [k for k in TARGET_KINDS if k in obj]
-    if len(kinds) != 1 or not set(obj) <= _TARGET_FIELDS[kinds[0]]:
-        raise BadRequest(f"{field} must be one of {{all: true}}, {{group, scope?}}, {{user}}, "
-                         "{connection}")
-    try:
-        return Target.from_json(obj)
-    except BadRequest as exc:
-        raise BadRequest(exc.message.replace("target", field, 1)) from None
 
 
 @api.post("/publish")
@@ -299,7 +283,9 @@ def _first_line(exc: BaseException | None) -> str:
     return (str(exc).splitlines() or [""])[0][:200]
 
 
-# outages of Postgres or the broker during an /api call (the probes report them themselves)
+#: Outages of Postgres or the broker during an /api call (the probes report them themselves).
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    DBOperationalError, PoolTimeout, BrokerOperationalError, *BROKER_ERRORS)
 for _exc_type in (DBOperationalError, PoolTimeout, BrokerOperationalError, *BROKER_ERRORS):
     api.register_error_handler(_exc_type, _unavailable)
 

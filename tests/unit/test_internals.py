@@ -8,8 +8,10 @@ internals are touched from exactly one module.
   the server taking a ``thread_class``; ``Base.close`` sending the close frame through
   ``self.sock``; wsproto's ``handshake``; the gevent socket's ``_sock``).
 - py-amqp: only ``service/bus/amqp_consumer.py`` (the transport's ``_read_buffer`` and ``sock``).
-- gunicorn: only ``service/sockets/wsio.py`` (a response that raises ``StopIteration``
-  ends the request with nothing written).
+- gunicorn: ``service/http/gunicorn_speed.py`` patches ``Response.write`` (headers and a
+  whole body in one write) and ``util.http_date`` (cached a second); besides,
+  ``service/sockets/wsio.py`` relies on one behaviour (a response that raises
+  ``StopIteration`` ends the request with nothing written).
 """
 
 from __future__ import annotations
@@ -60,6 +62,64 @@ def test_gunicorn_ends_a_request_whose_response_raises_stop_iteration() -> None:
     assert "except StopIteration" in inspect.getsource(AsyncWorker.handle_request)
 
 
+class _Sock:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+
+def _gunicorn_response(method: str, status: str, headers: list[tuple[str, str]],
+                       body: list[bytes]) -> list[bytes]:
+    """What gunicorn writes for one response to an HTTP/1.1 request (keep-alive)."""
+    from gunicorn.config import Config
+    from gunicorn.http.message import Request
+    from gunicorn.http.unreader import IterUnreader
+    from gunicorn.http.wsgi import Response
+
+    raw = f"{method} /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    req = Request(Config(), IterUnreader([raw.encode()]), ("127.0.0.1", 1))
+    sock = _Sock()
+    resp = Response(req, sock, Config())
+    resp.start_response(status, headers)
+    for chunk in body:
+        resp.write(chunk)
+    resp.close()
+    return sock.writes
+
+
+def test_gunicorn_speed_writes_the_same_bytes_in_fewer_writes() -> None:
+    from gunicorn import util
+    from gunicorn.http import wsgi
+
+    from service.http import gunicorn_speed
+
+    cases = [  # (method, status, headers, body, writes once patched)
+        ("POST", "202 Accepted", [("Content-Type", "application/json"),
+                                  ("Content-Length", "9")], [b'{"id":1}\n'], 1),
+        ("GET", "200 OK", [("Content-Length", "4")], [b"ab", b"cd"], 3),  # not whole: as is
+        ("GET", "200 OK", [], [b"streamed", b"on"], None),  # chunked: gunicorn's own
+        ("HEAD", "200 OK", [("Content-Length", "4")], [b"abcd"], None),  # no body sent
+        ("GET", "204 No Content", [], [], None),
+    ]
+    originals = (wsgi.Response.write, util.http_date)
+    try:
+        before = [_gunicorn_response(m, st, h, b) for m, st, h, b, _ in cases]
+        gunicorn_speed.install()
+        gunicorn_speed.install()  # idempotent
+        after = [_gunicorn_response(m, st, h, b) for m, st, h, b, _ in cases]
+    finally:
+        wsgi.Response.write, util.http_date = originals
+        del wsgi.Response._herald_speed
+    date = re.compile(rb"Date: [^\r]*\r\n")
+    for (_, _, _, _, writes), old, new in zip(cases, before, after, strict=True):
+        assert date.sub(b"", b"".join(new)) == date.sub(b"", b"".join(old))
+        assert len(new) == (writes if writes is not None else len(old))
+    assert len(before[0]) == 2  # what gunicorn itself does: headers, then the body
+    assert b"Date: " in b"".join(after[0])
+
+
 def test_simple_websocket_mode_names_gunicorn() -> None:
     assert "self.mode = 'gunicorn'" in inspect.getsource(Server.__init__)
 
@@ -71,6 +131,7 @@ INTERNALS = {
         r"|from wsproto|\.handshake = |ws, \"close_reason\""),
     "service/bus/amqp_consumer.py": re.compile(r"_read_buffer|transport\.sock"),
     "service/sockets/wsio.py": re.compile(r"raise StopIteration"),
+    "service/http/gunicorn_speed.py": re.compile(r"gunicorn\.http|from gunicorn import util"),
 }
 
 
