@@ -12,8 +12,9 @@ from flask_sock import Sock
 from service.cluster.frontend import Frontend
 from service.core.config import Settings
 from service.delivery.wsock import InlineReader
-from service.http import api
+from service.http import admin, api
 from service.http import history as _history  # noqa: F401  (its route joins api)
+from service.http import messages as _messages  # noqa: F401  (its route joins api)
 from service.http.lean import LeanPublish
 from service.http.ports import InternalPort
 from service.sockets import sse, ws
@@ -60,6 +61,7 @@ def create_app(test_config: dict[str, Any] | None = None, *, port: int | None = 
     app.wsgi_app = LeanPublish(app.wsgi_app, node,  # type: ignore[method-assign]
                                settings.max_frame_bytes)
     api.init_app(app)
+    admin.init_app(app)
     sse.init_app(app)
     from service.http import demo
     demo.init_app(app)

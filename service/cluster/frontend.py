@@ -37,7 +37,7 @@ from service.cluster.readiness import DB_PROBE_TIMEOUT_S, DatabaseWatch
 from service.core.backoff import Backoff
 from service.core.config import Settings
 from service.core.limits import UserQuotas
-from service.core.metrics import Meter
+from service.core.metrics import Meter, Rates
 from service.core.routes import EVERYTHING
 from service.delivery.conn import CLOSE_DRAINING, CLOSE_REPLACED, Conn
 from service.delivery.hub import Hub
@@ -74,6 +74,7 @@ class Frontend(Membership, Publishing):
         self.db_probe = DedicatedProbe(settings.database_url, DB_PROBE_TIMEOUT_S)
         self.db_watch = DatabaseWatch(self.db_probe.check, sleep=gevent.sleep)
         self.meter = Meter()
+        self.rates = Rates(self.meter)  # its counters' rates, written at each heartbeat
         self.registry = registry.RegistryWriter(self.engine)
         # the URL picks the backend: amqp:// in production, memory:// in unit tests
         self.publisher = make_publisher(settings.broker_url, settings.exchange,
@@ -170,7 +171,7 @@ class Frontend(Membership, Publishing):
                     self._try_register()
                     resync = resync or self.registered
                 elif not registry.heartbeat(self.engine, self.id, self.consumer.queue_name,
-                                            self.draining):
+                                            self.draining, self.rates.sample()):
                     log.warning("frontend %s was swept while alive; re-registering", self.id)
                     self._try_register()
                     resync = True

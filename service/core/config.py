@@ -107,6 +107,7 @@ class Settings:
     webhook_retry_base_s: float = 2.0  # HERALD_WEBHOOK_RETRY_BASE_S: first retry's delay
     relay_source: str = ""  # HERALD_RELAY_SOURCE: the backend database the outbox relay drains
     relay_batch: int = 100  # HERALD_RELAY_BATCH: outbox rows the relay moves per step
+    admin: bool = True  # HERALD_ADMIN: serve the admin console at /admin (API key to sign in)
 
     @property
     def targeted(self) -> bool:
@@ -189,6 +190,7 @@ class Settings:
                                            cls.webhook_retry_base_s),
             relay_source=os.environ.get("HERALD_RELAY_SOURCE", ""),
             relay_batch=env_int("HERALD_RELAY_BATCH", cls.relay_batch),
+            admin=env_bool("HERALD_ADMIN", cls.admin),
         )
         return settings if client else settings.checked()
 
@@ -296,5 +298,5 @@ ENV_VARS = (
     "HERALD_TASK_QUEUE_TYPE", "HERALD_METRICS_PORT", "HERALD_IDEMPOTENCY_TTL",
     "HERALD_WEBHOOK_URLS", "HERALD_WEBHOOK_SECRET", "HERALD_WEBHOOK_EVENTS",
     "HERALD_WEBHOOK_FLAP_S", "HERALD_WEBHOOK_RETRY_BASE_S", "HERALD_RELAY_SOURCE",
-    "HERALD_RELAY_BATCH", "HERALD_MAX_META",
+    "HERALD_RELAY_BATCH", "HERALD_MAX_META", "HERALD_ADMIN",
 )

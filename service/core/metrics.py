@@ -59,6 +59,39 @@ class Meter:
                 self.observe_latency(now - ts, n)
 
 
+#: The counters a frontend writes into its registry row at each heartbeat, with their rates.
+STATS_COUNTERS = ("published", "delivered", "frames_in", "frames_out")
+
+
+def totals(meter: Meter) -> dict[str, int]:
+    """A Meter's counters as the registry row carries them: publishes made through this
+    frontend, live events written to sockets (the latency histogram's count: one per
+    socket and event), and client frames in and frames out (replies included)."""
+    return {"published": sum(meter.publishes.values()), "delivered": sum(meter.latency_counts),
+            "frames_in": meter.frames_in, "frames_out": meter.frames_out}
+
+
+class Rates:
+    """A Meter's counters and their per-second rates since the previous sample: what the
+    heartbeat writes into the frontends row (``GET /api/frontends``' ``stats``)."""
+
+    def __init__(self, meter: Meter, clock: Callable[[], float] = time.monotonic) -> None:
+        self.meter = meter
+        self.clock = clock
+        self._last = (clock(), totals(meter))
+
+    def sample(self) -> dict[str, float]:
+        """The counters now, ``<name>_per_s`` over the window since the last sample, and
+        ``window_s``, that window in seconds (the first one starts at construction)."""
+        now, counts = self.clock(), totals(self.meter)
+        then, before = self._last
+        self._last = (now, counts)
+        window = now - then
+        rates = {f"{name}_per_s": round((counts[name] - before[name]) / window, 3)
+                 if window > 0 else 0.0 for name in STATS_COUNTERS}
+        return {**counts, **rates, "window_s": round(window, 3)}
+
+
 class HeraldCollector(Collector):
     """Turns a Meter plus live gauges into Prometheus metric families at scrape time."""
 

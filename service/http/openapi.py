@@ -14,6 +14,7 @@ from typing import Any
 from service.core.envelope import DEFAULT_SCOPE
 from service.http.schemas import IDEMPOTENCY_KEY_JSON, components
 from service.store.history import HISTORY_MAX, MAX_LOG_ID
+from service.store.logpage import LOG_PAGE_MAX
 from service.store.messagelog import PUBLISH_BATCH_MAX
 
 Schema = dict[str, Any]
@@ -25,7 +26,7 @@ ERRORS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
 _WHY = {400: "invalid body, name or parameter", 401: "missing or invalid bearer API key",
         403: "not granted (the token's join grants) or origin not allowed",
         429: "over a limit the message names (HERALD_MAX_USER_CONNECTIONS)",
-        404: "no such task, task name, connection or route",
+        404: "no such task, task name, connection or route (or HERALD_ADMIN=off)",
         405: "method not allowed on this path (with an Allow header)",
         413: "body larger than HERALD_MAX_FRAME", 503: "Postgres or RabbitMQ unavailable"}
 
@@ -102,6 +103,17 @@ def _paths() -> dict[str, Schema]:
             {200: _json(_ref("ReceiptReport"), "sockets written; complete within a second "
                                                 "of the publish")}, (404,),
             [_param("message_id", "path", {"type": "integer", "minimum": 0})])},
+        "/api/messages": {"get": _op(
+            "recentMessages: the newest durable messages of the whole log, within "
+            "retention, newest first (`before`: the previous page's `next`)",
+            {200: _json(_ref("MessagesPage"), "newest first")}, (400,),
+            [_param(p, "query", {"type": "integer", "minimum": lo, "maximum": hi},
+                    required=False)
+             for p, lo, hi in (("limit", 1, LOG_PAGE_MAX), ("before", 0, MAX_LOG_ID))])},
+        "/api/admin/token": {"post": _op(
+            "adminToken: a short-lived client token for the admin console's socket (user "
+            "admin:console; may join and monitor every group)",
+            {200: _json(_ref("AdminToken"), "the token")}, (404,))},
         "/api/tasks": {"post": _op(
             "startTask: enqueue a public task whose state goes to a target",
             {202: _json(_ref("TaskCreated"), "queued")}, (400, 404, 413), body="TaskRequest")},
@@ -140,7 +152,7 @@ def _paths() -> dict[str, Schema]:
             {200: _json(_array(_ref("UserConnection")), "connections")}, (400, 404),
             user_param)},
         "/api/frontends": {"get": _op(
-            "frontends: registered frontends with connection counts",
+            "frontends: registered frontends with connection counts and message stats",
             {200: _json(_array(_ref("FrontendInfo")), "frontends")})},
         "/healthz": {"get": _op("healthz: liveness", {200: _json(_ref("Health"), "alive")},
                                 secure=False)},

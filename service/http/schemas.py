@@ -176,6 +176,22 @@ class UserConnection(_Body):
     groups: list[ScopedGroup]
 
 
+class FrontendStats(_Body):
+    """A frontend's counters since it started, and their rates over ``window_s`` (the
+    interval between its last two heartbeats, HERALD_HEARTBEAT)."""
+
+    published: Annotated[int, Meta(ge=0, description="publishes made through it")]
+    delivered: Annotated[int, Meta(ge=0, description=(
+        "live events written to its sockets (one per socket and event)"))]
+    frames_in: Annotated[int, Meta(ge=0, description="client frames received")]
+    frames_out: Annotated[int, Meta(ge=0, description="frames written, replies included")]
+    published_per_s: Annotated[float, Meta(ge=0)]
+    delivered_per_s: Annotated[float, Meta(ge=0)]
+    frames_in_per_s: Annotated[float, Meta(ge=0)]
+    frames_out_per_s: Annotated[float, Meta(ge=0)]
+    window_s: Annotated[float, Meta(ge=0, description="seconds the rates are averaged over")]
+
+
 class FrontendInfo(_Body):
     id: str
     host: str
@@ -183,6 +199,8 @@ class FrontendInfo(_Body):
     heartbeat_at: float
     connections: Annotated[int, Meta(ge=0)]
     draining: bool
+    stats: Annotated[FrontendStats | None, Meta(
+        description="written at each heartbeat; null before the first one")]
 
 
 class Health(_Body):
@@ -212,6 +230,30 @@ class HistoryPage(_Body):
     gap: Annotated[bool, Meta(description="retention cut the range: older events are gone")]
 
 
+class LogMessage(_Body):
+    """One durable message as the log holds it."""
+
+    id: Annotated[int, Meta(description="log id")]
+    ts: Annotated[float, Meta(description="publish time, Unix seconds")]
+    target: dict[str, Any]
+    event: EventName
+    data: Any
+    origin: Annotated[str, Meta(description="the frontend or worker that logged it")]
+
+
+class MessagesPage(_Body):
+    messages: Annotated[list[LogMessage], Meta(description="newest first")]
+    next: Annotated[int | None, Meta(description=(
+        "`before` for the next, older page; null: no older message within retention"))]
+
+
+class AdminToken(_Body):
+    token: Annotated[str, Meta(description="a client token that may join and monitor "
+                                           "every group, and nothing else")]
+    user: str
+    expires_in: Annotated[int, Meta(description="seconds")]
+
+
 class Error(_Body):
     error: Annotated[str, Meta(extra_json_schema={"enum": ERROR_CODES})]
     message: str
@@ -221,7 +263,7 @@ class Error(_Body):
 DOCUMENTED = (Error, *TARGETS, PublishRequest, PublishResponse, PublishBatchRequest,
               PublishBatchResponse, ReceiptReport, TaskRequest, TaskCreated, TaskStatus,
               GroupCount, Member, MemberMeta, UserConnection, FrontendInfo, Health, Readiness,
-              HistoryPage)
+              HistoryPage, MessagesPage, AdminToken)
 
 
 def components() -> dict[str, Any]:

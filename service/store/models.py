@@ -56,6 +56,9 @@ class FrontendRecord(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now())
     draining: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    #: Its Meter's counters and their per-second rates, written at each heartbeat
+    #: (``core/metrics.Rates``); null until the first one.
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
 
 
 class ConnectionRecord(Base):

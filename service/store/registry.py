@@ -146,11 +146,16 @@ def remove_membership(engine: Engine, connection_id: str, scope: str, group: str
                                             Membership.group == group))
 
 
-def heartbeat(engine: Engine, frontend_id: str, queue: str | None, draining: bool) -> bool:
-    """Refresh this frontend's heartbeat; False when its row is gone (it was swept)."""
+def heartbeat(engine: Engine, frontend_id: str, queue: str | None, draining: bool,
+              stats: dict[str, Any] | None = None) -> bool:
+    """Refresh this frontend's heartbeat (and its ``stats``, when given); False when its
+    row is gone (it was swept)."""
+    values: dict[str, Any] = {"heartbeat_at": func.now(), "queue": queue, "draining": draining}
+    if stats is not None:
+        values["stats"] = stats
     with engine.begin() as db:
-        result = db.execute(update(FrontendRecord).where(FrontendRecord.id == frontend_id).values(
-            heartbeat_at=func.now(), queue=queue, draining=draining))
+        result = db.execute(update(FrontendRecord).where(FrontendRecord.id == frontend_id)
+                            .values(**values))
         return bool(result.rowcount)
 
 
@@ -162,6 +167,7 @@ def deregister_frontend(engine: Engine, frontend_id: str) -> None:
 
 
 def list_frontends(engine: Engine) -> list[dict[str, Any]]:
+    """Every registered frontend with its attached connections and its last ``stats``."""
     counts = (select(ConnectionRecord.frontend_id, func.count().label("n"))
               .group_by(ConnectionRecord.frontend_id).subquery())
     stmt = (select(FrontendRecord, func.coalesce(counts.c.n, 0))
@@ -171,7 +177,7 @@ def list_frontends(engine: Engine) -> list[dict[str, Any]]:
         rows = db.execute(stmt).all()
     return [{"id": f.id, "host": f.host, "started_at": f.started_at.timestamp(),
              "heartbeat_at": f.heartbeat_at.timestamp(), "connections": int(n),
-             "draining": f.draining} for f, n in rows]
+             "draining": f.draining, "stats": f.stats} for f, n in rows]
 
 
 # --- look-ups ----------------------------------------------------------------------------

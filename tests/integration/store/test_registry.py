@@ -61,6 +61,11 @@ def test_register_heartbeat_deregister_detaches(engine: Engine, writer: Registry
     assert registry.heartbeat(engine, fid, "amq.gen-x", True) is True
     assert rows(engine, "SELECT queue, draining FROM frontends WHERE id = :f", f=fid) == [
         ("amq.gen-x", True)]
+    # the stats a heartbeat carries are kept until the next one that carries any
+    assert registry.heartbeat(engine, fid, "amq.gen-x", True, {"published": 3}) is True
+    assert registry.heartbeat(engine, fid, "amq.gen-x", True) is True
+    assert rows(engine, "SELECT stats FROM frontends WHERE id = :f", f=fid) == [
+        ({"published": 3},)]
 
     writer.start()
     c1, c2 = uid("c"), uid("c")
@@ -324,7 +329,8 @@ def test_lookups(engine: Engine, frontend: str, writer: RegistryWriter) -> None:
 
         fronts = {f["id"]: f for f in registry.list_frontends(engine)}
         assert set(fronts[other]) == {"id", "host", "started_at", "heartbeat_at",
-                                      "connections", "draining"}
+                                      "connections", "draining", "stats"}
+        assert fronts[other]["stats"] is None  # written by its first heartbeat
         assert (fronts[other]["host"], fronts[other]["connections"],
                 fronts[other]["draining"]) == ("host-o", 2, False)
         assert fronts[frontend]["connections"] == 1
