@@ -44,6 +44,11 @@ class RawClient:
 
     def send_frame(self, opcode: int, payload: bytes) -> None:
         """One masked, final frame (text 0x1, ping 0x9, ...)."""
+        self.sock.sendall(self.frame(opcode, payload))
+
+    @staticmethod
+    def frame(opcode: int, payload: bytes) -> bytes:
+        """The bytes of one masked, final frame (to send several in one write)."""
         mask = os.urandom(4)
         n = len(payload)
         b0 = 0x80 | opcode
@@ -54,7 +59,7 @@ class RawClient:
         else:
             header = struct.pack("!BBQ", b0, 0x80 | 127, n)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+        return header + mask + masked
 
     def _need(self, n: int) -> bytes:
         while len(self.buf) < n:

@@ -205,6 +205,12 @@ class Conn:
             self._close = (code, reason)
             self._wake_writer()
 
+    def peer_closed(self) -> None:
+        """The client's close frame has been answered: no frame may follow that answer
+        (RFC 6455 5.5.1), so what is queued, and the replies to frames the client sent
+        just before its close, are dropped."""
+        self.closed = True
+
     def _wake_writer(self) -> None:
         # a writer greenlet lives only while there is something to write: an idle socket
         # costs no greenlet (and no saved stack) of its own
@@ -214,7 +220,7 @@ class Conn:
     def _write_loop(self) -> None:
         sock = self.sock
         try:
-            while self._outbox:
+            while self._outbox and not self.closed:
                 # everything queued leaves in one write; outbox and stamps change together
                 # (no switch in between), so all the stamps belong to this chunk
                 outbox, stamps = self._outbox, self._stamps

@@ -120,6 +120,10 @@ class Detached:
                 feed(ws, data)  # pongs and close replies go out here
             except ConnectionClosed:
                 return True
+            if not ws.connected and session.conn is not None:
+                # the client's close came with this read and is answered: frames it sent
+                # before it are still handled (a publish counts), their replies not sent
+                session.conn.peer_closed()
 
     # --- token expiry --------------------------------------------------------------------
 

@@ -481,3 +481,30 @@ def test_a_production_worker_does_not_know_the_demo_tasks() -> None:
 def test_development_mode_warns_at_every_start(cluster: Any) -> None:
     fe = cluster.frontend("dev")
     wait_until(lambda: "DEVELOPMENT MODE" in fe.log_path.read_text(errors="replace"))
+
+
+def test_nothing_follows_the_answer_to_a_client_s_close(fronts: Any, token: Any) -> None:
+    """Frames the client sent in the same write as its close are handled (a publish among
+    them is delivered) but get no reply: the server's close answer is the last frame."""
+    fe, user, room = fronts["limited"], uid("closer"), uid("room")
+    listener = Client(fe.ws_url)
+    listener.hello(token(uid("listener")))
+    listener.request("join", group=room)
+    c = raw(fe)
+    raw_hello(c, token(user, join=("*",), publish=("*",)))
+    c.sock.sendall(
+        c.frame(0x1, json.dumps({"op": "ping", "ref": 1}).encode())
+        + c.frame(0x1, json.dumps({"op": "publish", "ref": 2, "group": room,
+                                   "event": "bye", "data": 1}).encode())
+        + c.frame(0x8, (1000).to_bytes(2, "big")))
+    c.sock.settimeout(CLOSE_WAIT_S)
+    opcodes = []
+    for _ in range(100):  # until the server ends the connection
+        try:
+            opcodes.append(c.read_frame()[0])
+        except (EOFError, OSError):
+            break
+    c.close()
+    assert opcodes and opcodes[-1] == 0x8 and opcodes.count(0x8) == 1, opcodes
+    assert listener.wait_for(lambda f: f.get("event") == "bye")[0]["data"] == 1
+    listener.close()
