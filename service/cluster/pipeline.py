@@ -22,6 +22,7 @@ from service.core.errors import BadRequest
 from service.core.routes import route_of
 from service.store import idempotency, receipts
 from service.store.groupcommit import GroupCommit
+from service.store.logwriter import LogWriter
 from service.store.messagelog import NUL_ERROR, Entry, append, append_many
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class LogPublisher:
         #: Called with each logged batch and its ids, after it went out (the webhooks'
         #: message.undelivered check, ``workers/webhook_hooks.py``, when configured).
         self.on_logged: Callable[[Sequence[Entry], Sequence[int | BadRequest]], None] | None = None
+        self._writer = LogWriter(engine, origin)
         self._durable: GroupCommit[Entry, int | BadRequest] = GroupCommit(self._run_durable)
         self._transient: GroupCommit[Entry, None] = GroupCommit(self._run_transient)
 
@@ -116,9 +118,18 @@ class LogPublisher:
         self._send(entries, ids, any(i is not None for i in ids))
 
     def _run_durable(self, entries: Sequence[Entry]) -> list[int | BadRequest]:
-        ids = append_many(self.engine, self.origin, entries)
-        logged = [(e, i) for e, i in zip(entries, ids, strict=True) if isinstance(i, int)]
-        self._send([e for e, _ in logged], [i for _, i in logged], True)
+        try:
+            try:
+                ids: list[int | BadRequest] = self._writer.append_many(entries)
+            except DataError:  # one row Postgres refused spoils the statement: row by row
+                ids = append_many(self.engine, self.origin, entries)
+            logged = [(e, i) for e, i in zip(entries, ids, strict=True) if isinstance(i, int)]
+            self._send([e for e, _ in logged], [i for _, i in logged], True)
+        finally:
+            if not self._durable.pending:
+                # nothing more is waiting: the connection goes back to the pool (a
+                # publisher nobody uses again must not keep one out of it)
+                self._writer.release()
         if self.on_logged is not None:
             self.on_logged(entries, ids)
         return ids

@@ -51,6 +51,11 @@ class GroupCommit(Generic[In, Out]):
         self._busy = False
         self.batches = 0  # how many batches ran (for tests and metrics)
 
+    @property
+    def pending(self) -> int:
+        """Items waiting for the next batch (a hint: read without the lock)."""
+        return len(self._queue)
+
     def submit(self, item: In) -> Out:
         """Run ``item`` in the next batch and return its result (or raise its error)."""
         return self.submit_many([item])[0]
