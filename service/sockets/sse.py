@@ -202,6 +202,8 @@ def stream() -> Response:
             Stream(node, Opened(conn, {"log_id": None}), pipe, grants, None).close()
         raise Unavailable("could not record the connection; retry") from None
     opened.welcome.pop("resume", None)  # a stream resumes by Last-Event-ID, not a token
+    if last_id is not None:
+        opened.welcome["recovered"] = stream_recovered(opened.welcome, epoch)
     opened.welcome.pop("ref", None)
     opened.welcome["transport"] = "sse"
     body = Stream(node, opened, pipe, grants, last_id)
@@ -213,6 +215,17 @@ def stream() -> Response:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Vary"] = "Origin"
     return response
+
+
+def stream_recovered(welcome: dict[str, Any], epoch: str | None) -> bool:
+    """A stream's ``recovered``: it is never a resumed session (no resume token), but it
+    names its groups up front and the replay after ``Last-Event-ID`` covers them and its
+    user, as a resume's restored groups: recovered unless cut (``gap``) or another epoch.
+    (What went to the previous stream's connection id is not replayed: every stream is a
+    new connection.)"""
+    current = welcome["epoch"]
+    return (not welcome["gap"] and bool(current)
+            and (epoch is None or epoch[:EPOCH_MAX] == current))
 
 
 def node_format(app: Flask) -> SseFormat:

@@ -1,6 +1,8 @@
 // Types for herald.js, the browser client for Herald.
 
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+/** WebSocket, or `GET /sse` (receive-only) where WebSockets do not pass. */
+export type Transport = "websocket" | "sse";
 
 /** An error frame from the server, or a client-side failure. */
 export class HeraldError extends Error {
@@ -8,7 +10,8 @@ export class HeraldError extends Error {
   /**
    * Server codes: bad_request, unknown_op, unauthorized, forbidden, not_found,
    * rate_limited, internal, …; client codes: timeout, disconnected, closed, policy (1008),
-   * too_large (1009), replaced (4409), task_failed.
+   * too_large (1009), replaced (4409), task_failed, unsupported_transport (an op that
+   * needs a WebSocket while the client is on SSE).
    */
   readonly code: string;
 }
@@ -34,6 +37,17 @@ export interface HeraldOptions {
   /** Where "visibilitychange" fires (defaults to globalThis.document when there is one). */
   document?: Pick<EventTarget, "addEventListener" | "removeEventListener"> &
     { readonly visibilityState: string };
+  /**
+   * "auto" (default): WebSocket; after 3 WebSockets in a row that never opened (or when
+   * the constructor throws), `GET /sse`, with a WebSocket tried again 5 s later, then at
+   * doubling intervals up to 5 min; back on WebSocket as soon as one opens.
+   * "websocket" or "sse": that one only.
+   */
+  transport?: "auto" | Transport;
+  /** http(s)://host/sse; defaults to `url` with ws→http and /ws→/sse. */
+  sseUrl?: string;
+  /** The fetch that reads the SSE stream (defaults to globalThis.fetch). */
+  fetch?: typeof fetch;
 }
 
 /** One row of the reconnect table: what the client does after a close code. */
@@ -60,7 +74,7 @@ export function closeRule(code: number, reason?: string): { rule: CloseRule; hin
 /** The client's own event names; application events are `event:<name>`. */
 export const CLIENT_EVENTS: readonly ClientEventName[];
 export type ClientEventName =
-  "state" | "welcome" | "presence" | "error" | "gap" | "left" | "disconnected";
+  "state" | "welcome" | "presence" | "error" | "gap" | "left" | "disconnected" | "transport";
 
 /** What the `disconnected` event says about a socket that closed. */
 export interface Disconnected {
@@ -121,15 +135,32 @@ export interface PresenceFrame {
 export interface PresenceChange {
   joins: Member[];
   leaves: Member[];
+  /** Members whose meta changed (replaced in the map). */
+  updates: Member[];
   /** True for the snapshot that follows `monitor` (and every re-monitor after a reconnect). */
   snapshot: boolean;
+}
+
+/** One connection of a user in a group, with its meta (Phoenix's metas per device). */
+export interface PresenceMeta<M = Record<string, unknown>> {
+  connection_id: string;
+  frontend: string;
+  /** {} when the connection gave none. */
+  meta: M;
+}
+
+/** A user present in a group: one meta per connection. */
+export interface PresenceUser<M = Record<string, unknown>> {
+  user_id: string;
+  metas: PresenceMeta<M>[];
 }
 
 export interface Welcome {
   op: "welcome";
   connection_id: string;
   frontend: string;
-  resume: string;
+  /** The resume token (none on an SSE stream: it resumes by Last-Event-ID). */
+  resume?: string;
   heartbeat: number;
   resumed: boolean;
   groups: { scope: string; group: string }[];
@@ -141,13 +172,23 @@ export interface Welcome {
   epoch?: string;
   /** Every durable message missed since `hello.last_id` was replayed; false: reload state. */
   recovered?: boolean;
+  /** "sse" on a stream's welcome. */
+  transport?: "sse";
 }
 
 export interface Monitor {
   /** connection id → member, kept up to date. */
   readonly members: Map<string, Member>;
+  /** user id → the user's connections with their metas, kept up to date. */
+  readonly users: Map<string, PresenceUser>;
   /** Remove this listener; the last one to stop sends `demonitor`. */
   stop(): Promise<void>;
+}
+
+/** A page of history: event frames oldest first; `gap`: retention cut the range. */
+export interface HistoryPage {
+  events: EventFrame[];
+  gap: boolean;
 }
 
 export type TaskState = "queued" | "started" | "succeeded" | "failed";
@@ -178,6 +219,8 @@ export interface HeraldEvents {
   left: (group: { scope: string; group: string }) => void;
   /** A socket closed: its code, reason and the delay before the next attempt. */
   disconnected: (info: Disconnected) => void;
+  /** The client moved to another transport (SSE when WebSockets fail, back when one opens). */
+  transport: (transport: Transport) => void;
   /** Every application event. */
   "event:*": (frame: EventFrame) => void;
 }
@@ -188,13 +231,24 @@ export class Herald {
   static connect(opts: HeraldOptions): Promise<Herald>;
 
   readonly url: string;
+  /** Where the SSE fallback reads from. */
+  readonly sseUrl: string;
   readonly state: ConnectionState;
+  /** The transport in use (or being tried): on "sse" the client only receives. */
+  readonly transport: Transport;
   /** The frontend the socket is on (from the last welcome). */
   readonly frontend: string | null;
   /** The session's connection id (the same across resumes). */
   readonly connectionId: string | null;
   /** The highest durable id seen; sent as `last_id` on reconnect. */
   readonly lastId: number;
+  /** The log's epoch `lastId` belongs to (`welcome.epoch`); sent as `hello.epoch`. */
+  readonly epoch: string | null;
+  /**
+   * After each welcome: false when a `gap` event followed it (resynchronise), true when
+   * everything missed was replayed, null when there was nothing to recover (the first).
+   */
+  readonly recovered: boolean | null;
   /** Why the client stopped by itself (fatal close code, 4401 without getToken). */
   readonly lastError: HeraldError | null;
   /** The last socket close (null before the first). */
@@ -216,11 +270,27 @@ export class Herald {
   /** Send any frame; resolves with the reply frame, rejects on an error frame or timeout. */
   request(op: string, fields?: Record<string, unknown>,
           opts?: { timeout?: number }): Promise<Record<string, any>>;
-  join(group: string, opts?: { scope?: string }): Promise<void>;
+  /**
+   * Join (kept across reconnects, with its meta). `meta`: this connection's presence meta;
+   * `rewind`: the group's last N (≤ 100) durable events follow as ordinary events. On SSE
+   * the stream reopens with the group; it carries no meta and rewinds nothing (`rewound` 0).
+   */
+  join(group: string, opts?: { scope?: string; meta?: Record<string, unknown>;
+                               rewind?: number }): Promise<{ rewound: number }>;
   leave(group: string, opts?: { scope?: string }): Promise<void>;
+  /** Replace this connection's meta in a group it has joined (WebSocket only). */
+  update(group: string, meta: Record<string, unknown>, opts?: { scope?: string }): Promise<void>;
+  /** A page of a group's durable events (WebSocket only). */
+  history(group: string, opts?: { scope?: string; limit?: number; before?: number;
+                                  after?: number }): Promise<HistoryPage>;
   members(group: string, opts?: { scope?: string; local?: boolean }): Promise<Member[]>;
+  /** Watch a group by connection (WebSocket only). */
   monitor(group: string, opts?: { scope?: string },
           onPresence?: (members: Map<string, Member>, change: PresenceChange) => void
+  ): Promise<Monitor>;
+  /** Watch a group by user: one meta per connection (WebSocket only; same handle). */
+  presence(group: string, opts?: { scope?: string },
+           onChange?: (users: Map<string, PresenceUser>, change: PresenceChange) => void
   ): Promise<Monitor>;
   /** Resolves with the durable id when `durable`, else undefined. */
   publish(target: Target, event: string, data?: unknown,

@@ -134,6 +134,7 @@ def test_sse_resumes_on_another_frontend_after_a_sigkill(cluster: Any, token: An
     try:
         welcome = r.wait_for(bool)[0]["data"]
         assert welcome["replayed"] >= AFTER_KILL and welcome["gap"] is False
+        assert welcome["recovered"] is True  # its groups and user, all replayed
         assert r.wait_for(bool)[0]["id"] == last  # where the next reconnect resumes from
         sent.append(publish(b, {"group": group}, "n", BEFORE_KILL + AFTER_KILL))
         r.wait_for(lambda ev: any(x.get("id") == sent[-1] for x in ev))
@@ -142,6 +143,13 @@ def test_sse_resumes_on_another_frontend_after_a_sigkill(cluster: Any, token: An
         r.close()
     unique = list(dict.fromkeys(ids))  # repeats (the late-commit grace) have the same id
     assert unique == sent
+    # the same resume point from another epoch's log: not recovered
+    other = SseClient(sse_url(b, f"default/{group}", tok, epoch="another-log"),
+                      headers={"Last-Event-ID": str(last)})
+    try:
+        assert other.wait_for(bool)[0]["data"]["recovered"] is False
+    finally:
+        other.close()
 
 
 def test_a_websocket_member_sees_the_sse_client_join(cluster: Any, token: Any) -> None:

@@ -107,3 +107,53 @@ export function deferred() {
   const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
   return { promise, resolve, reject };
 }
+
+/**
+ * A scriptable fetch for SSE: every call is a stream the test answers (`open`, `refuse`,
+ * `fail`) and then feeds (`welcome`, `event`, `send`, `end`); `aborted` once the client
+ * dropped it.
+ */
+export function fakeFetch() {
+  const streams = [];
+  const encoder = new TextEncoder();
+  function fetch(url, init = {}) {
+    const s = { url: new URL(url), headers: init.headers || {}, aborted: false, controller: null };
+    streams.push(s);
+    return new Promise((resolve, reject) => {
+      init.signal?.addEventListener("abort", () => {
+        s.aborted = true;
+        const err = Object.assign(new Error("aborted"), { name: "AbortError" });
+        reject(err);
+        try { s.controller?.error(err); } catch { /* closed already */ }
+      });
+      Object.assign(s, {
+        open() {
+          const body = new ReadableStream({ start: (c) => { s.controller = c; } });
+          resolve({ ok: true, status: 200, statusText: "OK", body, json: async () => ({}) });
+          return s;
+        },
+        refuse(status, error = "forbidden", message = "no") {
+          resolve({ ok: false, status, statusText: "refused", body: null,
+                    json: async () => ({ error, message }) });
+        },
+        fail(message = "network") { reject(new TypeError(message)); },
+        send(text) { s.controller.enqueue(encoder.encode(text)); return s; },
+        event(name, frame, id) {
+          const idLine = id === undefined ? "" : `id: ${id}\n`;
+          return s.send(`event: ${name}\n${idLine}data: ${JSON.stringify(frame)}\n\n`);
+        },
+        welcome(fields = {}) {
+          const groups = (s.url.searchParams.get("groups") || "").split(",").filter(Boolean)
+            .map((k) => { const [scope, group] = k.split("/"); return { scope, group }; });
+          return s.event("welcome", { op: "welcome", connection_id: `sse-${streams.indexOf(s)}`,
+                                      frontend: "f1", heartbeat: 10, resumed: false, groups,
+                                      replayed: 0, gap: false, log_id: 0, transport: "sse",
+                                      ...fields });
+        },
+        end() { s.controller.close(); return s; },
+        groups() { return s.url.searchParams.get("groups"); },
+      });
+    });
+  }
+  return { fetch, streams, get last() { return streams[streams.length - 1]; } };
+}

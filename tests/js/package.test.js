@@ -20,11 +20,12 @@ it("resolves @herald/client through its exports to the file Flask serves", async
   for (const f of [pkg.exports["."].default, pkg.types]) assert.ok(existsSync(path.join(PKG, f)), f);
 });
 
-it("packs herald.js, herald.d.ts and package.json only (not the demo beside them)", () => {
+it("packs herald.js, its two modules, herald.d.ts and package.json only (not the demo)", () => {
   const out = execFileSync("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"],
                            { cwd: PKG, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
   const files = JSON.parse(out)[0].files.map((f) => f.path).sort();
-  assert.deepEqual(files, ["herald.d.ts", "herald.js", "package.json"]);
+  assert.deepEqual(files, ["herald-presence.js", "herald-sse.js", "herald.d.ts", "herald.js",
+                          "package.json"]);
 });
 
 it("installs nothing into a folder Flask serves", () => {

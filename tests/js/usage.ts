@@ -1,7 +1,8 @@
 // A typed use of @herald/client, checked by `tsc --noEmit` (tsconfig.json): the package's
 // `exports`/`types` resolve, and the declarations say what herald.js does.
 import Herald, { CLIENT_EVENTS, RECONNECT, closeRule, HeraldError, tokenExpiry } from "@herald/client";
-import type { Disconnected, Gap, Welcome, EventFrame, Member, HeraldTask } from "@herald/client";
+import type { Disconnected, Gap, Welcome, EventFrame, Member, HeraldTask, PresenceUser,
+              PresenceChange, Transport, HistoryPage } from "@herald/client";
 
 interface Chat { user: string; text: string }
 
@@ -49,8 +50,43 @@ export async function main(): Promise<void> {
   void stops; void hint; void own; void exp;
   const last: Disconnected | null = herald.lastClose;
   void last;
+
+  // presence with metadata, by user; update; join's meta and rewind; history
+  const { rewound } = await herald.join("room:lobby", { meta: { device: "phone" }, rewind: 10 });
+  const count: number = rewound;
+  void count;
+  const room = await herald.presence("room:lobby", {}, (users: Map<string, PresenceUser>,
+                                                        change: PresenceChange) => {
+    for (const u of users.values()) {
+      const devices: unknown[] = u.metas.map((m) => m.meta["device"]);
+      const where: string[] = u.metas.map((m) => `${m.connection_id}@${m.frontend}`);
+      void devices; void where;
+    }
+    const updated: Member[] = change.updates;
+    void updated;
+  });
+  const byConnection: Map<string, Member> = room.members;
+  const alice: PresenceUser | undefined = room.users.get("alice");
+  void byConnection; void alice;
+  await herald.update("room:lobby", { device: "phone", away: true });
+  const page: HistoryPage = await herald.history("room:lobby", { limit: 20, before: 100 });
+  const firstId: number | undefined = page.events[0]?.id;
+  void firstId;
+
+  // the transport and the recovery result
+  herald.on("transport", (t: Transport) => { if (t === "sse") console.log("receive-only"); });
+  const now: Transport = herald.transport;
+  const epoch: string | null = herald.epoch;
+  const recovered: boolean | null = herald.recovered;
+  void now; void epoch; void recovered;
+  const viaSse = new Herald({ token: "jwt", transport: "sse", sseUrl: "https://example.test/sse",
+                              fetch: globalThis.fetch });
+  viaSse.connect();
   herald.close();
 }
+
+// @ts-expect-error: transport is "auto", "websocket" or "sse"
+export const badTransport = new Herald({ token: "jwt", transport: "polling" });
 
 // @ts-expect-error: a target needs exactly one of group, user, connection, all
 export const bad: Parameters<Herald["publish"]>[0] = { everyone: true };
