@@ -120,6 +120,7 @@ Herald is running (logs in var/log/, Ctrl-C to stop):
   WebSocket       ws://127.0.0.1:$PORT_A/ws   ws://127.0.0.1:$PORT_B/ws
   HTTP API        http://127.0.0.1:$PORT_A/api   http://127.0.0.1:$PORT_B/api
   metrics         http://127.0.0.1:$PORT_A/metrics   http://127.0.0.1:$PORT_B/metrics
+  admin console   http://127.0.0.1:$PORT_A/admin   (sign in with the API key below)
   Flower          http://127.0.0.1:$FLOWER_PORT
   RabbitMQ admin  http://127.0.0.1:15672  (guest/guest)
   API key         $api_key   (Authorization: Bearer <key>)
