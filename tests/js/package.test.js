@@ -20,12 +20,26 @@ it("resolves @herald/client through its exports to the file Flask serves", async
   for (const f of [pkg.exports["."].default, pkg.types]) assert.ok(existsSync(path.join(PKG, f)), f);
 });
 
-it("packs herald.js, its two modules, herald.d.ts and package.json only (not the demo)", () => {
+/** herald.js and the modules it is split into (each imported by herald.js or another). */
+const MODULES = ["herald.js", "herald-fallback.js", "herald-monitor.js", "herald-presence.js",
+                 "herald-receive.js", "herald-reconnect.js", "herald-socket.js", "herald-sse.js",
+                 "herald-task.js", "herald-token.js", "herald-util.js"];
+const RELATIVE_IMPORT = /^(?:import|export) [^;\n]* from "\.\/([^"]+)";$/gm;
+
+it("packs herald.js, its modules, herald.d.ts and package.json only (not the demo)", () => {
   const out = execFileSync("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"],
                            { cwd: PKG, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
   const files = JSON.parse(out)[0].files.map((f) => f.path).sort();
-  assert.deepEqual(files, ["herald-presence.js", "herald-sse.js", "herald.d.ts", "herald.js",
-                          "package.json"]);
+  assert.deepEqual(files, [...MODULES, "herald.d.ts", "package.json"].sort());
+  // what a shipped module imports is shipped too: a new module needs its "files" entry
+  const imported = new Set();
+  for (const f of files.filter((name) => name.endsWith(".js"))) {
+    for (const [, dep] of readFileSync(path.join(PKG, f), "utf8").matchAll(RELATIVE_IMPORT)) {
+      assert.ok(files.includes(dep), `${f} imports ${dep}, which the package does not ship`);
+      imported.add(dep);
+    }
+  }
+  assert.deepEqual([...imported].sort(), MODULES.filter((m) => m !== "herald.js").sort());
 });
 
 it("installs nothing into a folder Flask serves", () => {

@@ -37,6 +37,7 @@ COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 DOCKERFILE = COMPOSE_DIR / "Dockerfile"
 NGINX_CONF = COMPOSE_DIR / "nginx.conf"
 HERALD_JS = ROOT / "service" / "static" / "herald.js"
+HERALD_WELCOME_JS = HERALD_JS.with_name("herald-receive.js")  # where a welcome is handled
 
 HERALD_NAME = re.compile(r"HERALD_[A-Z0-9_]+")
 FRONTEND_PORT = 8000
@@ -469,10 +470,10 @@ def nginx_locations(conf: str) -> dict[str, str]:
 def herald_js_ping_s() -> float:
     """herald.js's longest ping interval: its fallback before a welcome says ``heartbeat``
     (after it, it pings every heartbeat, 10 s by default: more often)."""
-    source = HERALD_JS.read_text()
-    found = re.search(r"PING_MS\s*=\s*([\d_]+)", source)
+    found = re.search(r"PING_MS\s*=\s*([\d_]+)", HERALD_JS.read_text())
     assert found, "herald.js's default ping interval moved: update this test"
-    assert "w.heartbeat * 1000" in source, "herald.js no longer pings at welcome.heartbeat"
+    assert "w.heartbeat * 1000" in HERALD_WELCOME_JS.read_text(), \
+        "herald.js no longer pings at welcome.heartbeat"
     ping_s = int(found.group(1).replace("_", "")) / 1000
     from service.core.config import Settings
 
