@@ -39,6 +39,7 @@ from service.core.config import Settings
 from service.core.limits import UserQuotas
 from service.core.metrics import Meter, Rates
 from service.core.routes import EVERYTHING
+from service.delivery.coalesce import WriteDelay
 from service.delivery.conn import CLOSE_DRAINING, CLOSE_REPLACED, Conn
 from service.delivery.hub import Hub
 from service.store import epoch, registry, replay
@@ -85,6 +86,9 @@ class Frontend(Membership, Publishing):
                                       on_lost=self._on_bus_lost, sleep=gevent.sleep,
                                       heartbeat_s=settings.broker_heartbeat_s)
         self.hub = Hub(self.meter, self._on_route if settings.targeted else None)
+        #: HERALD_WRITE_DELAY_MS: one flush timer for every socket's delayed deliveries
+        self.write_delay = (WriteDelay(settings.write_delay_ms / 1000)
+                            if settings.write_delay_ms else None)
         if not settings.targeted:  # what targeted publishers send reaches us too
             self.consumer.bind(EVERYTHING)
         self.registered = False

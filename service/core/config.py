@@ -41,6 +41,8 @@ def is_placeholder(value: str) -> bool:
 
 #: RabbitMQ queue types the Celery task queue may be declared as.
 TASK_QUEUE_TYPES = ("classic", "quorum")
+#: The longest HERALD_WRITE_DELAY_MS: past a second it is a batch job, not real time.
+MAX_WRITE_DELAY_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Settings:
     max_frame_bytes: int = 64 * 1024  # HERALD_MAX_FRAME
     outbox_limit: int = 1024  # HERALD_OUTBOX_LIMIT: queued frames per socket before 1013
     outbox_bytes: int = 1 << 20  # HERALD_OUTBOX_BYTES: queued bytes per socket before 1013
+    write_delay_ms: int = 0  # HERALD_WRITE_DELAY_MS: deliveries wait to leave together; 0 off
     hello_max_frames: int = 3  # HERALD_HELLO_MAX_FRAMES: frames before a valid hello, else 4401
     history_ttl_s: int = 24 * 3600  # HERALD_HISTORY_TTL: durable log retention
     heartbeat_s: float = 10.0  # HERALD_HEARTBEAT: frontend liveness and client ping hint
@@ -147,6 +150,7 @@ class Settings:
             max_frame_bytes=env_int("HERALD_MAX_FRAME", cls.max_frame_bytes),
             outbox_limit=env_int("HERALD_OUTBOX_LIMIT", cls.outbox_limit),
             outbox_bytes=env_int("HERALD_OUTBOX_BYTES", cls.outbox_bytes),
+            write_delay_ms=env_int("HERALD_WRITE_DELAY_MS", cls.write_delay_ms),
             hello_max_frames=env_int("HERALD_HELLO_MAX_FRAMES", cls.hello_max_frames),
             history_ttl_s=env_int("HERALD_HISTORY_TTL", cls.history_ttl_s),
             heartbeat_s=env_float("HERALD_HEARTBEAT", cls.heartbeat_s),
@@ -225,6 +229,8 @@ class Settings:
         if self.task_queue_type not in TASK_QUEUE_TYPES:
             raise ConfigError("HERALD_TASK_QUEUE_TYPE must be classic or quorum, got "
                               f"{self.task_queue_type!r}")
+        if not 0 <= self.write_delay_ms <= MAX_WRITE_DELAY_MS:
+            raise ConfigError(f"HERALD_WRITE_DELAY_MS must be 0 (off) to {MAX_WRITE_DELAY_MS}")
         if self.max_user_connections < 0:
             raise ConfigError("HERALD_MAX_USER_CONNECTIONS must be 0 (no limit) or positive")
         for name, count in (("HERALD_DB_POOL_SIZE", self.db_pool_size),
@@ -291,6 +297,7 @@ ENV_VARS = (
     "HERALD_FLOWER_PORT", "HERALD_RABBITMQ_API", "HERALD_VAR_DIR", "HERALD_RATE_LIMIT",
     "HERALD_RATE_BURST", "HERALD_MAX_GROUPS", "HERALD_MAX_USER_CONNECTIONS",
     "HERALD_FLOWER_BASIC_AUTH", "HERALD_LOG_LEVEL", "HERALD_OUTBOX_BYTES",
+    "HERALD_WRITE_DELAY_MS",
     "HERALD_HELLO_MAX_FRAMES", "HERALD_MAX_MONITORS", "HERALD_MEMBERS_LIMIT",
     "HERALD_REPLAY_LIMIT", "HERALD_USER_REPLAY_PER_MIN", "HERALD_USER_DURABLE_PER_MIN",
     "HERALD_USER_TASKS_PER_MIN", "HERALD_USER_QUERIES_PER_MIN", "HERALD_PUBLIC_TASKS",

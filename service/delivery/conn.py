@@ -20,6 +20,7 @@ from simple_websocket import ConnectionClosed
 from service.core.envelope import encode, ws_text_frame
 from service.core.metrics import Meter
 from service.core.presence import MonitorState
+from service.delivery.coalesce import WriteDelay
 from service.delivery.wsock import guard
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Conn:
         "_byte_limit",
         "_bytes",
         "_close",
+        "_delay",
         "_held",
         "_held_bytes",
         "_limit",
@@ -75,7 +77,8 @@ class Conn:
     def __init__(self, conn_id: str, user_id: str, ws: Any, outbox_limit: int,
                  on_overflow: Callable[[Conn], None] | None = None,
                  meter: Meter | None = None,
-                 outbox_bytes: int = DEFAULT_OUTBOX_BYTES) -> None:
+                 outbox_bytes: int = DEFAULT_OUTBOX_BYTES,
+                 write_delay: WriteDelay | None = None) -> None:
         self.id = conn_id
         self.user_id = user_id
         self.ws = ws
@@ -98,6 +101,7 @@ class Conn:
         self.closed = False
         self.on_overflow = on_overflow
         self._held: list[tuple[bytes, list[float]]] | None = None
+        self._delay = write_delay  # HERALD_WRITE_DELAY_MS: deliveries wait for its timer
         self._owns_lock = False  # the fast path left a frame half-written, lock held
         self.moved = False  # resumed on another socket: that one owns the registry row
         self.gen = 0  # the registry row's resume generation this socket was opened with
@@ -154,7 +158,26 @@ class Conn:
             held.append((data, stamps))
             self._held_bytes += len(data)
             return False
-        return self._push(data, stamps)
+        return self._push(data, stamps, delayed=self._delay is not None)
+
+    def flush_delayed(self) -> None:
+        """The write delay is up: everything queued leaves in one write now, or, when it
+        cannot go whole without blocking, through the writer greenlet."""
+        if self._writer is not None or not self._outbox or self.closed:
+            return  # a writer takes the queue itself; a closed socket sends nothing
+        outbox = self._outbox
+        chunk = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        sent = self._write_now(chunk)
+        if sent == len(chunk):  # no writer runs, so nothing else holds these lists
+            counted, self._stamps, self._outbox, self._bytes = self._stamps, [], [], 0
+            self._account(counted)
+            return
+        if sent is not None and sent < 0:
+            return  # the peer is gone; its handler notices and cleans up
+        if sent:  # the lock stays taken: the writer finishes this frame first
+            outbox[:] = [chunk[sent:]]
+            self._bytes = len(chunk) - sent
+        self._wake_writer()
 
     def push(self, frame: bytes, ts: float = 0.0) -> None:
         """Queue one ready WebSocket frame; on overflow close with 1013 (the client resumes).
@@ -163,12 +186,12 @@ class Conn:
         if self._push(frame, [ts]):
             self._account([ts])
 
-    def _push(self, data: bytes, stamps: list[float]) -> bool:
-        """Write now when nothing is queued, else queue. True when written whole now
-        (the caller counts it)."""
+    def _push(self, data: bytes, stamps: list[float], delayed: bool = False) -> bool:
+        """Write now when nothing is queued, else queue (``delayed``: always queue, for
+        the write delay's timer). True when written whole now (the caller counts it)."""
         if self._close is not None or self.closed:
             return False
-        if not self._outbox:
+        if not self._outbox and not delayed:
             sent = self._write_now(data)
             if sent == len(data):
                 return True
@@ -181,7 +204,9 @@ class Conn:
                 or self._bytes + len(data) > self._byte_limit):
             self._overflow()
             return False
-        self._queue(data, stamps)
+        self._queue(data, stamps, wake=not delayed)
+        if delayed and self._writer is None and self._delay is not None:
+            self._delay.mark(self)
         return False
 
     def _overflow(self) -> None:
@@ -189,11 +214,12 @@ class Conn:
             self.on_overflow(self)
         self.close(CLOSE_BEHIND, OVERFLOW_REASON)
 
-    def _queue(self, data: bytes, stamps: list[float]) -> None:
+    def _queue(self, data: bytes, stamps: list[float], wake: bool = True) -> None:
         self._outbox.append(data)
         self._stamps.extend(stamps)
         self._bytes += len(data)
-        self._wake_writer()
+        if wake:
+            self._wake_writer()
 
     def send(self, obj: Any) -> None:
         """Encode one JSON frame for this socket alone and queue it."""

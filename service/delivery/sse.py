@@ -145,8 +145,8 @@ class SseConn(Conn):
         self._format = fmt
         self._drop = drop
 
-    def _push(self, data: bytes, stamps: list[float]) -> bool:
-        return super()._push(self._format(data), stamps)
+    def _push(self, data: bytes, stamps: list[float], delayed: bool = False) -> bool:
+        return super()._push(self._format(data), stamps, delayed)
 
     def push_sse(self, data: bytes) -> None:
         """Queue bytes that are SSE already (the welcome, with its resume id)."""

@@ -173,7 +173,7 @@ def open_session(node: Frontend, grants: Grants, frame: Hello, ws: Any,
         conn = (make_conn(cid, grants.user_id) if make_conn is not None else
                 Conn(cid, grants.user_id, ws, settings.outbox_limit,
                      on_overflow=node.count_overflow, meter=node.meter,
-                     outbox_bytes=settings.outbox_bytes))
+                     outbox_bytes=settings.outbox_bytes, write_delay=node.write_delay))
         conn.gen = gen
         conn.hold()
         node.hub.add(conn)

@@ -70,3 +70,28 @@ def test_bad_batches_are_refused_whole(pair: Any, token: Any) -> None:
                                           "data": tag})
     watcher.wait_for(lambda f: f.get("event") == "marker" and f["data"] == tag)
     assert watcher.events("never") == []  # nothing of a refused batch was published
+
+
+def test_with_a_write_delay_everything_arrives_once_in_order(pair: Any, cluster: Any,
+                                                             token: Any) -> None:
+    """HERALD_WRITE_DELAY_MS on the receiving frontend: single publishes from the other
+    frontend and a batch all arrive once, in order; a reply is not held back by it."""
+    pa = pair[0]
+    pb = cluster.frontend("wd-b", env={"HERALD_WRITE_DELAY_MS": "50"})
+    room = uid("room")
+    members = [Client(pb.ws_url) for _ in range(3)]
+    for c in members:
+        c.hello(token(uid("u")))
+        assert c.request("join", group=room)["op"] == "ack"
+    for i in range(30):
+        r = api(pa, "POST", "/api/publish", json={"target": {"group": room}, "event": "w",
+                                                  "data": i, "durable": i % 2 == 0})
+        assert r.status_code == 202, r.text
+    r = api(pa, "POST", "/api/publish/batch", json={"messages": [
+        {"target": {"group": room}, "event": "w", "data": 30 + i} for i in range(20)]})
+    assert r.status_code == 202, r.text
+    for c in members:
+        c.wait_for(lambda f: f.get("event") == "w" and f["data"] == 49)
+        assert [e["data"] for e in c.events("w")] == list(range(50))
+        assert c.request("ping")["op"] == "pong"
+        c.close()

@@ -85,6 +85,19 @@ def test_non_positive_refused(env: pytest.MonkeyPatch, name: str, value: str) ->
         Settings.from_env()
 
 
+@pytest.mark.parametrize(("value", "ok"), [("0", True), ("20", True), ("1000", True),
+                                           ("-1", False), ("1001", False)])
+def test_write_delay_is_off_by_default_and_bounded(env: pytest.MonkeyPatch, value: str,
+                                                   ok: bool) -> None:
+    assert Settings.from_env().write_delay_ms == 0
+    env.setenv("HERALD_WRITE_DELAY_MS", value)
+    if ok:
+        assert Settings.from_env().write_delay_ms == int(value)
+    else:
+        with pytest.raises(ConfigError, match=r"HERALD_WRITE_DELAY_MS must be 0 \(off\) to 1000"):
+            Settings.from_env()
+
+
 def test_unknown_env_refused(env: pytest.MonkeyPatch) -> None:
     env.setenv("HERALD_ENV", "staging")
     with pytest.raises(ConfigError, match="HERALD_ENV must be development or production"):
