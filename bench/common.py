@@ -154,16 +154,24 @@ class Role(Server):
                          f"bench-{env['HERALD_NS']}-{args[1]}-{port}.log", port=port)
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """User+system CPU seconds of these processes, from /proc/<pid>/stat."""
-    total = 0
+def cpu_split(pids: Sequence[int]) -> tuple[float, float]:
+    """User and system CPU seconds of these processes (all their threads), from the utime
+    and stime fields of /proc/<pid>/stat (clock ticks; the kernel splits a process's time
+    between the two by where its ticks landed)."""
+    user = system = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except FileNotFoundError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User+system CPU seconds of these processes, from /proc/<pid>/stat."""
+    return sum(cpu_split(pids))
 
 
 def rss_bytes(pid: int) -> int:
@@ -231,11 +239,19 @@ def spread(values: Sequence[float], digits: int = 1) -> str:
 
 
 def ratio(a: Sequence[float], b: Sequence[float]) -> str:
-    """Herald/peer of the medians."""
+    """a/b of the medians (Herald/peer, …)."""
     if not a or not b:
         return "-"
     num, den = statistics.median(a), statistics.median(b)
     return f"{num / den:.2f}" if den else "-"
+
+
+def ratio_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The ratio columns of a table with these sides: Herald over each other side, or the
+    first over the second when Herald is not among two."""
+    if "Herald" in names:
+        return [("Herald", other) for other in names if other != "Herald"]
+    return [(names[0], names[1])] if len(names) == 2 else []
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

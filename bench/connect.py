@@ -1,12 +1,13 @@
-"""Connect storm: sockets per second through connect + join on 2 instances, Herald vs peer.
+"""Connect storm: sockets per second through connect + join on 2 instances, Herald vs peers.
 
 Herald: WebSocket open, `hello` (JWT verify, per-user connection count, the connection row
 written and awaited), `welcome`, `join` (membership row written and awaited, presence
 published), `ack`. Afterwards the group's member rows are counted through Herald's API
-(``GET /api/groups/default/<group>/members``): they must all exist. Peer: WebSocket open,
-Engine.IO open packet, Socket.IO connect whose handler joins the room (``?group=``), its
-``40`` reply. Rate = sockets / time from "go" to the last socket through, with
-``--concurrency`` handshakes in flight at once (split over the load generators).
+(``GET /api/groups/default/<group>/members``): they must all exist. The peers (Flask-SocketIO,
+and socket.io on Node with connection state recovery on): WebSocket open, Engine.IO open
+packet, Socket.IO connect whose handler joins the room (``?group=``), its ``40`` reply.
+Rate = sockets / time from "go" to the last socket through, with ``--concurrency``
+handshakes in flight at once (split over the load generators).
 """
 
 from __future__ import annotations
@@ -24,25 +25,19 @@ from bench.common import (
     exit_on_sigterm,
     print_table,
     ratio,
+    ratio_pairs,
     retry,
     spread,
 )
-from bench.fanout import (
-    HeraldCluster,
-    Side,
-    finish,
-    read_line,
-    start_loadgens,
-    started_sides,
-    tell,
-)
+from bench.fanout import finish, read_line, start_loadgens, tell
+from bench.sides import HeraldCluster, Side, add_side_argument, chosen_sides, started_sides
 
 LOADGENS = 2
 ROWS_WAIT_S = 60.0
 
 
 def member_rows(side: Side, group: str) -> int | None:
-    """Herald's registry: members of `group` (None for the peer, which has no registry)."""
+    """Herald's registry: members of `group` (None for a peer, which has no registry)."""
     if not isinstance(side, HeraldCluster):
         return None
     url = (f"http://127.0.0.1:{side.frontends[0].port}/api/groups/default/{group}/members")
@@ -97,15 +92,15 @@ def run(sides: list[Side], n: int, concurrency: int, runs: int) -> Results:
 
 def table(res: Results, n: int, concurrency: int, runs: int) -> None:
     names = list(res)
-    header = ["metric", *names] + ([f"{names[0]}/{names[1]}"] if len(names) == 2 else [])
+    pairs = ratio_pairs(names)
+    header = ["metric", *names, *[f"{a}/{b}" for a, b in pairs]]
     rows = []
     for m, digits in (("sockets/s", 0), ("failed", 0), ("member rows", 0),
                       ("server CPU ms/socket", 2), ("client CPU s", 2)):
-        vals = [res[s][m] for s in names]
-        row = [m, *[spread(v, digits) for v in vals]]
-        if len(names) == 2:
-            row.append("-" if m in ("failed", "member rows") else ratio(vals[0], vals[1]))
-        rows.append(row)
+        vals = {s: res[s][m] for s in names}
+        rows.append([m, *[spread(vals[s], digits) for s in names],
+                     *["-" if m in ("failed", "member rows") else ratio(vals[a], vals[b])
+                       for a, b in pairs]])
     print_table(f"connect storm: {n} sockets, concurrency {concurrency}, 2 instances "
                 f"(median (min-max) of {runs} runs)", header, rows)
 
@@ -115,13 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sockets", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=100)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--side", choices=("both", "herald", "peer"), default="both")
+    add_side_argument(p)
     p.add_argument("--smoke", action="store_true", help="300 sockets, one run")
     args = p.parse_args(argv)
     if args.smoke:
         args.sockets, args.runs = 300, 1
     exit_on_sigterm()
-    with started_sides(args.side, publisher=False) as sides:
+    with started_sides(chosen_sides(args.side, args.smoke), publisher=False) as sides:
         res = run(sides, args.sockets, args.concurrency, args.runs)
     table(res, args.sockets, args.concurrency, args.runs)
 

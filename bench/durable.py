@@ -25,7 +25,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from bench.common import ROOT, cpu_seconds, percentile, print_summary
-from bench.fanout import HeraldCluster
+from bench.sides import HeraldCluster
 
 Send = Callable[[list[dict[str, Any]]], object]
 PHASE_WAIT_S = 120.0  # upper bound on one phase's wait for its deliveries

@@ -1,171 +1,48 @@
-"""Fan-out: N sockets over 2 instances, messages from a write-only emitter; Herald vs peer.
+"""Fan-out: N sockets over 2 instances, messages from a write-only emitter; Herald vs peers.
 
 Each phase opens fresh sockets (half of them in a group), then publishes `--messages`
 ticks to all at each rate (10/s, 50/s, flat out) and to the group flat out, then `end`.
 Measured per phase: deliveries/s (received / time from the first publish to the last
 `end`), latency p50/p95/p99/max (publish time to receive), lost deliveries, server CPU
-µs per delivery (/proc of the gunicorn masters and workers) and client CPU seconds.
-Herald publishes through its bus (``BusPublisher``); the peer through python-socketio's
-write-only ``KombuManager`` (bench/peer/publisher.py). Both sides use the same load
-generator (bench/loadgen.py) and take turns within each run.
+µs per delivery, in all and split into user and system time (/proc of the server
+processes: gunicorn masters and workers, or node), that CPU over the floor, and client CPU
+seconds. The floor (bench/floor.py) is one ``send()`` of Herald's frame per socket on
+loopback, measured with the same N in each run. Herald publishes through its bus
+(``BusPublisher``); the Flask-SocketIO peer through python-socketio's write-only
+``KombuManager`` (bench/peer/publisher.py); the Node peer through a client-less socket.io
+server on the same Redis Streams adapter (bench/peer_node/publisher.js). Every side uses
+the same load generator (bench/loadgen.py); the floor and the sides take turns within each
+run.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from bench.common import (
     ROOT,
     WAIT_S,
-    Role,
-    bench_env,
     child_setup,
-    cpu_seconds,
-    delete_exchange,
+    cpu_split,
     exit_on_sigterm,
-    free_port,
     percentile,
     print_table,
     ratio,
+    ratio_pairs,
     spread,
 )
+from bench.floor import run_measure
+from bench.sides import Side, add_side_argument, chosen_sides, started_sides
 
 SOCKETS_PER_LOADGEN = 1000
 GROUP = "bench-half"
 
-
-class Side(Protocol):
-    name: str
-    protocol: str
-
-    @property
-    def ws_urls(self) -> list[str]: ...
-    def auth_args(self) -> list[str]: ...
-    def server_pids(self) -> list[int]: ...
-    def publish_ticks(self, messages: int, rate: float | None, group: str | None) -> None: ...
-    def close(self) -> None: ...
-
-
-class HeraldCluster:
-    """Two Herald frontends on a fresh database and exchange."""
-
-    name = "Herald"
-    protocol = "herald"
-
-    def __init__(self, frontends: int = 2, env: dict[str, str] | None = None) -> None:
-        self.env = env or bench_env()
-        self.frontends: list[Role] = []
-        subprocess.run([sys.executable, str(ROOT / "manage.py"), "db", "upgrade"], cwd=ROOT,
-                       env=self.env, check=True, capture_output=True)
-        try:
-            self.frontends = [Role(["run", "frontend", "--port", str(p)], self.env, port=p)
-                              for p in [free_port() for _ in range(frontends)]]
-            for fe in self.frontends:
-                fe.wait_ready()
-        except BaseException:
-            self.close()
-            raise
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith("HERALD_")})
-        from service.bus import BusPublisher
-
-        self.bus = BusPublisher(self.env["HERALD_BROKER_URL"], self.env["HERALD_EXCHANGE"])
-
-    @property
-    def ws_urls(self) -> list[str]:
-        return [f"ws://127.0.0.1:{fe.port}/ws" for fe in self.frontends]
-
-    def token(self) -> str:
-        """One token for every socket (user `bench`)."""
-        from service.core.auth import issue_token
-
-        return issue_token(self.env["HERALD_SECRET_KEY"], "bench", join=["*"], ttl_s=3600)
-
-    def auth_args(self) -> list[str]:
-        """The load generator mints a token per socket, each for its own user."""
-        return ["--secret", self.env["HERALD_SECRET_KEY"]]
-
-    def server_pids(self) -> list[int]:
-        return [pid for fe in self.frontends for pid in fe.pids()]
-
-    def publish(self, target: Any, event: str, data: Any) -> None:
-        from service.core.envelope import encode, make_envelope, raw_json
-
-        self.bus.publish(encode(make_envelope("bench", target, event, raw_json(data))))
-
-    def publish_ticks(self, messages: int, rate: float | None, group: str | None) -> None:
-        from service.core.envelope import Target
-
-        target = Target.group(group) if group else Target.all()
-        t0 = time.monotonic()
-        for i in range(messages):
-            self.publish(target, "tick", {"i": i, "pad": "x" * 64})
-            if rate:
-                time.sleep(max(0.0, t0 + (i + 1) / rate - time.monotonic()))
-        self.publish(Target.all(), "end", None)
-
-    def close(self) -> None:
-        if hasattr(self, "bus"):
-            self.bus.close()
-        for fe in self.frontends:
-            fe.stop()
-        from service.store.db import drop_database
-
-        drop_database(self.env["HERALD_DATABASE_URL"])
-        delete_exchange(self.env["HERALD_EXCHANGE"], self.env["HERALD_TASK_QUEUE"])
-
-
-class PeerSide:
-    """The Flask-SocketIO peer (bench/peer/) behind the same interface."""
-
-    name = "peer"
-    protocol = "socketio"
-
-    def __init__(self, instances: int = 2, publisher: bool = True) -> None:
-        from bench.peer.cluster import PeerCluster
-
-        self.cluster = PeerCluster(instances, publisher)
-
-    @property
-    def ws_urls(self) -> list[str]:
-        return self.cluster.ws_urls
-
-    def auth_args(self) -> list[str]:
-        return []
-
-    def server_pids(self) -> list[int]:
-        return self.cluster.server_pids()
-
-    def publish_ticks(self, messages: int, rate: float | None, group: str | None) -> None:
-        self.cluster.publish(messages, rate, group)
-
-    def close(self) -> None:
-        self.cluster.close()
-
-
-
-@contextlib.contextmanager
-def started_sides(which: str, publisher: bool = True) -> Iterator[list[Side]]:
-    """The sides ``--side`` names (both, herald, peer), started in that order; whichever
-    were started are closed afterwards, whatever happens."""
-    sides: list[Side] = []
-    try:
-        if which in ("both", "herald"):
-            sides.append(HeraldCluster())
-        if which in ("both", "peer"):
-            sides.append(PeerSide(publisher=publisher))
-        yield sides
-    finally:
-        for side in sides:
-            side.close()
 
 def start_loadgens(side: Side, n: int, extra: list[str], per: int = SOCKETS_PER_LOADGEN,
                    stdin: bool = False) -> list[subprocess.Popen[str]]:
@@ -216,11 +93,11 @@ def run_phase(side: Side, n: int, messages: int, rate: float | None,
         opened = [read_line(g) for g in gens]
         connected = sum(int(o["connected"]) for o in opened)
         pids = side.server_pids()
-        cpu0, t0 = cpu_seconds(pids), time.monotonic()
+        (user0, sys0), t0 = cpu_split(pids), time.monotonic()
         side.publish_ticks(messages, rate, GROUP if group else None)
         results = [read_line(g) for g in gens]
         elapsed = time.monotonic() - t0
-        cpu = cpu_seconds(pids) - cpu0
+        user1, sys1 = cpu_split(pids)
     finally:
         finish(gens)
     lat = [x for r in results for x in r["lat"]]
@@ -228,6 +105,7 @@ def run_phase(side: Side, n: int, messages: int, rate: float | None,
     # each load generator puts its sockets 0, 2, 4, ... in the group
     shares = [min(SOCKETS_PER_LOADGEN, n - start) for start in range(0, n, SOCKETS_PER_LOADGEN)]
     expected = (sum((c + 1) // 2 for c in shares) if group else n) * messages
+    per = 1e6 / max(1, received)
     return {
         "deliveries/s": received / elapsed,
         "p50 ms": percentile(lat, 50) * 1e3, "p95 ms": percentile(lat, 95) * 1e3,
@@ -235,14 +113,22 @@ def run_phase(side: Side, n: int, messages: int, rate: float | None,
         "max ms": max(lat) * 1e3 if lat else float("nan"),
         "lost": float(expected - received),
         "not connected": float(n - connected),
-        "server µs/delivery": cpu / max(1, received) * 1e6,
+        "server µs/delivery": (user1 - user0 + sys1 - sys0) * per,
+        "server user µs/delivery": (user1 - user0) * per,
+        "server sys µs/delivery": (sys1 - sys0) * per,
         "client CPU s": sum(float(r["cpu_s"]) for r in results),
     }
 
 
 METRICS = ["deliveries/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "lost", "not connected",
-           "server µs/delivery", "client CPU s"]
+           "server µs/delivery", "server user µs/delivery", "server sys µs/delivery",
+           "server CPU ÷ floor", "client CPU s"]
+FLOOR_METRICS = ["user µs/send", "sys µs/send", "µs/send", "short writes", "not received"]
+#: Rounds per second of the floor's sends (the paced phases' middle rate).
+FLOOR_RATE = 50.0
 PhaseKey = tuple[int, str, str]
+Results = dict[str, dict[PhaseKey, dict[str, list[float]]]]
+FloorResults = dict[int, dict[str, list[float]]]
 
 
 def phases(rates: list[str]) -> list[tuple[float | None, bool]]:
@@ -253,43 +139,59 @@ def phases(rates: list[str]) -> list[tuple[float | None, bool]]:
 
 
 def run(sides: list[Side], sockets: list[int], messages: int, rates: list[str],
-        runs: int) -> dict[str, dict[PhaseKey, dict[str, list[float]]]]:
-    """All phases for every side, `runs` times, sides taking turns within each run."""
-    res: dict[str, dict[PhaseKey, dict[str, list[float]]]] = {
-        s.name: defaultdict(lambda: defaultdict(list)) for s in sides}
+        runs: int, floor_rounds: int) -> tuple[Results, FloorResults]:
+    """The floor and all phases for every side, `runs` times, taking turns within each run."""
+    res: Results = {s.name: defaultdict(lambda: defaultdict(list)) for s in sides}
+    floors: FloorResults = defaultdict(lambda: defaultdict(list))
     for i in range(runs):
         for n in sockets:
+            floor = run_measure(n, floor_rounds, FLOOR_RATE) if floor_rounds else {}
+            for m in FLOOR_METRICS:
+                floors[n][m].append(float(floor.get(m, float("nan"))))
+            floors[n]["frame bytes"].append(float(floor.get("frame bytes", float("nan"))))
+            if floor:
+                print(f"  run {i + 1}/{runs}  floor N={n}: {floor['µs/send']:.2f} µs/send "
+                      f"({floor['sys µs/send']:.2f} sys)", file=sys.stderr, flush=True)
             for rate, group in phases(rates):
                 key = (n, "max" if rate is None else f"{rate:g}", "half" if group else "all")
                 for side in sides:
                     r = run_phase(side, n, messages, rate, group)
+                    r["server CPU ÷ floor"] = (r["server µs/delivery"] / floor["µs/send"]
+                                               if floor else float("nan"))
                     print(f"  run {i + 1}/{runs} {side.name:>6} N={key[0]} rate={key[1]} "
                           f"{key[2]}: {r['deliveries/s']:.0f}/s p50 {r['p50 ms']:.1f} ms "
                           f"lost {r['lost']:.0f} {r['server µs/delivery']:.1f} µs/delivery",
                           file=sys.stderr, flush=True)
                     for m, v in r.items():
                         res[side.name][key][m].append(v)
-    return res
+    return res, floors
 
 
-def table(res: dict[str, dict[PhaseKey, dict[str, list[float]]]], runs: int) -> None:
+def table(res: Results, runs: int) -> None:
     names = list(res)
-    first = res[names[0]]
-    header = ["N", "rate/s", "to", "metric", *names]
-    if len(names) == 2:
-        header.append(f"{names[0]}/{names[1]}")
+    pairs = ratio_pairs(names)
+    header = ["N", "rate/s", "to", "metric", *names, *[f"{a}/{b}" for a, b in pairs]]
     rows = []
-    for key in first:
+    for key in res[names[0]]:
         for m in METRICS:
             digits = 0 if m in ("deliveries/s", "lost", "not connected") else 1
-            if m == "client CPU s":
+            if m in ("client CPU s", "server CPU ÷ floor"):
                 digits = 2
-            vals = [res[s][key][m] for s in names]
-            row = [str(key[0]), key[1], key[2], m, *[spread(v, digits) for v in vals]]
-            if len(names) == 2:
-                row.append(ratio(vals[0], vals[1]))
-            rows.append(row)
+            vals = {s: res[s][key][m] for s in names}
+            rows.append([str(key[0]), key[1], key[2], m,
+                         *[spread(vals[s], digits) for s in names],
+                         *[ratio(vals[a], vals[b]) for a, b in pairs]])
     print_table(f"fan-out (median (min-max) of {runs} runs)", header, rows)
+
+
+def floor_table(floors: FloorResults, runs: int) -> None:
+    """The floor per N; Herald's (and each peer's) CPU over it is in the fan-out table."""
+    size = next((v for f in floors.values() for v in f["frame bytes"] if v == v), float("nan"))
+    rows = [[str(n), *[spread(f[m], 0 if m in ("short writes", "not received") else 2)
+                       for m in FLOOR_METRICS]] for n, f in floors.items()]
+    print_table(f"floor: one send() of Herald's {size:.0f}-byte frame to each of N loopback "
+                f"TCP sockets, {FLOOR_RATE:g} rounds/s (median (min-max) of {runs} runs)",
+                ["N", *FLOOR_METRICS], rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -298,15 +200,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--messages", type=int, default=200)
     p.add_argument("--rates", default="10,50,max")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--side", choices=("both", "herald", "peer"), default="both")
+    p.add_argument("--floor-rounds", type=int, default=None,
+                   help="sends per socket of the floor (default: --messages; 0: no floor)")
+    add_side_argument(p)
     p.add_argument("--smoke", action="store_true", help="200 sockets, 20 messages, one run")
     args = p.parse_args(argv)
     if args.smoke:
         args.sockets, args.messages, args.rates, args.runs = [200], 20, "50,max", 1
+    floor_rounds = args.messages if args.floor_rounds is None else args.floor_rounds
     exit_on_sigterm()
-    with started_sides(args.side) as sides:
-        res = run(sides, args.sockets, args.messages, args.rates.split(","), args.runs)
+    with started_sides(chosen_sides(args.side, args.smoke)) as sides:
+        res, floors = run(sides, args.sockets, args.messages, args.rates.split(","),
+                          args.runs, floor_rounds)
     table(res, args.runs)
+    if floor_rounds:
+        floor_table(floors, args.runs)
 
 
 if __name__ == "__main__":

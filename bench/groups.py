@@ -13,7 +13,8 @@ import time
 import requests
 
 from bench.common import ROOT
-from bench.fanout import SOCKETS_PER_LOADGEN, HeraldCluster
+from bench.fanout import SOCKETS_PER_LOADGEN
+from bench.sides import HeraldCluster
 
 
 def churn(cluster: HeraldCluster, sockets: int, rounds: int) -> dict[str, float]:

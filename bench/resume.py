@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.common import Role, cpu_seconds, free_port, print_summary
-from bench.fanout import HeraldCluster
+from bench.sides import HeraldCluster
 
 GROUP = "bench-resume"
 WAIT_S = 120.0  # upper bound of every wait

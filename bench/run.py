@@ -1,11 +1,14 @@
 """The bench suite in one command: every scenario, one table each.
 
-    .venv/bin/python -m bench.run            # full: medians of 3 runs (--runs N)
-    .venv/bin/python -m bench.run --smoke    # a few hundred sockets, both sides, ~1-2 minutes
+    .venv/bin/python -m bench.run            # full: medians of 3 runs (--runs N), every side
+    .venv/bin/python -m bench.run --smoke    # a few hundred sockets, Herald and Flask-SocketIO
+    .venv/bin/python -m bench.run --side herald node   # only these sides
 
 Creates bench/.venv-peer for the Flask-SocketIO peer on first use (again only when
-bench/requirements-peer.txt changes), then runs each scenario as its own process and
-passes its output through. Exits non-zero when a scenario fails.
+bench/requirements-peer.txt changes) and bench/peer_node/node_modules for the Node peer
+(`npm ci`, again only when its package-lock.json changes), each only when its side runs;
+then runs each scenario as its own process and passes its output through. Exits non-zero
+when a scenario fails.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import time
 
 from bench.common import ROOT, child_setup, exit_on_sigterm, machine_header
+from bench.sides import add_side_argument, chosen_sides
 
 #: (name, module): the scenarios, in the order they run.
 SCENARIOS = [
@@ -43,10 +47,11 @@ def git_revision() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def run_scenario(module: str, runs: int, smoke: bool, side: str, timeout: float) -> int:
+def run_scenario(module: str, runs: int, smoke: bool, sides: list[str],
+                 timeout: float) -> int:
     """Run one scenario module, its output passed through; return its exit code."""
     cmd = [sys.executable, "-m", module, "--runs", str(runs), *(["--smoke"] if smoke else []),
-           *(["--side", side] if module in WITH_PEER and side != "both" else [])]
+           *(["--side", *sides] if module in WITH_PEER else [])]
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, preexec_fn=child_setup)
     try:
         return proc.wait(timeout=timeout)
@@ -68,12 +73,12 @@ def run_scenario(module: str, runs: int, smoke: bool, side: str, timeout: float)
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--smoke", action="store_true", help="small and quick; both sides still run")
+    p.add_argument("--smoke", action="store_true",
+                   help="small and quick; Herald and the Flask-SocketIO peer (--side adds node)")
     p.add_argument("--runs", type=int, default=None, help="runs per scenario (3; smoke 1)")
     p.add_argument("--only", nargs="+", metavar="MODULE",
                    help="run only these scenarios (e.g. fanout idle)")
-    p.add_argument("--side", choices=("both", "herald", "peer"), default="both",
-                   help="fan-out, idle and connect: measure only one side")
+    add_side_argument(p)  # fan-out, idle and connect
     args = p.parse_args(argv)
     known = {module.split(".")[-1] for _, module in SCENARIOS}
     if args.only and not set(args.only) <= known:
@@ -82,12 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     mode = "smoke" if args.smoke else "full"
     exit_on_sigterm()
     print(machine_header())
-    print(f"herald: {git_revision()}; mode: {mode}; runs per scenario: {runs}", flush=True)
+    sides = chosen_sides(args.side, args.smoke)
+    print(f"herald: {git_revision()}; mode: {mode}; runs per scenario: {runs}; "
+          f"sides: {' '.join(sides)}", flush=True)
 
-    if args.side != "herald":
+    if "peer" in sides:
         from bench.peer.cluster import ensure_venv
 
         ensure_venv()
+    if "node" in sides:
+        from bench.peer_node.cluster import ensure_node_modules
+
+        ensure_node_modules()
     failed: list[str] = []
     summary: list[str] = []
     for name, module in SCENARIOS:
@@ -98,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nscenario {name}: not available ({module} is missing)", flush=True)
             continue
         t0 = time.monotonic()
-        rc = run_scenario(module, runs, args.smoke, args.side, TIMEOUT_S[mode])
+        rc = run_scenario(module, runs, args.smoke, sides, TIMEOUT_S[mode])
         took = time.monotonic() - t0
         summary.append(f"scenario {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} "
                        f"in {took:.0f} s")
