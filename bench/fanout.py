@@ -12,7 +12,8 @@ loopback, measured with the same N in each run. Herald publishes through its bus
 ``KombuManager`` (bench/peer/publisher.py); the Node peer through a client-less socket.io
 server on the same Redis Streams adapter (bench/peer_node/publisher.js). Every side uses
 the same load generator (bench/loadgen.py); the floor and the sides take turns within each
-run.
+run. Herald is also measured with each ``--write-delays`` value of HERALD_WRITE_DELAY_MS
+(columns ``Herald wd<ms>``): CPU against latency as the delay grows.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from bench.floor import run_measure
 from bench.sides import Side, add_side_argument, chosen_sides, started_sides
 
 SOCKETS_PER_LOADGEN = 1000
+#: HERALD_WRITE_DELAY_MS values measured beside plain Herald in a full run.
+WRITE_DELAYS_MS = [20, 100]
 GROUP = "bench-half"
 
 
@@ -203,13 +206,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--floor-rounds", type=int, default=None,
                    help="sends per socket of the floor (default: --messages; 0: no floor)")
     add_side_argument(p)
+    p.add_argument("--write-delays", type=int, nargs="*", default=None, metavar="MS",
+                   help="also Herald with HERALD_WRITE_DELAY_MS=MS, one column each (the "
+                        f"write delay's CPU/latency curve; default {WRITE_DELAYS_MS}, none "
+                        "with --smoke or when --side leaves Herald out)")
     p.add_argument("--smoke", action="store_true", help="200 sockets, 20 messages, one run")
     args = p.parse_args(argv)
     if args.smoke:
         args.sockets, args.messages, args.rates, args.runs = [200], 20, "50,max", 1
+    names = chosen_sides(args.side, args.smoke)
+    if args.write_delays is None:
+        args.write_delays = [] if args.smoke or "herald" not in names else WRITE_DELAYS_MS
     floor_rounds = args.messages if args.floor_rounds is None else args.floor_rounds
     exit_on_sigterm()
-    with started_sides(chosen_sides(args.side, args.smoke)) as sides:
+    with started_sides(names, write_delays=args.write_delays) as sides:
         res, floors = run(sides, args.sockets, args.messages, args.rates.split(","),
                           args.runs, floor_rounds)
     table(res, args.runs)

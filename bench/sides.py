@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from bench.common import ROOT, Role, bench_env, delete_exchange, free_port
@@ -197,14 +197,24 @@ def start_side(name: str, instances: int = 2, publisher: bool = True) -> Side:
     return NodeSide(instances, publisher)
 
 
+def delayed_herald(write_delay_ms: int) -> HeraldCluster:
+    """Herald with ``HERALD_WRITE_DELAY_MS`` (the write delay's CPU/latency curve)."""
+    side = HeraldCluster(env={**bench_env(), "HERALD_WRITE_DELAY_MS": str(write_delay_ms)})
+    side.name = f"Herald wd{write_delay_ms}"
+    return side
+
+
 @contextlib.contextmanager
-def started_sides(names: list[str], publisher: bool = True) -> Iterator[list[Side]]:
-    """The named sides (two instances each), started in that order; whichever were started
-    are closed afterwards, whatever happens."""
+def started_sides(names: list[str], publisher: bool = True,
+                  write_delays: Sequence[int] = ()) -> Iterator[list[Side]]:
+    """The named sides (two instances each), started in that order, then Herald once per
+    write delay; whichever were started are closed afterwards, whatever happens."""
     sides: list[Side] = []
     try:
         for name in names:
             sides.append(start_side(name, publisher=publisher))
+        for ms in write_delays:
+            sides.append(delayed_herald(ms))
         yield sides
     finally:
         for side in sides:

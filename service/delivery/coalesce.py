@@ -41,9 +41,9 @@ class WriteDelay:
         """``conn`` has deliveries waiting: flush it when the current delay is up."""
         self._pending[conn] = None
         if not self._armed:
-            if self._timer is None:
-                self._timer = gevent.get_hub().loop.timer(self.delay_s)
             self._armed = True
+            # a new timer per window: a fired one restarted goes off at once
+            self._timer = gevent.get_hub().loop.timer(self.delay_s)
             self._timer.start(self._flush)
 
     def _flush(self) -> None:

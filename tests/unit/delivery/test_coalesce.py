@@ -44,9 +44,12 @@ def test_deliveries_within_the_delay_leave_in_one_write_in_order(delay: WriteDel
     gevent.sleep(DELAY_S * 3)
     joined = frame(0) + frame(1) + frame(2)
     assert a.ws.sock.chunks == [joined] and b.ws.sock.chunks == [joined]
-    hub.deliver(Target.all(), frame(3))  # the next window has a timer of its own
-    gevent.sleep(DELAY_S * 3)
-    assert a.ws.sock.chunks == [joined, frame(3)]
+    for window in range(2):  # each later window waits its whole delay too
+        hub.deliver(Target.all(), frame(3 + window))
+        gevent.sleep(DELAY_S / 5)
+        assert len(a.ws.sock.chunks) == 1 + window
+        gevent.sleep(DELAY_S * 3)
+        assert a.ws.sock.chunks[-1] == frame(3 + window)
 
 
 def test_a_reply_is_not_delayed_and_takes_the_waiting_deliveries_along(
