@@ -89,9 +89,10 @@ def finish(gens: list[subprocess.Popen[str]]) -> None:
 
 
 def run_phase(side: Side, n: int, messages: int, rate: float | None,
-              group: bool) -> dict[str, float]:
-    """One phase: fresh sockets (every second one in GROUP), `messages` ticks at `rate`/s."""
-    gens = start_loadgens(side, n, ["--join-half", GROUP])
+              group: bool, per: int = SOCKETS_PER_LOADGEN) -> dict[str, float]:
+    """One phase: fresh sockets (every second one in GROUP), `messages` ticks at `rate`/s,
+    read by load generators of `per` sockets each."""
+    gens = start_loadgens(side, n, ["--join-half", GROUP], per=per)
     try:
         opened = [read_line(g) for g in gens]
         connected = sum(int(o["connected"]) for o in opened)
@@ -106,7 +107,7 @@ def run_phase(side: Side, n: int, messages: int, rate: float | None,
     lat = [x for r in results for x in r["lat"]]
     received = sum(int(r["received"]) for r in results)
     # each load generator puts its sockets 0, 2, 4, ... in the group
-    shares = [min(SOCKETS_PER_LOADGEN, n - start) for start in range(0, n, SOCKETS_PER_LOADGEN)]
+    shares = [min(per, n - start) for start in range(0, n, per)]
     expected = (sum((c + 1) // 2 for c in shares) if group else n) * messages
     per = 1e6 / max(1, received)
     return {
@@ -142,7 +143,8 @@ def phases(rates: list[str]) -> list[tuple[float | None, bool]]:
 
 
 def run(sides: list[Side], sockets: list[int], messages: int, rates: list[str],
-        runs: int, floor_rounds: int) -> tuple[Results, FloorResults]:
+        runs: int, floor_rounds: int, per: int = SOCKETS_PER_LOADGEN
+        ) -> tuple[Results, FloorResults]:
     """The floor and all phases for every side, `runs` times, taking turns within each run."""
     res: Results = {s.name: defaultdict(lambda: defaultdict(list)) for s in sides}
     floors: FloorResults = defaultdict(lambda: defaultdict(list))
@@ -158,7 +160,7 @@ def run(sides: list[Side], sockets: list[int], messages: int, rates: list[str],
             for rate, group in phases(rates):
                 key = (n, "max" if rate is None else f"{rate:g}", "half" if group else "all")
                 for side in sides:
-                    r = run_phase(side, n, messages, rate, group)
+                    r = run_phase(side, n, messages, rate, group, per)
                     r["server CPU ÷ floor"] = (r["server µs/delivery"] / floor["µs/send"]
                                                if floor else float("nan"))
                     print(f"  run {i + 1}/{runs} {side.name:>6} N={key[0]} rate={key[1]} "
@@ -210,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="also Herald with HERALD_WRITE_DELAY_MS=MS, one column each (the "
                         f"write delay's CPU/latency curve; default {WRITE_DELAYS_MS}, none "
                         "with --smoke or when --side leaves Herald out)")
+    p.add_argument("--per-loadgen", type=int, default=SOCKETS_PER_LOADGEN, metavar="N",
+                   help="sockets per load generator process (fewer: more processes read in "
+                        "parallel, to see how much of the latency is the client's)")
     p.add_argument("--smoke", action="store_true", help="200 sockets, 20 messages, one run")
     args = p.parse_args(argv)
     if args.smoke:
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     exit_on_sigterm()
     with started_sides(names, write_delays=args.write_delays) as sides:
         res, floors = run(sides, args.sockets, args.messages, args.rates.split(","),
-                          args.runs, floor_rounds)
+                          args.runs, floor_rounds, args.per_loadgen)
     table(res, args.runs)
     if floor_rounds:
         floor_table(floors, args.runs)
