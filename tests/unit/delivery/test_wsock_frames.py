@@ -53,7 +53,7 @@ def test_an_established_socket_keeps_no_handshake_and_no_frame_layer(pair: Any) 
 
 
 def test_the_frame_layer_goes_between_frames_and_stays_inside_one(pair: Any) -> None:
-    ws, client = pair
+    ws, _ = pair
     data = wire(TextMessage("first"), TextMessage("second"))
     cut = len(data) // 2 + 3  # inside the second frame
     feed(ws, data[:cut])
@@ -105,5 +105,5 @@ def test_a_server_close_after_a_dropped_frame_layer_is_a_proper_close(pair: Any)
 
 def test_simple_websocket_s_own_receive_is_refused_loudly(pair: Any) -> None:
     ws, _ = pair
-    with pytest.raises(RuntimeError, match="wsock.receive"):
+    with pytest.raises(RuntimeError, match=r"wsock\.receive"):
         ws.receive(timeout=0)
