@@ -12,7 +12,8 @@ Modes (one JSON line out per step, commands in on stdin; every wait bounded by -
   print received/latencies/CPU.
 * ``--idle``: connect, print ``ready``, hold the sockets until a line on stdin.
 * ``--storm``: print ``waiting``, connect all on a line on stdin (``--concurrency`` at a
-  time), print how many connected, hold them until the next line.
+  time), print how many connected, hold them until the next line (with ``--then-count``:
+  count deliveries until ``end`` instead, as fan-out mode does).
 * ``--churn N``: Herald only: after a line on stdin, join+leave N times per socket.
 """
 
@@ -46,8 +47,9 @@ def cpu_now() -> float:
 
 # --- the two protocols ------------------------------------------------------------------------
 
-async def open_herald(url: str, token: str, join: str | None) -> Socket:
-    ws = await open_socket(url)
+async def open_herald(url: str, token: str, join: str | None,
+                      source: str | None = None) -> Socket:
+    ws = await open_socket(url, source)
     ws.send(_encode({"op": "hello", "token": token}))
     reply = json.loads(await ws.recv())
     if reply.get("op") != "welcome":
@@ -63,11 +65,11 @@ async def open_herald(url: str, token: str, join: str | None) -> Socket:
     return ws
 
 
-async def open_sio(url: str, join: str | None) -> Socket:
+async def open_sio(url: str, join: str | None, source: str | None = None) -> Socket:
     """Engine.IO open, then the Socket.IO connect to the default namespace (the peer's
     connect handler joins the room named by ``group`` before it answers). The socket
     answers Engine.IO pings itself."""
-    ws = await open_socket(url + (f"&group={quote(join)}" if join else ""))
+    ws = await open_socket(url + (f"&group={quote(join)}" if join else ""), source)
     opened = await ws.recv()
     if not opened.startswith(b"0{"):
         await ws.close()
@@ -103,9 +105,10 @@ class Client:
 
     async def open(self, i: int) -> Socket:
         url = self.urls[i % len(self.urls)]
+        source = self.args.source or None
         if self.sio:
-            return await open_sio(url, self.join_of(i))
-        return await open_herald(url, self.tokens[i], self.join_of(i))
+            return await open_sio(url, self.join_of(i), source)
+        return await open_herald(url, self.tokens[i], self.join_of(i), source)
 
     async def run(self, i: int, stats: Stats, sem: asyncio.Semaphore) -> None:
         try:
@@ -161,7 +164,7 @@ async def main_sockets(args: argparse.Namespace) -> None:
         await asyncio.wait_for(stats.ready.wait(), args.timeout)
     opened = {"connected": stats.connected, "failed": stats.failed,
               "elapsed": time.monotonic() - t0, "cpu_s": cpu_now() - cpu0}
-    if args.storm or args.idle:
+    if (args.storm and not args.then_count) or args.idle:
         emit({"ready": True, **opened})
         await stdin_line(args.timeout)
     else:
@@ -223,6 +226,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--join-all", default="", help="group that every socket joins")
     p.add_argument("--timeout", type=float, default=120, help="bound of every wait, s")
     p.add_argument("--concurrency", type=int, default=CONNECT_CONCURRENCY)
+    p.add_argument("--source", default="", help="local address to connect from (127.0.0.x)")
+    p.add_argument("--then-count", action="store_true",
+                   help="--storm: then count deliveries until `end` instead of holding")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--idle", action="store_true")
     mode.add_argument("--storm", action="store_true")

@@ -11,7 +11,7 @@ from flask_sock import Sock
 
 from service.cluster.frontend import Frontend
 from service.core.config import Settings
-from service.delivery.wsock import InlineReader
+from service.delivery.wsock import InlineReader, NoWaiter
 from service.http import admin, api
 from service.http import history as _history  # noqa: F401  (its route joins api)
 from service.http import messages as _messages  # noqa: F401  (its route joins api)
@@ -53,7 +53,7 @@ def create_app(test_config: dict[str, Any] | None = None, *, port: int | None = 
         HERALD_SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_frame_bytes,
         SOCK_SERVER_OPTIONS={"max_message_size": settings.max_frame_bytes,
-                             "thread_class": InlineReader},
+                             "thread_class": InlineReader, "event_class": NoWaiter},
     )
     node = Frontend(settings, port)
     app.extensions["herald"] = node

@@ -11,7 +11,7 @@ import gevent
 from gunicorn.app.base import BaseApplication
 
 from service.cluster.drain import drain_seconds
-from service.core.config import ConfigError, Settings
+from service.core.config import DEFAULT_WORKER_CONNECTIONS, ConfigError, Settings
 from service.core.fdlimit import raise_open_files
 
 log = logging.getLogger(__name__)
@@ -20,9 +20,10 @@ log = logging.getLogger(__name__)
 # (for debugging tools): a few hundred bytes per socket and CPU on every spawn. Off here.
 gevent.config.track_greenlet_tree = False
 
-#: Sockets one frontend is sized for: gunicorn's worker_connections (its default of 1000
-#: is too low), the open-file limit it needs and the time its drain may take.
-WORKER_CONNECTIONS = 20000
+#: Sockets one frontend is sized for by default (``HERALD_WORKER_CONNECTIONS``): gunicorn's
+#: worker_connections (its default of 1000 is too low), the open-file limit it needs and
+#: the time its drain may take.
+WORKER_CONNECTIONS = DEFAULT_WORKER_CONNECTIONS
 #: File descriptors besides the client sockets: listeners, the database pool (twice
 #: HERALD_DB_POOL_SIZE with its overflow) and the readiness probe, the broker connections,
 #: log files and the event loop's own, with room to spare.
@@ -31,12 +32,19 @@ FD_HEADROOM = 256
 #: most), flushes the registry (5 s at most) and deregisters; the close frames of 20,000
 #: sockets cost about a second of CPU on top of the drain's pauses.
 EXIT_MARGIN_S = 10.0
-#: Seconds gunicorn's master waits, from its SIGTERM, for the worker to drain and exit
-#: before it kills it. drain_seconds(20,000) = ceil(20,000 / DRAIN_BATCH 100) x
-#: DRAIN_PAUSE_S 0.05 s = 10 s of batches + DRAIN_WAIT_S 10 s for clients to go +
-#: DRAIN_FLUSH_S 5 s = 25 s; + EXIT_MARGIN_S 10 s = 35 s. compose's stop_grace_period and
-#: k8s' terminationGracePeriodSeconds (with its preStop sleep) are sized on top of this.
-GRACEFUL_TIMEOUT_S = math.ceil(drain_seconds(WORKER_CONNECTIONS) + EXIT_MARGIN_S)
+
+
+def graceful_timeout_s(sockets: int) -> int:
+    """Seconds gunicorn's master waits, from its SIGTERM, for the worker to drain ``sockets``
+    and exit before it kills it: the drain plus EXIT_MARGIN_S."""
+    return math.ceil(drain_seconds(sockets) + EXIT_MARGIN_S)
+
+
+#: The default's: drain_seconds(20,000) = ceil(20,000 / DRAIN_BATCH 100) x DRAIN_PAUSE_S
+#: 0.05 s = 10 s of batches + DRAIN_WAIT_S 10 s for clients to go + DRAIN_FLUSH_S 5 s =
+#: 25 s; + EXIT_MARGIN_S 10 s = 35 s. compose's stop_grace_period and k8s'
+#: terminationGracePeriodSeconds (with its preStop sleep) are sized on top of this.
+GRACEFUL_TIMEOUT_S = graceful_timeout_s(WORKER_CONNECTIONS)
 
 
 #: gunicorn's own loggers in the same one-JSON-object-per-line format as Herald's.
@@ -69,8 +77,8 @@ class FrontendServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships n
             "bind": binds,
             "workers": 1,
             "worker_class": "gevent",
-            "worker_connections": WORKER_CONNECTIONS,
-            "graceful_timeout": GRACEFUL_TIMEOUT_S,
+            "worker_connections": self.settings.worker_connections,
+            "graceful_timeout": graceful_timeout_s(self.settings.worker_connections),
             "timeout": 0,  # websockets are long-lived; liveness comes from heartbeats
             "keepalive": 5,
             "backlog": 4096,
@@ -123,6 +131,6 @@ def run(settings: Settings, port: int) -> None:
         raise ConfigError(f"HERALD_METRICS_PORT={port} is the frontend's own port: choose "
                           "another one, or 0 to serve /metrics on the main port")
     # the worker gunicorn forks inherits the limit raised here
-    raise_open_files(WORKER_CONNECTIONS, FD_HEADROOM, strict=settings.production,
-                     what="a frontend sized for WORKER_CONNECTIONS sockets (service/server.py)")
+    raise_open_files(settings.worker_connections, FD_HEADROOM, strict=settings.production,
+                     what="a frontend sized for HERALD_WORKER_CONNECTIONS sockets")
     FrontendServer(settings, port).run()

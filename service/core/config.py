@@ -43,6 +43,8 @@ def is_placeholder(value: str) -> bool:
 TASK_QUEUE_TYPES = ("classic", "quorum")
 #: The longest HERALD_WRITE_DELAY_MS: past a second it is a batch job, not real time.
 MAX_WRITE_DELAY_MS = 1000
+#: Sockets one frontend is sized for by default (``HERALD_WORKER_CONNECTIONS``).
+DEFAULT_WORKER_CONNECTIONS = 20000
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class Settings:
     max_user_connections: int = 0  # HERALD_MAX_USER_CONNECTIONS
     public_tasks: tuple[str, ...] = ()  # HERALD_PUBLIC_TASKS: task names clients may start
     worker_concurrency: int = 2  # HERALD_WORKER_CONCURRENCY
+    # sockets a frontend is sized for: gunicorn's worker_connections, open files, drain time
+    worker_connections: int = DEFAULT_WORKER_CONNECTIONS  # HERALD_WORKER_CONNECTIONS
     flower_port: int = 5555  # HERALD_FLOWER_PORT
     # /metrics (and the probes) on a port of their own; 0: /metrics on the main port
     metrics_port: int = 0  # HERALD_METRICS_PORT
@@ -180,6 +184,7 @@ class Settings:
             max_user_connections=env_int("HERALD_MAX_USER_CONNECTIONS", cls.max_user_connections),
             public_tasks=env_list("HERALD_PUBLIC_TASKS"),
             worker_concurrency=env_int("HERALD_WORKER_CONCURRENCY", cls.worker_concurrency),
+            worker_connections=env_int("HERALD_WORKER_CONNECTIONS", cls.worker_connections),
             flower_port=env_int("HERALD_FLOWER_PORT", cls.flower_port),
             metrics_port=env_int("HERALD_METRICS_PORT", cls.metrics_port),
             flower_basic_auth=os.environ.get("HERALD_FLOWER_BASIC_AUTH", ""),
@@ -234,7 +239,8 @@ class Settings:
         if self.max_user_connections < 0:
             raise ConfigError("HERALD_MAX_USER_CONNECTIONS must be 0 (no limit) or positive")
         for name, count in (("HERALD_DB_POOL_SIZE", self.db_pool_size),
-                            ("HERALD_WORKER_CONCURRENCY", self.worker_concurrency)):
+                            ("HERALD_WORKER_CONCURRENCY", self.worker_concurrency),
+                            ("HERALD_WORKER_CONNECTIONS", self.worker_connections)):
             if count < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if not 0 < self.flower_port < 65536:
@@ -305,5 +311,5 @@ ENV_VARS = (
     "HERALD_TASK_QUEUE_TYPE", "HERALD_METRICS_PORT", "HERALD_IDEMPOTENCY_TTL",
     "HERALD_WEBHOOK_URLS", "HERALD_WEBHOOK_SECRET", "HERALD_WEBHOOK_EVENTS",
     "HERALD_WEBHOOK_FLAP_S", "HERALD_WEBHOOK_RETRY_BASE_S", "HERALD_RELAY_SOURCE",
-    "HERALD_RELAY_BATCH", "HERALD_MAX_META", "HERALD_ADMIN",
+    "HERALD_RELAY_BATCH", "HERALD_MAX_META", "HERALD_ADMIN", "HERALD_WORKER_CONNECTIONS",
 )

@@ -14,18 +14,19 @@ upgrade that moves one fails in CI instead of in production:
   are answered, close handshakes and the 1009 limit work as before. One greenlet per idle
   socket instead of two, which is most of what an idle socket costs.
 * **A cheaper handshake, a lighter socket, a takeover.** A plain upgrade (no extension) is
-  answered from the WSGI environ the server already parsed (simple-websocket would rebuild
-  the request and parse it again with h11, about a tenth of a connect storm's CPU);
-  wsproto's handshake state is dropped once established (~2.5 KiB per idle socket); the
+  answered from the WSGI environ the server already parsed (``upgrade.py``: simple-websocket
+  would rebuild the request and parse it again with h11, about a tenth of a connect
+  storm's CPU); once established a socket lets go of what it will not use again (the
+  environ and the request hanging off it, wsproto's handshake state, and a plain socket's
+  wsproto frame layer whenever it is between frames: ~7 KiB per idle socket in all); the
   gevent socket's descriptor is duplicated so the event loop can take the socket over from
-  the request (``sockets/detached.py``), and the fast path writes to the non-blocking OS
-  socket under gevent's (``GuardedSocket.raw``, see ``Conn.push``).
+  the request (``sockets/detached.py``, waiting on the socket's own read watcher), and the
+  fast path writes to the non-blocking OS socket under gevent's (``GuardedSocket.raw``,
+  see ``Conn.push``).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -35,11 +36,11 @@ import gevent
 from gevent.lock import Semaphore
 from simple_websocket import ConnectionClosed, Server
 from simple_websocket.ws import Base
-from wsproto.connection import Connection, ConnectionType
+from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.utilities import LocalProtocolError
 
-#: RFC 6455's fixed GUID that Sec-WebSocket-Accept is derived with.
-ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from service.delivery.upgrade import plain_upgrade_key, switching_protocols
+
 #: How long a closing socket waits for the client to finish (bounded lingering close).
 LINGER_S = 2.0
 LINGER_MAX_BYTES = 1 << 20
@@ -91,7 +92,10 @@ def guard(ws: Any) -> GuardedSocket:
 # --- reading in the handler greenlet ------------------------------------------------------
 
 class InlineReader:
-    """Stands in for simple-websocket's reader thread: never started."""
+    """Stands in for simple-websocket's reader thread: never started (and let go of once
+    the socket is established, see ``drop_handshake``)."""
+
+    __slots__ = ("name",)
 
     def __init__(self, target: Callable[[], None] | None = None, **_: Any) -> None:
         self.name = "herald-inline-reader"
@@ -100,22 +104,20 @@ class InlineReader:
         """Nothing to start: ``receive`` reads in the caller's greenlet."""
 
 
-def plain_upgrade_key(environ: dict[str, Any]) -> bytes | None:
-    """The Sec-WebSocket-Key of a plain RFC 6455 upgrade (GET, version 13, Host, no
-    extension offered); None for any other request.
+class NoWaiter:
+    """Stands in for simple-websocket's per-socket Event (~150 bytes): nobody waits on it,
+    ``receive`` here reads the socket itself; its reader thread's ``set`` is a no-op."""
 
-    A subprotocol offer keeps an upgrade plain: Herald speaks no subprotocol, so the answer
-    names none, which is what simple-websocket answers too (it is given none to choose)."""
-    if (environ.get("REQUEST_METHOD") != "GET" or "HTTP_HOST" not in environ
-            or environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13"
-            or environ.get("HTTP_UPGRADE", "").lower() != "websocket"
-            or "HTTP_SEC_WEBSOCKET_EXTENSIONS" in environ):
-        return None
-    tokens = environ.get("HTTP_CONNECTION", "").lower().split(",")
-    key = environ.get("HTTP_SEC_WEBSOCKET_KEY")
-    if not key or "upgrade" not in (t.strip() for t in tokens):
-        return None
-    return str(key).encode("latin-1")
+    __slots__ = ()
+
+    def set(self) -> None:
+        """Nothing waits."""
+
+    def clear(self) -> None:
+        """Nothing to clear."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        raise RuntimeError("simple-websocket's receive() is not used: wsock.receive reads")
 
 
 class HeraldServer(Server):  # type: ignore[misc]  # simple-websocket ships no types
@@ -123,6 +125,22 @@ class HeraldServer(Server):  # type: ignore[misc]  # simple-websocket ships no t
     be taken over by ``detached.Detached`` once established."""
 
     detached: Any = None
+    #: A plain socket's wsproto frame layer exists only while it is needed: made by the
+    #: first read or write that wants it (``ws``), let go whenever the socket is between
+    #: frames (``feed``): ~1.7 KiB an idle socket does not keep.
+    _frames: Any = None
+    _plain = False
+
+    @property
+    def ws(self) -> Any:
+        frames = self._frames
+        if frames is None:
+            frames = self._frames = Connection(ConnectionType.SERVER)
+        return frames
+
+    @ws.setter
+    def ws(self, value: Any) -> None:
+        self._frames = value
 
     @property
     def can_detach(self) -> bool:
@@ -145,12 +163,10 @@ class HeraldServer(Server):  # type: ignore[misc]  # simple-websocket ships no t
         if key is None:
             super().handshake()  # wsproto negotiates (or refuses) the unusual ones
             return
-        accept = base64.b64encode(hashlib.sha1(key + ACCEPT_GUID).digest())
-        self.sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\n"
-                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
-                          + b"\r\n\r\n")
-        # wsproto's frame layer, open: no h11 handshake state kept (nothing to drop later)
-        self.ws = Connection(ConnectionType.SERVER)
+        self.sock.sendall(switching_protocols(key))
+        # wsproto's frame layer comes when a frame does (``ws``): no h11 handshake state
+        self._frames = None
+        self._plain = True
         self.connected = True
 
 
@@ -197,12 +213,32 @@ _ESTABLISHED = _Established()
 def drop_handshake(ws: Any) -> None:
     """Let go of the opening handshake's state once the socket is established.
 
-    wsproto keeps its whole HTTP/1.1 handshake (an h11 connection, the request headers)
-    for the socket's life, about 2.5 KiB that an idle socket never uses again; after the
-    handshake wsproto only asks it for (no more) events."""
+    The WSGI environ (~3.5 KiB: gunicorn's request, response, parser and closed socket
+    hang off it) is not read again once the session is open, nor is the reader thread
+    that never ran. wsproto keeps its whole HTTP/1.1 handshake (an h11 connection, the
+    request headers) for the socket's life, about 2.5 KiB that an idle socket never uses
+    again; after the handshake wsproto only asks it for (no more) events. (A plain
+    socket has neither: see ``HeraldServer.handshake``.)"""
+    ws.environ = None
+    ws.thread = None
+    if getattr(ws, "_plain", False):
+        return
     conn = getattr(ws, "ws", None)
     if conn is not None and getattr(conn, "connection", None) is not None:
         conn.handshake = _ESTABLISHED
+
+
+def _between_frames(ws: Any) -> bool:
+    """True when a plain socket's wsproto frame layer holds nothing: open, no event
+    pending, no partial frame or fragmented message; a new one would do the same."""
+    conn = getattr(ws, "_frames", None)
+    if conn is None or not ws._plain or not ws.connected or ws.incoming_message is not None:
+        return False
+    proto = conn._proto
+    decoder = proto._frame_decoder
+    return bool(conn._state is ConnectionState.OPEN and not conn._events
+                and decoder.header is None and not len(decoder.buffer)
+                and proto._message_decoder.opcode is None)
 
 
 def linger(ws: Any) -> None:
@@ -252,6 +288,13 @@ def raw_of(sock: Any) -> Any:
     return sock._sock
 
 
+def read_watcher(sock: Any) -> Any:
+    """The gevent socket's own read watcher, for the event loop to wait on (one libev
+    watcher per socket fewer). Started only while no greenlet waits in the socket's own
+    reads, and stopped before any does (the lingering close)."""
+    return sock._read_event
+
+
 def feed(ws: Any, data: bytes) -> None:
     """Hand bytes read from the socket to simple-websocket's wsproto handling: messages land
     in ``ws.input_buffer``; pongs and close replies go out through the guard. A protocol
@@ -262,6 +305,8 @@ def feed(ws: Any, data: bytes) -> None:
     except LocalProtocolError:
         ws.connected = False
         raise ConnectionClosed(ws.close_reason, ws.close_message) from None
+    if _between_frames(ws):
+        ws._frames = None
 
 
 def buffered(ws: Any) -> str | bytes | None:

@@ -7,8 +7,8 @@ third of an idle socket's memory. ``Detached`` takes the socket over instead:
 
 * the file descriptor is duplicated, so the request can return and gunicorn close its own
   copy while the connection stays open;
-* one io watcher waits for input; when something arrives a greenlet is spawned that
-  reads everything there is, handles the frames in order and ends;
+* one io watcher (the socket's own) waits for input; when something arrives a greenlet
+  is spawned that reads everything there is, handles the frames in order and ends;
 * one timer closes the socket with 4401 when the token expires (re-armed by every refresh,
   to a sooner expiry as well as a later one);
 * a close from the server (4401, 1012, 1013, 4409, 1008) or the client, or a dead peer,
@@ -32,6 +32,7 @@ from service.delivery.wsock import (
     feed,
     linger,
     raw_of,
+    read_watcher,
     take_descriptor,
 )
 
@@ -59,8 +60,7 @@ class Detached:
         self.ws = session.ws
         dup = take_descriptor(self.ws)  # our own descriptor: gunicorn closes the request's
         self.sock = dup
-        loop = gevent.get_hub().loop
-        self.watcher = loop.io(dup.fileno(), 1)
+        self.watcher = read_watcher(dup)  # the socket's own: closed with it
         self.timer: Any = None
         self.busy = False  # a pump greenlet is running
         self.done = False  # no more reading: the socket is closing
@@ -160,8 +160,7 @@ class Detached:
         if self.finished:
             return
         self.finished = self.done = True
-        self.watcher.stop()
-        self.watcher.close()
+        self.watcher.stop()  # before linger's reads wait on the same watcher
         if self.timer is not None:
             self.timer.stop()
         self.session.on_refresh = None

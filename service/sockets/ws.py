@@ -63,6 +63,8 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
 class Session:
     """One client socket from `hello` to close."""
 
+    __slots__ = ("bucket", "conn", "grants", "node", "on_refresh", "ws")
+
     def __init__(self, node: Frontend, ws: Any) -> None:
         self.node = node
         self.ws = ws

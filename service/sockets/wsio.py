@@ -17,7 +17,8 @@ from typing import Any
 from flask import Response
 from simple_websocket import ConnectionClosed
 
-from service.delivery.wsock import HeraldServer, plain_upgrade_key
+from service.delivery.upgrade import plain_upgrade_key
+from service.delivery.wsock import HeraldServer
 
 
 class TakenOver(Response):

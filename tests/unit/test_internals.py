@@ -4,9 +4,11 @@ internals are touched from exactly one module.
 
 - simple-websocket, wsproto and gevent sockets: only ``service/delivery/wsock.py`` (the
   connection's ``sock``, ``ws`` (wsproto), ``input_buffer``, ``connected``,
-  ``receive_bytes``, ``close_reason``/``close_message``, ``mode`` and ``_handle_events``;
-  the server taking a ``thread_class``; ``Base.close`` sending the close frame through
-  ``self.sock``; wsproto's ``handshake``; the gevent socket's ``_sock``).
+  ``receive_bytes``, ``close_reason``/``close_message``, ``mode``, ``environ``,
+  ``thread``, ``incoming_message`` and ``_handle_events``; the server taking a
+  ``thread_class`` and an ``event_class``; ``Base.close`` sending the close frame through
+  ``self.sock``; wsproto's ``handshake`` and the state that says a connection is between
+  frames; the gevent socket's ``_sock`` and ``_read_event``).
 - py-amqp: only ``service/bus/amqp_consumer.py`` (the transport's ``_read_buffer`` and ``sock``).
 - gunicorn: ``service/http/gunicorn_speed.py`` patches ``Response.write`` (headers and a
   whole body in one write) and ``util.http_date`` (cached a second); besides,
@@ -35,6 +37,34 @@ def test_simple_websocket_internals() -> None:
     assert callable(Base._handle_events)
     assert "self.sock.send" in inspect.getsource(Base.close)
     assert "thread_class" in inspect.signature(Server.__init__).parameters
+    assert "event_class" in inspect.signature(Server.__init__).parameters
+    assert "self.environ = environ" in inspect.getsource(Server.__init__)
+    assert "self.incoming_message = None" in source
+    # the event is only waited on by simple-websocket's own receive(), which Herald never
+    # calls (wsock.NoWaiter refuses it); the thread object is not used once started
+    assert "self.event.wait" in inspect.getsource(Base.receive)
+    assert "self.thread" not in inspect.getsource(Base).split("self.thread.start()", 1)[1]
+
+
+def test_wsproto_state_between_frames() -> None:
+    """wsock._between_frames reads these to drop an idle socket's frame layer."""
+    from wsproto.connection import Connection, ConnectionState, ConnectionType
+    from wsproto.events import Message
+
+    conn = Connection(ConnectionType.SERVER)
+    proto = conn._proto
+    assert conn._state is ConnectionState.OPEN and len(conn._events) == 0
+    assert proto._frame_decoder.header is None and len(proto._frame_decoder.buffer) == 0
+    assert proto._message_decoder.opcode is None
+    client = Connection(ConnectionType.CLIENT)
+    frame = client.send(Message("abc", message_finished=False))
+    conn.receive_data(frame[:3])  # a partial header and more: something is held
+    list(conn.events())
+    assert proto._frame_decoder.header is not None or len(proto._frame_decoder.buffer) > 0
+    conn.receive_data(frame[3:])
+    list(conn.events())  # a whole frame of an unfinished message
+    assert proto._message_decoder.opcode is not None
+    assert proto._frame_decoder.header is None and len(proto._frame_decoder.buffer) == 0
 
 
 def test_gevent_socket_wraps_an_os_socket() -> None:
@@ -44,6 +74,8 @@ def test_gevent_socket_wraps_an_os_socket() -> None:
         assert a._sock.gettimeout() == 0  # non-blocking: the fast path writes to it directly
         dup = a.dup()  # detached.py: a gevent socket of its own, with its own _sock
         assert isinstance(dup, gevent.socket.socket) and dup._sock.fileno() != a.fileno()
+        # detached.py waits on the socket's own read watcher
+        assert dup._read_event.fd == dup.fileno() and dup._read_event.events & 1  # READ
         dup.close()
     finally:
         a.close()
@@ -128,7 +160,8 @@ def test_simple_websocket_mode_names_gunicorn() -> None:
 INTERNALS = {
     "service/delivery/wsock.py": re.compile(
         r"\._handle_events|\.input_buffer|\._sock\b|\.ws\.receive_data|simple_websocket\.ws"
-        r"|from wsproto|\.handshake = |ws, \"close_reason\""),
+        r"|from wsproto|\.handshake = |ws, \"close_reason\"|\._read_event|\._frame_decoder"
+        r"|\._message_decoder|\._proto\b|\.incoming_message"),
     "service/bus/amqp_consumer.py": re.compile(r"_read_buffer|transport\.sock"),
     "service/sockets/wsio.py": re.compile(r"raise StopIteration"),
     "service/http/gunicorn_speed.py": re.compile(r"gunicorn\.http|from gunicorn import util"),

@@ -249,3 +249,18 @@ def test_limits_defaults() -> None:
     assert (s.replay_limit, s.user_replay_per_min, s.user_durable_per_min,
             s.user_tasks_per_min, s.user_queries_per_min) == (1000, 10_000, 600, 60, 120)
     assert s.max_user_connections == 0  # off, as Centrifugo's
+
+
+def test_a_frontend_is_sized_by_herald_worker_connections(env: pytest.MonkeyPatch) -> None:
+    from service.server import GRACEFUL_TIMEOUT_S, FrontendServer, graceful_timeout_s
+
+    assert Settings.from_env().worker_connections == 20000
+    env.setenv("HERALD_WORKER_CONNECTIONS", "50000")
+    s = Settings.from_env()
+    assert s.worker_connections == 50000
+    cfg = FrontendServer(s, 8000).cfg  # gunicorn's configuration, not started
+    assert cfg.worker_connections == 50000
+    assert cfg.graceful_timeout == graceful_timeout_s(50000) > GRACEFUL_TIMEOUT_S == 35
+    env.setenv("HERALD_WORKER_CONNECTIONS", "0")
+    with pytest.raises(ConfigError, match="HERALD_WORKER_CONNECTIONS must be at least 1"):
+        Settings.from_env()
