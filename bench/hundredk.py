@@ -52,7 +52,8 @@ from bench.common import (
     rss_bytes,
     spread,
 )
-from bench.fanout import HeraldCluster, finish, read_line, tell
+from bench.fanout import finish, read_line, tell
+from bench.sides import HeraldCluster
 
 FRONTENDS = 2
 SOCKETS_PER_LOADGEN = 12500
@@ -77,6 +78,24 @@ def sysctl(name: str) -> str:
         return " ".join(Path("/proc/sys", name).read_text().split())
     except OSError:
         return "-"
+
+
+def frontends_that_fit(sockets: int, concurrency: int) -> int:
+    """FRONTENDS, or more when this process may not raise its hard open-file limit to what
+    each of FRONTENDS would need (said on stderr)."""
+    need = -(-sockets // FRONTENDS) + FD_HEADROOM + concurrency
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard >= need:
+        return FRONTENDS
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, need))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # only asked; raised later
+        return FRONTENDS
+    except (ValueError, OSError):
+        fit = -(-sockets // max(1, hard - FD_HEADROOM - concurrency))
+        print(f"bench.hundredk: the hard open-file limit is {hard} and may not be raised here; "
+              f"{fit} frontends instead of {FRONTENDS}", file=sys.stderr, flush=True)
+        return max(FRONTENDS, fit)
 
 
 def raise_hard_nofile(sockets: int, frontends: int, concurrency: int) -> str:
@@ -220,7 +239,9 @@ LABELS = {"fewest sockets": "sockets on a frontend, fewest",
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sockets", type=int, default=100_000)
-    p.add_argument("--frontends", type=int, default=FRONTENDS)
+    p.add_argument("--frontends", type=int, default=None,
+                   help=f"frontends to spread the sockets over (default {FRONTENDS}, or as "
+                        "many as the hard open-file limit needs when it cannot be raised)")
     p.add_argument("--concurrency", type=int, default=CONCURRENCY)
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="2,000 sockets, one run")
@@ -229,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.sockets, args.runs, per = 2000, 1, 1000
     exit_on_sigterm()
+    if args.frontends is None:
+        args.frontends = frontends_that_fit(args.sockets, args.concurrency)
     limit = raise_hard_nofile(args.sockets, args.frontends, args.concurrency)
     loadgens = -(-args.sockets // per)
     sources = [f"127.0.0.{2 + k}" for k in range(loadgens)]
