@@ -20,7 +20,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO
 
 from bench.common import ROOT, child_setup, exit_on_sigterm, machine_header
 from bench.sides import add_side_argument, chosen_sides
@@ -51,12 +55,15 @@ def git_revision() -> str:
 
 
 def run_scenario(module: str, runs: int, smoke: bool, sides: list[str],
-                 timeout: float) -> int:
-    """Run one scenario module, its output passed through; return its exit code."""
+                 timeout: float, out: IO[bytes] | None = None,
+                 err: IO[bytes] | None = None) -> int:
+    """Run one scenario module, its output passed through (or into ``out``/``err``);
+    return its exit code."""
     runs = 1 if module in ONE_RUN else runs
     cmd = [sys.executable, "-m", module, "--runs", str(runs), *(["--smoke"] if smoke else []),
            *(["--side", *sides] if module in WITH_PEER else [])]
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, preexec_fn=child_setup)
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, preexec_fn=child_setup,
+                            stdout=out, stderr=err)
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -82,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=None, help="runs per scenario (3; smoke 1)")
     p.add_argument("--only", nargs="+", metavar="MODULE",
                    help="run only these scenarios (e.g. fanout idle)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="scenarios run at once (for --smoke: timings taken side by side "
+                        "are not comparable)")
     add_side_argument(p)  # fan-out, idle and connect
     args = p.parse_args(argv)
     known = {module.split(".")[-1] for _, module in SCENARIOS}
@@ -103,24 +113,53 @@ def main(argv: list[str] | None = None) -> int:
         from bench.peer_node.cluster import ensure_node_modules
 
         ensure_node_modules()
-    failed: list[str] = []
-    summary: list[str] = []
+    chosen = []
     for name, module in SCENARIOS:
         if args.only and module.split(".")[-1] not in args.only:
             continue
         if importlib.util.find_spec(module) is None:
-            summary.append(f"scenario {name}: not available")
             print(f"\nscenario {name}: not available ({module} is missing)", flush=True)
             continue
-        t0 = time.monotonic()
-        rc = run_scenario(module, runs, args.smoke, sides, TIMEOUT_S[mode])
-        took = time.monotonic() - t0
-        summary.append(f"scenario {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} "
-                       f"in {took:.0f} s")
-        if rc != 0:
-            failed.append(name)
+        chosen.append((name, module))
+    results = run_all(chosen, args.jobs, lambda module, out=None, err=None: run_scenario(
+        module, runs, args.smoke, sides, TIMEOUT_S[mode], out, err))
+    summary = [f"scenario {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {took:.0f} s"
+               for (name, _), (rc, took) in zip(chosen, results, strict=True)]
     print("\n" + "\n".join(summary), flush=True)
-    return 1 if failed else 0
+    return 1 if any(rc != 0 for rc, _ in results) else 0
+
+
+def run_all(chosen: list[tuple[str, str]], jobs: int,
+            run: Callable[..., int]) -> list[tuple[int, float]]:
+    """Each scenario's (exit code, seconds). One at a time with its output passed through,
+    or ``jobs`` at once (the smoke: timings are not its point) with each one's output
+    printed whole, in SCENARIOS order, once it is done."""
+    if jobs <= 1:
+        out = []
+        for _, module in chosen:
+            t0 = time.monotonic()
+            out.append((run(module), time.monotonic() - t0))
+        return out
+
+    def captured(module: str) -> tuple[int, float, bytes, bytes]:
+        with tempfile.TemporaryFile() as o, tempfile.TemporaryFile() as e:
+            t0 = time.monotonic()
+            rc = run(module, o, e)
+            o.seek(0)
+            e.seek(0)
+            return rc, time.monotonic() - t0, o.read(), e.read()
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(captured, module) for _, module in chosen]
+        results = []
+        for future in futures:
+            rc, took, stdout, stderr = future.result()
+            sys.stderr.buffer.write(stderr)
+            sys.stderr.flush()
+            sys.stdout.buffer.write(stdout)
+            sys.stdout.flush()
+            results.append((rc, took))
+    return results
 
 
 if __name__ == "__main__":

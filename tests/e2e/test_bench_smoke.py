@@ -14,6 +14,8 @@ from bench.run import SCENARIOS
 from tests.support import PYTHON, ROOT
 
 SMOKE_TIMEOUT_S = 480
+#: Scenarios run at once: the smoke checks that each runs, not how fast (it waits mostly).
+SMOKE_JOBS = 2
 #: The tables bench/run.py's own scenarios print (the others are checked by their status).
 TABLES = ("== fan-out", "== idle sockets", "== connect storm", "== scale: group messages")
 #: A fan-out row: N, rate, target, metric, Herald, peer, ratio.
@@ -24,7 +26,8 @@ ROW = re.compile(r"^\s*(\d+)\s+(\S+)\s+(all|half)\s+(.+?)\s{2,}(\S+)\s+(\S+)\s+(
 def test_bench_smoke() -> None:
     # the bench makes its own databases and exchanges: none of this test run's settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
-    proc = subprocess.run([PYTHON, "-m", "bench.run", "--smoke"], cwd=ROOT, env=env,
+    proc = subprocess.run([PYTHON, "-m", "bench.run", "--smoke", "--jobs", str(SMOKE_JOBS)],
+                          cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
     out = proc.stdout
     assert proc.returncode == 0, f"bench.run --smoke failed:\n{out}\n{proc.stderr[-4000:]}"
