@@ -123,69 +123,58 @@ class HeraldCluster:
         delete_exchange(self.env["HERALD_EXCHANGE"], self.env["HERALD_TASK_QUEUE"])
 
 
-class PeerSide:
+class _ClusterSide:
+    """A peer's cluster (``PeerProcesses``) behind the Side interface; Socket.IO for both."""
+
+    protocol = "socketio"
+    cluster: Any
+
+    @property
+    def ws_urls(self) -> list[str]:
+        return list(self.cluster.ws_urls)
+
+    def auth_args(self) -> list[str]:
+        return []
+
+    def server_pids(self) -> list[int]:
+        return list(self.cluster.server_pids())
+
+    def publish_ticks(self, messages: int, rate: float | None, group: str | None) -> None:
+        self.cluster.publish(messages, rate, group)
+
+    def close(self) -> None:
+        self.cluster.close()
+
+
+class PeerSide(_ClusterSide):
     """The Flask-SocketIO peer (bench/peer/) behind the same interface."""
 
     name = "peer"
-    protocol = "socketio"
 
     def __init__(self, instances: int = 2, publisher: bool = True) -> None:
         from bench.peer.cluster import PeerCluster
 
         self.cluster = PeerCluster(instances, publisher)
 
-    @property
-    def ws_urls(self) -> list[str]:
-        return self.cluster.ws_urls
-
-    def auth_args(self) -> list[str]:
-        return []
-
-    def server_pids(self) -> list[int]:
-        return self.cluster.server_pids()
-
-    def publish_ticks(self, messages: int, rate: float | None, group: str | None) -> None:
-        self.cluster.publish(messages, rate, group)
-
-    def close(self) -> None:
-        self.cluster.close()
-
     def worker_pid(self) -> int:
         """The process holding the sockets of the first instance (its gunicorn worker)."""
-        return self.cluster.servers[0].worker_pid()
+        return int(self.cluster.servers[0].worker_pid())
 
 
-class NodeSide:
+class NodeSide(_ClusterSide):
     """The Node.js socket.io peer (bench/peer_node/): the same Socket.IO protocol as the
     Flask-SocketIO peer, so the same load generator mode."""
 
     name = "node"
-    protocol = "socketio"
 
     def __init__(self, instances: int = 2, publisher: bool = True) -> None:
         from bench.peer_node.cluster import NodeCluster
 
         self.cluster = NodeCluster(instances, publisher)
 
-    @property
-    def ws_urls(self) -> list[str]:
-        return self.cluster.ws_urls
-
-    def auth_args(self) -> list[str]:
-        return []
-
-    def server_pids(self) -> list[int]:
-        return self.cluster.server_pids()
-
-    def publish_ticks(self, messages: int, rate: float | None, group: str | None) -> None:
-        self.cluster.publish(messages, rate, group)
-
-    def close(self) -> None:
-        self.cluster.close()
-
     def worker_pid(self) -> int:
         """The process holding the sockets of the first instance (node itself)."""
-        return self.cluster.servers[0].popen.pid
+        return int(self.cluster.servers[0].popen.pid)
 
 
 def start_side(name: str, instances: int = 2, publisher: bool = True) -> Side:

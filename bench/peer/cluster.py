@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 from bench.common import (
     BROKER_URL,
     ROOT,
-    WAIT_S,
     Server,
-    child_setup,
     delete_exchange,
     free_port,
 )
+from bench.peer_base import PeerProcesses
 
 VENV = ROOT / "bench" / ".venv-peer"
 REQUIREMENTS = ROOT / "bench" / "requirements-peer.txt"
@@ -61,7 +58,7 @@ class PeerInstance(Server):
         return f"ws://127.0.0.1:{self.port}/socket.io/?EIO=4&transport=websocket"
 
 
-class PeerCluster:
+class PeerCluster(PeerProcesses):
     """``instances`` peer servers on one per-run kombu channel, plus the emitter process."""
 
     def __init__(self, instances: int = 2, publisher: bool = True) -> None:
@@ -71,53 +68,11 @@ class PeerCluster:
                     "PEER_CHANNEL": self.channel, "PEER_MQ_URL": BROKER_URL,
                     "PYTHONPATH": str(ROOT)}
         self.env.pop("VIRTUAL_ENV", None)
-        self.servers: list[PeerInstance] = []
-        self.publisher: subprocess.Popen[str] | None = None
-        try:
-            self.servers = [PeerInstance(self.env, free_port()) for _ in range(instances)]
-            for s in self.servers:
-                s.wait_ready()
-            if publisher:
-                self.publisher = subprocess.Popen(
-                    [str(PYTHON), "-m", "bench.peer.publisher", "--channel", self.channel],
-                    cwd=ROOT, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    text=True, preexec_fn=child_setup)
-                self._read()
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def ws_urls(self) -> list[str]:
-        return [s.ws_url for s in self.servers]
-
-    def server_pids(self) -> list[int]:
-        return [pid for s in self.servers for pid in s.pids()]
-
-    def _read(self) -> dict[str, Any]:
-        assert self.publisher is not None and self.publisher.stdout is not None
-        line = self.publisher.stdout.readline()
-        if not line:
-            raise RuntimeError("the peer publisher exited")
-        return dict(json.loads(line))
-
-    def publish(self, messages: int, rate: float | None, room: str | None) -> dict[str, Any]:
-        """Emit `messages` ticks at `rate`/s (None: flat out) to a room or all, then `end`."""
-        assert self.publisher is not None and self.publisher.stdin is not None
-        self.publisher.stdin.write(json.dumps({"messages": messages, "rate": rate,
-                                               "room": room}) + "\n")
-        self.publisher.stdin.flush()
-        return self._read()
+        super().__init__()
+        self.start_servers([PeerInstance(self.env, free_port()) for _ in range(instances)],
+                           [str(PYTHON), "-m", "bench.peer.publisher", "--channel",
+                            self.channel] if publisher else None, self.env)
 
     def close(self) -> None:
-        if self.publisher is not None:
-            if self.publisher.stdin is not None:
-                self.publisher.stdin.close()
-            try:
-                self.publisher.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.publisher.kill()
-                self.publisher.wait(timeout=WAIT_S)
-        for s in self.servers:
-            s.stop()
+        super().close()
         delete_exchange(self.channel)

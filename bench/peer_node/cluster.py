@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -14,7 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.common import ROOT, WAIT_S, Server, child_setup, free_port
+from bench.common import ROOT, Server, free_port
+from bench.peer_base import PeerProcesses
 
 DIR = ROOT / "bench" / "peer_node"
 LOCK = DIR / "package-lock.json"
@@ -112,66 +112,25 @@ class NodeInstance(Server):
         return f"ws://127.0.0.1:{self.port}/socket.io/?EIO=4&transport=websocket"
 
 
-class NodeCluster:
+class NodeCluster(PeerProcesses):
     """``instances`` node servers on one per-run Redis stream, plus the publisher process.
 
     ``close`` stops them and deletes the stream and the sessions that connection state
     recovery stored for the sockets that went away."""
+
+    who = "the Node peer"
 
     def __init__(self, instances: int = 2, publisher: bool = True) -> None:
         ensure_node_modules()
         Redis().close()  # a clear error now if Redis is not there
         self.stream = f"herald_bench_node_{uuid.uuid4().hex[:8]}"
         self.env = {**os.environ, "PEER_STREAM": self.stream, "PEER_REDIS_URL": REDIS_URL}
-        self.servers: list[NodeInstance] = []
-        self.publisher: subprocess.Popen[str] | None = None
-        try:
-            self.servers = [NodeInstance(self.env, free_port()) for _ in range(instances)]
-            for s in self.servers:
-                s.wait_ready()
-            if publisher:
-                self.publisher = subprocess.Popen(
-                    ["node", str(DIR / "publisher.js")], cwd=ROOT, env=self.env,
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                    preexec_fn=child_setup)
-                self._read()
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def ws_urls(self) -> list[str]:
-        return [s.ws_url for s in self.servers]
-
-    def server_pids(self) -> list[int]:
-        return [pid for s in self.servers for pid in s.pids()]
-
-    def _read(self) -> dict[str, Any]:
-        assert self.publisher is not None and self.publisher.stdout is not None
-        line = self.publisher.stdout.readline()
-        if not line:
-            raise RuntimeError("the Node peer's publisher exited")
-        return dict(json.loads(line))
-
-    def publish(self, messages: int, rate: float | None, room: str | None) -> dict[str, Any]:
-        """Emit `messages` ticks at `rate`/s (None: flat out) to a room or all, then `end`."""
-        assert self.publisher is not None and self.publisher.stdin is not None
-        self.publisher.stdin.write(json.dumps({"messages": messages, "rate": rate,
-                                               "room": room}) + "\n")
-        self.publisher.stdin.flush()
-        return self._read()
+        super().__init__()
+        self.start_servers([NodeInstance(self.env, free_port()) for _ in range(instances)],
+                           ["node", str(DIR / "publisher.js")] if publisher else None, self.env)
 
     def close(self) -> None:
-        if self.publisher is not None:
-            if self.publisher.stdin is not None:
-                self.publisher.stdin.close()
-            try:
-                self.publisher.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.publisher.kill()
-                self.publisher.wait(timeout=WAIT_S)
-        for s in self.servers:
-            s.stop()
+        super().close()
         redis = Redis()
         try:
             redis.delete_run(self.stream)

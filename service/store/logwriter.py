@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from service.core.errors import BadRequest
 from service.store import durability
 from service.store.db import is_read_only
-from service.store.messagelog import Entry, json_text
+from service.store.messagelog import Entry, loggable
 
 #: Seconds a kept connection may sit unused before it goes back to the pool.
 HELD_IDLE_S = 1.0
@@ -54,20 +54,11 @@ class LogWriter:
     def append_many(self, entries: Sequence[Entry]) -> list[int | BadRequest]:
         """An id per entry in order, or the BadRequest that entry alone earned (bad UTF-8);
         raises SQLAlchemy's errors (``DataError`` for a row Postgres refused)."""
-        out: list[int | BadRequest] = []
-        cols: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], [])
-        for entry in entries:
-            try:
-                text = json_text(entry.data)
-            except BadRequest as exc:
-                out.append(exc)
-                continue
-            out.append(-1)
-            for col, value in zip(cols, (entry.target.kind, entry.target.log_key(),
-                                         entry.event, text), strict=True):
-                col.append(value)
-        if not cols[0]:
+        out, texts = loggable(entries)
+        if not texts:
             return out
+        cols = ([e.target.kind for e, _ in texts], [e.target.log_key() for e, _ in texts],
+                [e.event for e, _ in texts], [text for _, text in texts])
         with self._lock:
             ids = iter(sorted(self._insert(cols)))
         return [r if isinstance(r, BadRequest) else next(ids) for r in out]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 from sqlalchemy import Connection, Engine, Text, bindparam, cast, func, literal, select
@@ -96,6 +95,21 @@ _MANY = insert(Message).values(
 ).returning(Message.id, sort_by_parameter_order=True)
 
 
+def loggable(entries: Sequence[Entry]
+             ) -> tuple[list[int | BadRequest], list[tuple[Entry, str]]]:
+    """Each entry's JSON text to write, or the BadRequest that entry alone earned (bad
+    UTF-8): a result per entry (-1 where an id will go) and the (entry, text) pairs."""
+    out: list[int | BadRequest] = []
+    texts: list[tuple[Entry, str]] = []
+    for entry in entries:
+        try:
+            texts.append((entry, json_text(entry.data)))
+            out.append(-1)
+        except BadRequest as exc:
+            out.append(exc)
+    return out, texts
+
+
 def append_many(engine: Engine, origin: str, entries: Sequence[Entry]
                 ) -> list[int | BadRequest]:
     """Write many durable messages in one statement and one commit; ids in entry order.
@@ -103,17 +117,9 @@ def append_many(engine: Engine, origin: str, entries: Sequence[Entry]
     Returns an id per entry, or the BadRequest that entry alone earned (bad UTF-8, a
     \\u0000): a bad entry never fails the others.
     """
-    out: list[int | BadRequest] = []
-    rows: list[dict[str, Any]] = []
-    for entry in entries:
-        try:
-            text = json_text(entry.data)
-        except BadRequest as exc:
-            out.append(exc)
-            continue
-        out.append(-1)
-        rows.append({"k": entry.target.kind, "key": entry.target.log_key(), "e": entry.event,
-                     "d": text, "o": origin})
+    out, texts = loggable(entries)
+    rows = [{"k": entry.target.kind, "key": entry.target.log_key(), "e": entry.event,
+             "d": text, "o": origin} for entry, text in texts]
     if not rows:
         return out
     try:

@@ -12,15 +12,14 @@ throughout (a violation would be a console error). Each flow's screenshot is in 
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, Tab
+from tests.e2e.test_browser import Tab, launched
 from tests.support import Client, api
 
 #: Taller than the demo's shots: a console panel with its table.
@@ -30,15 +29,8 @@ SCOPE = "acme"  # a scope of its own: no other test's groups in its counts
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):  # a missing browser fails (a skip would hide it)
-        pytest.fail("needs Debian's chromium: apt-get install -y chromium")
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                      timeout=WAIT_MS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with launched() as chromium:
+        yield chromium
 
 
 def _socket(fe: Any, token: Any, user: str, *groups: str) -> Client:

@@ -10,6 +10,7 @@ client handler of herald.js on either page.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -54,8 +55,12 @@ def _frontend_id(proc: Any) -> str:
     return str(requests.get(proc.url + "/healthz", timeout=10).json()["frontend"])
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+@contextlib.contextmanager
+def launched(needs_nginx: bool = False) -> Iterator[Any]:
+    """Debian's chromium through Playwright, closed afterwards; a missing browser (or
+    nginx, when asked) fails the test: a skip would hide it."""
+    if not os.access(CHROMIUM, os.X_OK) or (needs_nginx and not shutil.which(NGINX)):
+        pytest.fail("needs Debian's chromium and nginx: apt-get install -y chromium nginx")
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
                                       timeout=WAIT_MS)
@@ -63,6 +68,12 @@ def browser() -> Iterator[Any]:
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    with launched() as chromium:
+        yield chromium
 
 
 class Tab:

@@ -10,9 +10,7 @@ a frontend, so it comes last.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +18,9 @@ from typing import Any
 
 import pytest
 import requests
-from playwright.sync_api import sync_playwright
 
-from tests.e2e.nginx import NGINX, Nginx
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, Tab
+from tests.e2e.nginx import Nginx
+from tests.e2e.test_browser import WAIT_MS, Tab, launched
 from tests.e2e.test_nginx_example import render
 from tests.support import api
 
@@ -60,16 +57,8 @@ def uid(prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    # a missing tool fails the module (a skip would hide it); compose/test.sh installs both
-    if not (os.access(CHROMIUM, os.X_OK) and shutil.which(NGINX)):
-        pytest.fail("needs Debian's chromium and nginx: apt-get install -y chromium nginx")
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                      timeout=WAIT_MS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with launched(needs_nginx=True) as chromium:
+        yield chromium
 
 
 def _frontend_ids(*procs: Any) -> dict[str, Any]:

@@ -22,28 +22,15 @@ from service.core.metrics import STATS_COUNTERS
 from service.http.admin import ADMIN_TOKEN_TTL_S, ADMIN_USER
 from tests.conftest import ENV
 from tests.fakes import events, socket_on, wait
+from tests.integration.http.conftest import memory_app
 
 KEY = {"Authorization": "Bearer test-key-2"}
 
 
 @pytest.fixture
 def app(database: str) -> Iterator[Flask]:
-    app = create_app({"broker_url": f"memory://admin-{uuid.uuid4().hex[:8]}",
-                      "heartbeat_s": 0.2, "frontend_id": f"adm-{uuid.uuid4().hex[:6]}"})
-    node: Frontend = app.extensions["herald"]
-    wait(lambda: node.consumer.connected and node.registered)
-    yield app
-    node.stop()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-@pytest.fixture
-def node(app: Flask) -> Frontend:
-    return app.extensions["herald"]  # type: ignore[no-any-return]
+    with memory_app("adm", heartbeat_s=0.2) as app:
+        yield app
 
 
 def error(r: Any) -> tuple[int, str, str]:

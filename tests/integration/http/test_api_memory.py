@@ -4,7 +4,6 @@ Every route, its success body and its refusals, with sockets placed on the front
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,31 +11,17 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.app import create_app
 from service.cluster.frontend import Frontend
 from tests.fakes import events, socket_on, wait
+from tests.integration.http.conftest import memory_app
 
 KEY = {"Authorization": "Bearer test-key-1"}
 
 
 @pytest.fixture
 def app(database: str) -> Iterator[Flask]:
-    app = create_app({"broker_url": f"memory://api-{uuid.uuid4().hex[:8]}",
-                      "heartbeat_s": 0.5, "frontend_id": f"api-{uuid.uuid4().hex[:6]}"})
-    node: Frontend = app.extensions["herald"]
-    wait(lambda: node.consumer.connected and node.registered)
-    yield app
-    node.stop()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-@pytest.fixture
-def node(app: Flask) -> Frontend:
-    return app.extensions["herald"]  # type: ignore[no-any-return]
+    with memory_app("api", heartbeat_s=0.5) as app:
+        yield app
 
 
 def error(r: Any) -> str:

@@ -4,7 +4,6 @@ publish (Flask's ``before_request`` never runs for it)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,10 +11,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.app import create_app
 from service.cluster.frontend import Frontend
 from service.http.lean import LeanPublish
 from tests.fakes import events, socket_on, wait
+from tests.integration.http.conftest import memory_app
 
 KEY = {"Authorization": "Bearer test-key-1"}
 
@@ -30,25 +29,16 @@ def _bypass_lean(app: Flask) -> None:
 
 @pytest.fixture(params=["lean", "flask"])
 def app(request: pytest.FixtureRequest, database: str) -> Iterator[Flask]:
-    app = create_app({"broker_url": f"memory://lean-{uuid.uuid4().hex[:8]}",
-                      "heartbeat_s": 0.5, "frontend_id": f"lean-{uuid.uuid4().hex[:6]}"})
-    if request.param == "flask":
-        _bypass_lean(app)
-    app.config["FLASK_REQUESTS"], app.config["PATH"] = 0, request.param
+    with memory_app("lean", heartbeat_s=0.5) as app:
+        if request.param == "flask":
+            _bypass_lean(app)
+        app.config["FLASK_REQUESTS"], app.config["PATH"] = 0, request.param
 
-    @app.before_request
-    def count() -> None:
-        app.config["FLASK_REQUESTS"] += 1
+        @app.before_request
+        def count() -> None:
+            app.config["FLASK_REQUESTS"] += 1
 
-    node: Frontend = app.extensions["herald"]
-    wait(lambda: node.consumer.connected and node.registered)
-    yield app
-    node.stop()
-
-
-@pytest.fixture
-def node(app: Flask) -> Frontend:
-    return app.extensions["herald"]  # type: ignore[no-any-return]
+        yield app
 
 
 def test_a_plain_publish_is_delivered_with_its_id(app: Flask, node: Frontend) -> None:
