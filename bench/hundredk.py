@@ -84,12 +84,11 @@ def frontends_that_fit(sockets: int, concurrency: int) -> int:
     """FRONTENDS, or more when this process may not raise its hard open-file limit to what
     each of FRONTENDS would need (said on stderr)."""
     need = -(-sockets // FRONTENDS) + FD_HEADROOM + concurrency
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard >= need:
         return FRONTENDS
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, need))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # only asked; raised later
+    try:  # raised for good when allowed: raise_hard_nofile then finds it high enough
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, need))
         return FRONTENDS
     except (ValueError, OSError):
         fit = -(-sockets // max(1, hard - FD_HEADROOM - concurrency))

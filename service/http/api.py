@@ -271,15 +271,16 @@ def _error_response(exc: HeraldError) -> tuple[Response, int]:
 @api.errorhandler(DataError)
 def _data_error(exc: DataError) -> tuple[Response, int]:
     """Input Postgres refuses (NUL in text, an out-of-range number): the caller's fault."""
-    return _error_response(BadRequest(f"refused by the database: {_first_line(exc.orig)}"))
+    return _error_response(BadRequest(f"refused by the database: {first_line(exc.orig)}"))
 
 
 def _unavailable(exc: Exception) -> tuple[Response, int]:
-    current_app.logger.warning("backend unavailable: %s", _first_line(exc))
+    current_app.logger.warning("backend unavailable: %s", first_line(exc))
     return _error_response(Unavailable("Postgres or the broker is unavailable; retry"))
 
 
-def _first_line(exc: BaseException | None) -> str:
+def first_line(exc: BaseException | None) -> str:
+    """The first line of an error, cut to 200 characters (what an answer or a log shows)."""
     return (str(exc).splitlines() or [""])[0][:200]
 
 

@@ -27,7 +27,7 @@ from service.cluster.frontend import Frontend
 from service.core.auth import api_key_valid
 from service.core.envelope import NULL, valid_name
 from service.core.errors import BadRequest, HeraldError, Unavailable
-from service.http.api import UNAVAILABLE_ERRORS
+from service.http.api import UNAVAILABLE_ERRORS, first_line
 from service.http.schemas import PublishRequest
 from service.http.targets import parse_target
 
@@ -81,12 +81,12 @@ class LeanPublish:
             msg_id = self.node.publish(target, body.event, data, durable=body.durable,
                                        exclude=body.exclude_connection)
         except UNAVAILABLE_ERRORS as exc:
-            log.warning("backend unavailable: %s", _first_line(exc))
+            log.warning("backend unavailable: %s", first_line(exc))
             return _error(start_response,
                           Unavailable("Postgres or the broker is unavailable; retry"))
         except DataError as exc:  # NUL in text and the like: the caller's, as in the view
             return _error(start_response,
-                          BadRequest(f"refused by the database: {_first_line(exc.orig)}"))
+                          BadRequest(f"refused by the database: {first_line(exc.orig)}"))
         except HeraldError as exc:
             return _error(start_response, exc)
         except Exception:  # answered as Flask's own handler answers it
@@ -99,10 +99,6 @@ class LeanPublish:
         scheme, _, key = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         return (scheme.lower() == "bearer" and bool(key)
                 and api_key_valid(key.strip(), self.node.settings.api_keys))
-
-
-def _first_line(exc: BaseException | None) -> str:
-    return (str(exc).splitlines() or [""])[0][:200]
 
 
 def _error(start_response: Callable[..., Any], exc: HeraldError) -> list[bytes]:
