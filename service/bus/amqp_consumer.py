@@ -1,11 +1,7 @@
 """The AMQP consumer loop (see ``amqp.py`` for the backend as a whole): one exclusive
 queue bound to the fanout and to the routed (topic) exchange with every routing key its owner
-wants (``bindings.py``), read in batches, reconnected with capped backoff.
-
-This is the one module that touches py-amqp's internals: the transport's ``_read_buffer``
-(``tests/unit/test_internals.py`` pins it). py-amqp reads whole frames into it, so a
-``select`` on the socket cannot tell whether more messages are already here; kombu's
-public API has no "is more buffered" call.
+wants (``bindings.py``), read in batches (``amqp_frames.py`` reads the frames), reconnected
+with capped backoff.
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ from .amqp import (
     fanout_exchange,
     routed_exchange,
 )
+from .amqp_frames import FrameReader
 from .bindings import Bindings
 
 log = logging.getLogger(__name__)
@@ -43,15 +40,6 @@ def _gevent_patched() -> bool:
     the installable client (``pyproject.toml``) runs this loop in plain threads without it."""
     monkey = sys.modules.get("gevent.monkey")
     return monkey is not None and bool(monkey.is_module_patched("select"))
-
-
-def _original_select() -> Any:
-    """``select.select`` as the OS gives it, even when gevent has patched the module."""
-    monkey = sys.modules.get("gevent.monkey")
-    return select.select if monkey is None else monkey.get_original("select", "select")
-
-
-_SELECT = _original_select()
 
 
 class BusConsumer:
@@ -173,73 +161,62 @@ class BusConsumer:
                 self._sleep(backoff.next())
 
     def _drain(self, conn: Connection, channel: Any, queue: str) -> None:
-        bindings = self.bindings
-        ready = Readiness(conn.connection.transport.sock, bindings.wake_fd)
+        frames = FrameReader(conn)
+        ready = Readiness(frames.sock, self.bindings.wake_fd)
         try:
-            self._drain_loop(conn, channel, queue, ready)
+            self._drain_loop(conn, channel, queue, frames, ready)
         finally:
             ready.close()
 
-    def _drain_loop(self, conn: Connection, channel: Any, queue: str,
+    def _drain_loop(self, conn: Connection, channel: Any, queue: str, frames: FrameReader,
                     ready: Readiness) -> None:
         bindings = self.bindings
+        timeout = self.heartbeat_s / 4
+        next_tick = 0.0
         while not self.should_stop:
             try:
                 with contextlib.suppress(TimeoutError):
                     if bindings.dirty:
                         bindings.apply(channel, queue, self.routed.name)
-                    if _buffered(conn) or ready.wait(self.heartbeat_s / 4):
-                        conn.drain_events(timeout=self.heartbeat_s / 4)
+                    # one recv takes the socket's whole backlog (up to 64 KiB): a batch is
+                    # what is here now, with no wait added for a lone message
+                    if frames.has_frame() or ready.wait(timeout):
+                        if not frames.has_frame():
+                            frames.fill()
                         self.last_seen = time.time()
-                        while (self._pending and len(self._pending) < CONSUME_BATCH_MAX
-                               and _readable(conn)):
-                            conn.drain_events(timeout=self.heartbeat_s / 4)
+                        frames.read(self._pending, CONSUME_BATCH_MAX, timeout)
             finally:  # what arrived before a connection loss is still delivered, in order
                 if self._pending:
                     self._hand_over()
             if self.should_stop:
                 break
-            # after every drain, busy or idle: with no_ack we send nothing else, and the
-            # broker closes a connection that stays silent for two heartbeats
-            conn.heartbeat_check()
+            # with no_ack we send nothing else, and the broker closes a connection that
+            # stays silent for two heartbeats; a tick every quarter heartbeat, busy or idle
+            # (not after every message: a tenth of a lone message's cost)
+            now = time.monotonic()
+            if now >= next_tick:
+                conn.heartbeat_check()
+                next_tick = now + timeout
 
     def _on_message(self, message: Any) -> None:
-        if self.on_batch is not None:
-            self._pending.append(message.body)
-            return
-        try:
-            if self.on_body is not None:
-                self.on_body(message.body)
-        except Exception:  # one bad message must not stop the consumer
-            log.exception("bus: failed to handle a message; skipped")
+        """py-amqp's callback, for what ``FrameReader`` leaves to it (a body over several
+        frames, a delivery during a bind): in line with the rest."""
+        self._pending.append(message.body)
 
     def _hand_over(self) -> None:
         batch, self._pending = self._pending, []
-        try:
-            if self.on_batch is not None:
+        if self.on_batch is not None:
+            try:
                 self.on_batch(batch)
-        except Exception:  # one bad batch must not stop the consumer
-            log.exception("bus: failed to handle %d messages; skipped", len(batch))
-
-
-def _buffered(conn: Connection) -> bool:
-    """True when py-amqp holds read but unparsed bytes of the broker's (a select on the
-    socket cannot see those)."""
-    transport = getattr(conn.connection, "transport", None)
-    return bool(transport is not None and getattr(transport, "_read_buffer", b""))
-
-
-def _readable(conn: Connection) -> bool:
-    """True when more of the broker's data is buffered or waiting on the socket."""
-    transport = getattr(conn.connection, "transport", None)
-    if transport is None or transport.sock is None:
-        return False
-    if _buffered(conn):
-        return True
-    # the unpatched select with no timeout: one system call that never blocks (gevent's
-    # would make and drop a watcher)
-    ready, _, _ = _SELECT([transport.sock], [], [], 0)
-    return bool(ready)
+            except Exception:  # one bad batch must not stop the consumer
+                log.exception("bus: failed to handle %d messages; skipped", len(batch))
+            return
+        for body in batch:
+            try:
+                if self.on_body is not None:
+                    self.on_body(body)
+            except Exception:  # one bad message must not stop the consumer
+                log.exception("bus: failed to handle a message; skipped")
 
 
 class Readiness:

@@ -9,7 +9,8 @@ internals are touched from exactly one module.
   ``thread_class`` and an ``event_class``; ``Base.close`` sending the close frame through
   ``self.sock``; wsproto's ``handshake`` and the state that says a connection is between
   frames; the gevent socket's ``_sock`` and ``_read_event``).
-- py-amqp: only ``service/bus/amqp_consumer.py`` (the transport's ``_read_buffer`` and ``sock``).
+- py-amqp: only ``service/bus/amqp_frames.py`` (the transport's ``_read_buffer``,
+  ``_quick_recv`` and ``sock``; the connection's ``bytes_recv`` and ``blocking_read``).
 - gunicorn: ``service/http/gunicorn_speed.py`` patches ``Response.write`` (headers and a
   whole body in one write) and ``util.http_date`` (cached a second); besides,
   ``service/sockets/wsio.py`` relies on one behaviour (a response that raises
@@ -82,10 +83,21 @@ def test_gevent_socket_wraps_an_os_socket() -> None:
         b.close()
 
 
-def test_py_amqp_transport_read_buffer() -> None:
-    from amqp.transport import _AbstractTransport
+def test_py_amqp_reads_frames_through_the_buffer_the_frame_reader_fills() -> None:
+    """amqp_frames.FrameReader appends to ``_read_buffer`` with ``_quick_recv`` and slices
+    deliveries off its head; py-amqp must read what is left from there first, count each
+    frame in ``bytes_recv`` (its heartbeat check) and read one frame per ``blocking_read``."""
+    from amqp.connection import Connection
+    from amqp.method_framing import frame_handler
+    from amqp.transport import TCPTransport, _AbstractTransport
 
-    assert "_read_buffer" in inspect.getsource(_AbstractTransport)
+    read = inspect.getsource(TCPTransport._read)
+    assert "rbuf = self._read_buffer" in read and "self._read_buffer = rbuf[:n], rbuf[n:]" in read
+    assert "self._quick_recv = self.sock.recv" in inspect.getsource(TCPTransport)
+    assert "read(7, True)" in inspect.getsource(_AbstractTransport.read_frame)
+    assert "connection.bytes_recv += 1" in inspect.getsource(frame_handler)
+    assert "self.bytes_recv" in inspect.getsource(Connection.heartbeat_tick)
+    assert inspect.getsource(Connection.blocking_read).count("read_frame()") == 1
 
 
 def test_gunicorn_ends_a_request_whose_response_raises_stop_iteration() -> None:
@@ -162,7 +174,8 @@ INTERNALS = {
         r"\._handle_events|\.input_buffer|\._sock\b|\.ws\.receive_data|simple_websocket\.ws"
         r"|from wsproto|\.handshake = |ws, \"close_reason\"|\._read_event|\._frame_decoder"
         r"|\._message_decoder|\._proto\b|\.incoming_message"),
-    "service/bus/amqp_consumer.py": re.compile(r"_read_buffer|transport\.sock"),
+    "service/bus/amqp_frames.py": re.compile(
+        r"_read_buffer|transport\.sock|_quick_recv|bytes_recv|blocking_read"),
     "service/sockets/wsio.py": re.compile(r"raise StopIteration"),
     "service/http/gunicorn_speed.py": re.compile(r"gunicorn\.http|from gunicorn import util"),
 }

@@ -26,14 +26,15 @@ WAIT_S = 30.0
 class Running:
     """A consumer whose run() loop is in a thread; received bodies land in a queue."""
 
-    def __init__(self, exchange: str, handler: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, exchange: str, handler: Callable[[bytes], None] | None = None,
+                 **options: Any) -> None:
         self.bodies: queue.Queue[bytes] = queue.Queue()
         self.ready: queue.Queue[tuple[str, bool]] = queue.Queue()
         self.error: BaseException | None = None
         self.returned = False
         self.consumer = BusConsumer(URL, exchange, handler or self.bodies.put,
                                     on_ready=lambda name, first: self.ready.put((name, first)),
-                                    sleep=time.sleep)
+                                    sleep=time.sleep, **options)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         self.queue_name, self.first = self.ready.get(timeout=WAIT_S)
@@ -213,6 +214,22 @@ def test_a_publisher_left_idle_past_its_heartbeats_publishes_without_a_failure(
         publisher.publish(b"after")
     assert consumer.get() == b"after"
     assert not [r for r in caplog.records if "publish failed" in r.getMessage()]
+
+
+def test_an_idle_consumer_keeps_its_connection_past_its_heartbeats(
+        exchange: str, started: list[Any]) -> None:
+    """The loop ticks py-amqp's heartbeat every quarter interval while idle (not after every
+    message), so the broker, which drops a connection silent for two heartbeats, keeps it;
+    and whatever comes next arrives on the same connection."""
+    consumer = Running(exchange, heartbeat_s=1)
+    started.append(consumer)
+    wait_until(lambda: consumer.consumer.connected)
+    publisher = BusPublisher(URL, exchange)
+    started.append(publisher)
+    time.sleep(3.5)
+    publisher.publish(b"after the quiet")
+    assert consumer.get() == b"after the quiet"
+    assert consumer.consumer.reconnects == 0 and consumer.consumer.connected
 
 
 def test_a_backlog_reaches_on_batch_in_order_and_in_batches(exchange: str,
