@@ -38,6 +38,7 @@ SCENARIOS = [
     ("durable", "bench.durable"),
     ("resume", "bench.resume"),
     ("scale", "bench.scale"),
+    ("consume", "bench.consume"),
     ("100k sockets", "bench.hundredk"),
 ]
 #: Scenarios whose full run is long enough that bench.run takes one run of them, not --runs.

@@ -6,7 +6,6 @@ with capped backoff.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import select
 import sys
@@ -173,18 +172,22 @@ class BusConsumer:
         bindings = self.bindings
         timeout = self.heartbeat_s / 4
         next_tick = 0.0
+        # whole frames may be in the read buffer already (a batch stopped at its limit;
+        # py-amqp read past a bind's reply): read them before waiting on the socket,
+        # which cannot see them
+        buffered = True
         while not self.should_stop:
             try:
-                with contextlib.suppress(TimeoutError):
-                    if bindings.dirty:
-                        bindings.apply(channel, queue, self.routed.name)
-                    # one recv takes the socket's whole backlog (up to 64 KiB): a batch is
-                    # what is here now, with no wait added for a lone message
-                    if frames.has_frame() or ready.wait(timeout):
-                        if not frames.has_frame():
-                            frames.fill()
-                        self.last_seen = time.time()
-                        frames.read(self._pending, CONSUME_BATCH_MAX, timeout)
+                if bindings.dirty:
+                    bindings.apply(channel, queue, self.routed.name)
+                    buffered = True
+                # one recv takes the socket's whole backlog (up to 64 KiB): a batch is what
+                # is here now, with no wait added for a lone message
+                if buffered or (ready.wait(timeout) and frames.fill()):
+                    self.last_seen = time.time()
+                    buffered = frames.read(self._pending, CONSUME_BATCH_MAX, timeout)
+            except TimeoutError:  # a bind's reply, or the rest of a frame, is late: go on
+                pass
             finally:  # what arrived before a connection loss is still delivered, in order
                 if self._pending:
                     self._hand_over()

@@ -104,25 +104,20 @@ class FrameReader:
     def sock(self) -> Any:
         return self.transport.sock
 
-    def has_frame(self) -> bool:
-        """True when a whole frame is already read, so a wait on the socket would be wrong
-        (it cannot see bytes py-amqp or ``fill`` took off it)."""
-        buf: bytes = self.transport._read_buffer
-        if len(buf) < _HEAD_LEN:
-            return False
-        size: int = _HEAD.unpack_from(buf, 0)[2]
-        return len(buf) > _HEAD_LEN + size
-
-    def fill(self) -> None:
-        """One ``recv`` of what the (readable) socket holds, onto the buffer."""
+    def fill(self) -> bool:
+        """One ``recv`` of what the (readable) socket holds, onto the buffer; True (for the
+        caller's ``and``)."""
         chunk = self.transport._quick_recv(RECV_BYTES)
         if not chunk:
             raise OSError("the broker closed the connection")
         self.transport._read_buffer += chunk
+        return True
 
-    def read(self, out: list[bytes], limit: int, timeout: float) -> None:
+    def read(self, out: list[bytes], limit: int, timeout: float) -> bool:
         """Takes every whole frame buffered: delivery bodies onto ``out`` (at most up to
-        ``limit``), other frames through py-amqp, whose callbacks run as they would."""
+        ``limit``), other frames through py-amqp, whose callbacks run as they would.
+        True when it stopped at ``limit`` (whole frames may be left), False when what is
+        left is at most a part of one: only then is a wait on the socket right."""
         transport, amqp = self.transport, self.amqp
         while len(out) < limit:
             buf = transport._read_buffer
@@ -133,6 +128,7 @@ class FrameReader:
                 # dead when the count stands still for two heartbeats
                 amqp.bytes_recv += frames
             if why != OTHER:
-                return
+                return why == FULL
             # the frame is whole in the buffer: this reads no socket
             amqp.blocking_read(timeout)
+        return True

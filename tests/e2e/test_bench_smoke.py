@@ -17,7 +17,8 @@ SMOKE_TIMEOUT_S = 480
 #: Scenarios run at once: the smoke checks that each runs, not how fast (it waits mostly).
 SMOKE_JOBS = 2
 #: The tables bench/run.py's own scenarios print (the others are checked by their status).
-TABLES = ("== fan-out", "== idle sockets", "== connect storm", "== scale: group messages")
+TABLES = ("== fan-out", "== idle sockets", "== connect storm", "== scale: group messages",
+          "== consume")
 #: A fan-out row: N, rate, target, metric, Herald, peer, ratio.
 ROW = re.compile(r"^\s*(\d+)\s+(\S+)\s+(all|half)\s+(.+?)\s{2,}(\S+)\s+(\S+)\s+(\S+)\s*$")
 

@@ -268,6 +268,38 @@ def test_a_backlog_reaches_on_batch_in_order_and_in_batches(exchange: str,
     assert max(len(b) for b in batches) <= 256  # bounded by CONSUME_BATCH_MAX
 
 
+def test_a_backlog_larger_than_one_read_arrives_whole_and_in_order(
+        exchange: str, started: list[Any]) -> None:
+    """About 1 MB waiting on the socket: the consumer's reads (64 KiB each) split
+    deliveries between their frames, and every one still arrives, once, in order."""
+    got: list[bytes] = []
+    gate = threading.Event()
+
+    def on_batch(bodies: list[bytes]) -> None:
+        gate.wait(WAIT_S)  # hold the consumer while the backlog builds
+        got.extend(bodies)
+
+    ready: queue.Queue[str] = queue.Queue()
+    consumer = BusConsumer(URL, exchange, on_batch=on_batch,
+                           on_ready=lambda name, _first: ready.put(name), sleep=time.sleep)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    ready.get(timeout=WAIT_S)
+    pub = BusPublisher(URL, exchange, confirm=True)
+    started.append(pub)
+    bodies = [b"%05d:" % i + b"y" * (200 + i % 97) for i in range(4000)]
+    for body in bodies:
+        pub.publish(body)
+    gate.set()
+    assert wait_until(lambda: len(got) >= len(bodies), WAIT_S)
+    # a loop that spun on a part of a frame stopped reading and lost its broker
+    assert consumer.reconnects == 0
+    consumer.stop(close=False)
+    pub.publish(b"wake")
+    thread.join(WAIT_S)
+    assert [b for b in got if b != b"wake"] == bodies
+
+
 # --- routing keys ----------------------------------------------------------------------------
 
 RABBIT_API = "http://127.0.0.1:15672/api"

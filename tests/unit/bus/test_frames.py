@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 
-from service.bus.amqp_frames import FULL, MORE, OTHER, cut
+from service.bus.amqp_frames import FULL, MORE, OTHER, FrameReader, cut
 
 HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
@@ -68,3 +68,67 @@ def test_the_limit_stops_the_cut_between_deliveries() -> None:
     pos, frames, why = cut(buf, out, 3)
     assert (out, why, frames) == ([b"already", b"m0", b"m1"], FULL, 6)
     assert buf[pos:] == b"".join(deliver(b"m%d" % i) for i in range(2, 5))
+
+
+class _Transport:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._read_buffer = b""
+        self.chunks = chunks
+        self.sock = None
+
+    def _quick_recv(self, _n: int) -> bytes:
+        return self.chunks.pop(0)
+
+
+class _Amqp:
+    """py-amqp's connection, as far as FrameReader uses it: one whole frame per
+    blocking_read, taken off the head of the buffer."""
+
+    def __init__(self, transport: _Transport) -> None:
+        self.transport = transport
+        self.bytes_recv = 0
+        self.read: list[bytes] = []
+
+    def blocking_read(self, _timeout: float) -> None:
+        buf = self.transport._read_buffer
+        size = struct.unpack_from(">I", buf, 3)[0]
+        self.read.append(buf[:8 + size])
+        self.transport._read_buffer = buf[8 + size:]
+        self.bytes_recv += 1
+
+
+def _reader(chunks: list[bytes]) -> tuple[FrameReader, _Amqp]:
+    amqp = _Amqp(_Transport(chunks))
+    conn = type("Conn", (), {"connection": amqp})()
+    return FrameReader(conn), amqp
+
+
+def test_the_reader_waits_for_the_socket_only_when_no_whole_frame_is_left() -> None:
+    """A delivery cut between its method and its header (a recv boundary) must send the
+    loop back to the socket (False), and a batch at its limit must not (True): the first
+    was a busy loop that never read the socket again."""
+    one, two = deliver(b"one"), deliver(b"two")
+    split = len(frame(1, 1, b"")) + 40  # inside the content header
+    reader, amqp = _reader([one + two[:split], two[split:] + HEARTBEAT])
+    out: list[bytes] = []
+    assert reader.fill() and reader.read(out, 256, 1.0) is False
+    assert out == [b"one"] and amqp.bytes_recv == 3
+    assert reader.fill() and reader.read(out, 256, 1.0) is False
+    assert out == [b"one", b"two"] and amqp.bytes_recv == 7
+    assert amqp.transport._read_buffer == b""
+
+    reader, amqp = _reader([b"".join(deliver(b"m%d" % i) for i in range(3))])
+    out = []
+    assert reader.fill() and reader.read(out, 2, 1.0) is True
+    assert reader.read(out, 4, 1.0) is False and out == [b"m0", b"m1", b"m2"]
+
+
+def test_frames_the_cut_leaves_go_through_py_amqp_in_order() -> None:
+    bind_ok = frame(1, 1, b"\x00\x32\x00\x15")
+    split_body = deliver(b"0123456789", body_frames=2)
+    reader, amqp = _reader([deliver(b"a") + bind_ok + split_body + deliver(b"b")])
+    out: list[bytes] = []
+    assert reader.fill() and reader.read(out, 256, 1.0) is False
+    assert out == [b"a", b"b"]
+    assert b"".join(amqp.read) == bind_ok + split_body  # one frame per call, in order
+    assert amqp.bytes_recv == 3 + 1 + 4 + 3
