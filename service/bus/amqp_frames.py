@@ -41,6 +41,16 @@ OTHER = 1  # a whole frame py-amqp must read comes next
 FULL = 2   # ``limit`` bodies were taken
 
 
+def _whole(buf: bytes, pos: int, n: int) -> tuple[int, int, int, int] | None:
+    """The frame at ``pos`` when all of it is in ``buf``: its type, channel, and where its
+    payload starts and ends (the end octet's offset); None when it is not all here."""
+    if n - pos < _HEAD_LEN:
+        return None
+    ftype, channel, size = _HEAD.unpack_from(buf, pos)
+    end = pos + _HEAD_LEN + size
+    return None if end >= n else (ftype, channel, pos + _HEAD_LEN, end)
+
+
 def cut(buf: bytes, out: list[bytes], limit: int) -> tuple[int, int, int]:
     """Appends the body of each whole delivery at the head of ``buf`` to ``out`` (until
     ``out`` holds ``limit``), skipping heartbeats. Returns the offset of the first byte not
@@ -48,48 +58,40 @@ def cut(buf: bytes, out: list[bytes], limit: int) -> tuple[int, int, int]:
 
     A delivery is taken only when all of its frames are here and well formed; otherwise it
     is left whole for py-amqp, which reports what is wrong with it."""
-    unpack_head = _HEAD.unpack_from
     n = len(buf)
     pos = frames = 0
     while len(out) < limit:
-        if n - pos < _HEAD_LEN:
+        method = _whole(buf, pos, n)
+        if method is None:
             return pos, frames, MORE
-        ftype, channel, size = unpack_head(buf, pos)
-        end = pos + _HEAD_LEN + size
-        if end >= n:
-            return pos, frames, MORE
+        ftype, channel, start, end = method
         if buf[end] != FRAME_END:
             return pos, frames, OTHER
         if ftype == FRAME_HEARTBEAT:
             pos, frames = end + 1, frames + 1
             continue
-        if ftype != FRAME_METHOD or buf[pos + _HEAD_LEN:pos + _HEAD_LEN + 4] != DELIVER:
+        if ftype != FRAME_METHOD or buf[start:start + 4] != DELIVER:
             return pos, frames, OTHER
-        head = end + 1
-        if n - head < _HEAD_LEN + _CONTENT.size:
+        header = _whole(buf, end + 1, n)
+        if header is None:
             return pos, frames, MORE
-        htype, hchannel, hsize = unpack_head(buf, head)
-        hend = head + _HEAD_LEN + hsize
-        if hend >= n:
-            return pos, frames, MORE
-        if htype != FRAME_HEADER or hchannel != channel or buf[hend] != FRAME_END:
+        htype, hchannel, hstart, hend = header
+        if (htype != FRAME_HEADER or hchannel != channel or buf[hend] != FRAME_END
+                or hend - hstart < _CONTENT.size):
             return pos, frames, OTHER
-        body_size = _CONTENT.unpack_from(buf, head + _HEAD_LEN)[2]
+        body_size: int = _CONTENT.unpack_from(buf, hstart)[2]
         if body_size == 0:  # no body frame follows
             out.append(b"")
             pos, frames = hend + 1, frames + 2
             continue
-        body = hend + 1
-        if n - body < _HEAD_LEN:
+        body = _whole(buf, hend + 1, n)
+        if body is None:
             return pos, frames, MORE
-        btype, bchannel, bsize = unpack_head(buf, body)
-        bend = body + _HEAD_LEN + bsize
-        if bend >= n:
-            return pos, frames, MORE
-        if (btype != FRAME_BODY or bchannel != channel or bsize != body_size
+        btype, bchannel, bstart, bend = body
+        if (btype != FRAME_BODY or bchannel != channel or bend - bstart != body_size
                 or buf[bend] != FRAME_END):
             return pos, frames, OTHER  # a body over several frames, or a broken one
-        out.append(buf[body + _HEAD_LEN:bend])
+        out.append(buf[bstart:bend])
         pos, frames = bend + 1, frames + 3
     return pos, frames, FULL
 

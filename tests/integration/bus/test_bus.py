@@ -232,6 +232,18 @@ def test_an_idle_consumer_keeps_its_connection_past_its_heartbeats(
     assert consumer.consumer.reconnects == 0 and consumer.consumer.connected
 
 
+def _batch_consumer(exchange: str, on_batch: Callable[[list[bytes]], None]
+                    ) -> tuple[BusConsumer, threading.Thread]:
+    """A consumer with ``on_batch``, its loop in a thread, returned once it is bound."""
+    ready: queue.Queue[str] = queue.Queue()
+    consumer = BusConsumer(URL, exchange, on_batch=on_batch,
+                           on_ready=lambda name, _first: ready.put(name), sleep=time.sleep)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    ready.get(timeout=WAIT_S)
+    return consumer, thread
+
+
 def test_a_backlog_reaches_on_batch_in_order_and_in_batches(exchange: str,
                                                             started: list[Any]) -> None:
     """While the handler is busy, messages wait on the socket; the next hand-over takes
@@ -245,12 +257,7 @@ def test_a_backlog_reaches_on_batch_in_order_and_in_batches(exchange: str,
             first.set()
             gate.wait(WAIT_S)  # hold the consumer while a backlog builds
 
-    ready: queue.Queue[str] = queue.Queue()
-    consumer = BusConsumer(URL, exchange, on_batch=on_batch,
-                           on_ready=lambda name, _first: ready.put(name), sleep=time.sleep)
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    ready.get(timeout=WAIT_S)
+    consumer, thread = _batch_consumer(exchange, on_batch)
     pub = BusPublisher(URL, exchange, confirm=True)
     started.append(pub)
     pub.publish(b"m0")
@@ -279,12 +286,7 @@ def test_a_backlog_larger_than_one_read_arrives_whole_and_in_order(
         gate.wait(WAIT_S)  # hold the consumer while the backlog builds
         got.extend(bodies)
 
-    ready: queue.Queue[str] = queue.Queue()
-    consumer = BusConsumer(URL, exchange, on_batch=on_batch,
-                           on_ready=lambda name, _first: ready.put(name), sleep=time.sleep)
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    ready.get(timeout=WAIT_S)
+    consumer, thread = _batch_consumer(exchange, on_batch)
     pub = BusPublisher(URL, exchange, confirm=True)
     started.append(pub)
     bodies = [b"%05d:" % i + b"y" * (200 + i % 97) for i in range(4000)]
