@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 # bench.common imports requests (and ssl): the child must patch with gevent before that
 MESSAGES = 3000
@@ -79,8 +80,9 @@ def _child(kind: str, where: str, count: int) -> None:
                                on_ready=lambda _q, _f: ready.set())
         gevent.spawn(consumer.run)
         ready.wait(WAIT_S)
-        while not consumer.connected:
-            gevent.sleep(0.01)
+        deadline = time.monotonic() + WAIT_S
+        while not consumer.connected and time.monotonic() < deadline:
+            gevent.sleep(0.01)  # on_ready runs just before consuming starts
     else:
         sock = socket.create_connection(("127.0.0.1", int(where)))
 
@@ -123,21 +125,18 @@ def run_once(messages: int) -> dict[str, float]:
             child = subprocess.Popen(
                 [sys.executable, "-m", "bench.consume", "--child", kind, where, str(messages)],
                 cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            publisher: BusPublisher | None = None
+            peer: socket.socket | None = None
             try:
-                peer = None
                 if kind == "floor":
                     peer, _ = server.accept()
                 assert child.stdout is not None
                 assert child.stdout.readline().strip() == "ready"
-                publisher = BusPublisher(BROKER_URL, exchange) if kind == "herald" else None
-
-                def send(body: bytes, peer: socket.socket | None = peer,
-                         publisher: BusPublisher | None = publisher) -> None:
-                    if publisher is not None:
-                        publisher.publish(body)
-                    elif peer is not None:
-                        peer.sendall(body)
-
+                if peer is None:
+                    publisher = BusPublisher(BROKER_URL, exchange)
+                    send: Callable[[bytes], object] = publisher.publish
+                else:
+                    send = peer.sendall
                 seconds: dict[str, float] = {}
                 for phase in PHASES:
                     send(BODY)  # the phase's first: its CPU mark
@@ -155,11 +154,11 @@ def run_once(messages: int) -> dict[str, float]:
                 if not line:
                     raise RuntimeError(f"the {kind} child exited without its report")
                 report = json.loads(line)
+            finally:
                 if publisher is not None:
                     publisher.close()
                 if peer is not None:
                     peer.close()
-            finally:
                 child.kill()
                 child.wait()
             marks, idle = report["marks"], report["idle"]
