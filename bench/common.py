@@ -135,15 +135,29 @@ class Server:
         return pids[0]
 
     def stop(self) -> None:
-        try:
+        stop_all([self])
+
+    def terminate(self) -> None:
+        """SIGTERM its group: the first half of ``stop``, so several servers drain at once."""
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGTERM)
+
+    def finish_stop(self) -> None:
+        """Wait for the exit (bounded), then SIGKILL what is left of its group."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=5)
+
+
+def stop_all(servers: Sequence[Server]) -> None:
+    """Stop several servers at once (a frontend takes a second or two to exit)."""
+    for server in servers:
+        server.terminate()
+    for server in servers:
+        server.finish_stop()
 
 
 class Role(Server):

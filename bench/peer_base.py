@@ -8,7 +8,7 @@ import json
 import subprocess
 from typing import Any
 
-from bench.common import ROOT, WAIT_S, child_setup
+from bench.common import ROOT, WAIT_S, child_setup, stop_all
 
 
 class PeerProcesses:
@@ -69,5 +69,4 @@ class PeerProcesses:
             except subprocess.TimeoutExpired:
                 self.publisher.kill()
                 self.publisher.wait(timeout=WAIT_S)
-        for s in self.servers:
-            s.stop()
+        stop_all(self.servers)

@@ -50,6 +50,7 @@ from bench.common import (
     free_port,
     percentile,
     print_table,
+    stop_all,
 )
 
 #: Messages per scenario and the rate they are published at (one at a time).
@@ -165,8 +166,7 @@ class Cluster:
             r.close()
         if hasattr(self, "herald"):
             self.herald.close()
-        for role in self.roles:
-            role.stop()
+        stop_all(self.roles)
         from service.store.db import drop_database
 
         drop_database(self.env["HERALD_DATABASE_URL"])

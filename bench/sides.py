@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-from bench.common import ROOT, Role, bench_env, delete_exchange, free_port
+from bench.common import ROOT, Role, bench_env, delete_exchange, free_port, stop_all
 
 #: The sides, in the order they are started and take turns (and the tables' column order).
 SIDES = ("herald", "peer", "node")
@@ -115,8 +115,7 @@ class HeraldCluster:
     def close(self) -> None:
         if hasattr(self, "bus"):
             self.bus.close()
-        for fe in self.frontends:
-            fe.stop()
+        stop_all(self.frontends)
         from service.store.db import drop_database
 
         drop_database(self.env["HERALD_DATABASE_URL"])

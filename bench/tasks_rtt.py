@@ -31,6 +31,7 @@ from bench.common import (
     free_port,
     percentile,
     print_summary,
+    stop_all,
 )
 
 WAIT_S = 120.0  # upper bound of any single wait
@@ -68,8 +69,7 @@ class TaskStack:
         return cpu_seconds(self.frontend.pids()), cpu_seconds(self.worker.pids())
 
     def close(self) -> None:
-        self.worker.stop()
-        self.frontend.stop()
+        stop_all([self.worker, self.frontend])
         from kombu import Connection, Exchange, Queue
 
         from service.store.db import drop_database

@@ -3,6 +3,7 @@
 #
 #   compose/test.sh [PYTEST ARGS...]     e.g. compose/test.sh -k test_migrations
 #
+# HERALD_TEST_JOBS=N (default 2) test processes share the whole suite; 1 runs it in one.
 # HERALD_LINT=1 (the default when CI=true) runs ruff and mypy first.
 # herald.js's own tests (tests/js: node --test, and tsc on herald.d.ts) run before pytest.
 # Fails when they fail, or when pytest fails, collects no test, or skips any test.
@@ -34,20 +35,39 @@ herald_say "herald.js: node --test and tsc --noEmit (tests/js)"
     || herald_die "herald.js's tests failed (run them: cd tests/js && npm test)"
 
 mkdir -p test-artifacts
-log="test-artifacts/pytest-$(date +%Y%m%d-%H%M%S)-$$.log"
-set +e
-.venv/bin/python -m pytest tests/ -p no:cacheprovider --timeout 300 -q -rfEs --durations=25 "$@" 2>&1 | tee "$log"
-rc=${PIPESTATUS[0]}
-set -e
 
-if [ "$rc" -eq 5 ]; then
-    herald_die "pytest collected no tests (exit 5); output in $log"
-elif [ "$rc" -ne 0 ]; then
-    herald_say "pytest failed (exit $rc); output in $log"
-    exit "$rc"
-fi
-# the closing summary, e.g. "12 passed, 1 skipped in 3.21s": a skip is a failure here
-summary="$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected).* in [0-9.]+s' "$log" | tail -1 || true)"
-if [[ "$summary" == *skipped* ]]; then
-    herald_die "tests were skipped ($summary); every test must run. Output in $log"
+# One pytest run, logged; fails on a failure, on no test collected, and on any skip.
+run_pytest() {
+    local what="$1" log rc summary
+    shift
+    log="test-artifacts/pytest-$(date +%Y%m%d-%H%M%S)-$$-$what.log"
+    herald_say "pytest ($what)"
+    set +e
+    .venv/bin/python -m pytest tests/ -p no:cacheprovider --timeout 300 -q -rfEs --durations=25 "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    if [ "$rc" -eq 5 ]; then
+        herald_die "pytest collected no tests (exit 5); output in $log"
+    elif [ "$rc" -ne 0 ]; then
+        herald_say "pytest failed (exit $rc); output in $log"
+        exit "$rc"
+    fi
+    # the closing summary, e.g. "12 passed, 1 skipped in 3.21s": a skip is a failure here
+    summary="$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected).* in [0-9.]+s' "$log" | tail -1 || true)"
+    if [[ "$summary" == *skipped* ]]; then
+        herald_die "tests were skipped ($summary); every test must run. Output in $log"
+    fi
+}
+
+# The whole suite (no arguments): HERALD_TEST_JOBS processes (pytest-xdist, default 2) share
+# the test files, each with its own database, exchange and queues; most tests wait on
+# processes and timeouts rather than on the CPU. Tests marked ``exclusive`` restart the
+# shared RabbitMQ or Postgres, so they run afterwards, alone. With arguments (a subset, e.g.
+# -k test_migrations) everything runs in one process, as given.
+jobs="${HERALD_TEST_JOBS:-2}"
+if [ "$#" -eq 0 ] && [ "$jobs" -gt 1 ]; then
+    run_pytest parallel -n "$jobs" --dist loadfile -m "not exclusive"
+    run_pytest exclusive -m exclusive
+else
+    run_pytest all "$@"
 fi

@@ -15,10 +15,16 @@ from typing import Any
 
 import pytest
 
-from tests.support import PYTHON, ROOT, Proc, free_port, namespace_env
+from tests.support import PYTHON, ROOT, Proc, free_port, namespace_env, stop_all
 
 ENV = namespace_env()
 os.environ.update(ENV)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "exclusive: restarts a service every test shares (RabbitMQ, Postgres); "
+                   "compose/test.sh runs these after the rest, alone")
 
 
 def _cleanup_broker() -> None:
@@ -84,9 +90,20 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
+    def frontends(self, *names: str, env: dict[str, str] | None = None) -> list[Proc]:
+        """Several frontends started together, each ready when this returns."""
+        procs = []
+        for name in names:
+            port = free_port()
+            procs.append(Proc(f"{name}-{port}", ["run", "frontend", "--port", str(port)],
+                              {**ENV, **(env or {})}, port=port))
+        self.procs.extend(procs)
+        for proc in procs:
+            proc.wait_ready()
+        return procs
+
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
+        stop_all(list(reversed(self.procs)))
 
 
 def _purge_task_queue() -> None:
@@ -114,7 +131,8 @@ def pair() -> Iterator[tuple[Proc, Proc]]:
     """Two frontends shared by one module's tests (each test uses its own names)."""
     c = Cluster()
     try:
-        yield c.frontend("pa"), c.frontend("pb")
+        pa, pb = c.frontends("pa", "pb")
+        yield pa, pb
     finally:
         c.stop()
 

@@ -107,8 +107,17 @@ class Proc:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, wait, then SIGKILL what is left."""
+        self.terminate()
+        self.finish_stop(timeout)
+
+    def terminate(self) -> None:
+        """The first half of ``stop``: SIGTERM, so several roles can drain at once."""
         if self.alive():
             self.signal_group(signal.SIGTERM)
+
+    def finish_stop(self, timeout: float = 20.0) -> None:
+        """The second half of ``stop``: wait for the exit, then SIGKILL what is left."""
+        if self.alive():
             try:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -116,6 +125,15 @@ class Proc:
                 self.popen.wait(timeout=WAIT_S)
         self.signal_group(signal.SIGKILL)  # stragglers in the group (gunicorn's worker)
         self._log.close()
+
+
+def stop_all(procs: list[Proc], timeout: float = 20.0) -> None:
+    """Stop every role at once: all get SIGTERM first, so the drains overlap (a frontend
+    takes a second or two to exit, and a cluster holds up to five roles)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.finish_stop(timeout)
 
 
 class Client:

@@ -46,7 +46,7 @@ def _cid(c: Client) -> str:
 
 
 def test_admin_console_walks_every_flow(cluster: Any, token: Any, browser: Any) -> None:
-    a, b = cluster.frontend("adm-a"), cluster.frontend("adm-b")
+    a, b = cluster.frontends("adm-a", "adm-b")
     a_id, b_id = (str(api(fe, "GET", "/healthz").json()["frontend"]) for fe in (a, b))
     alice_a = _socket(a, token, "alice", "lobby", "support")
     alice_b = _socket(b, token, "alice", "lobby")

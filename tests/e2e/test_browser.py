@@ -151,7 +151,7 @@ def _say(tab: Tab, text: str) -> None:
 @needs_browser
 def test_demo_task_room_and_failover_through_nginx(cluster: Any, browser: Any,
                                                   tmp_path: Path) -> None:
-    a, b = cluster.frontend("a"), cluster.frontend("b")
+    a, b = cluster.frontends("a", "b")
     cluster.worker()
     a_id, b_id = _frontend_id(a), _frontend_id(b)
     proxy = Nginx(tmp_path / "nginx", [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port} backup"])

@@ -65,11 +65,15 @@ class Stream:
 
     def _run(self) -> None:
         limit = int((CUT_S + IMPAIR_S + 60) * RATE_HZ)  # a bound whatever the test does
+        due = time.monotonic()
         for n in range(limit):
             if self._stop.is_set():
                 return
             self._publish(n)
-            self._stop.wait(1 / RATE_HZ)
+            # on a schedule, so slow publishes (a loaded machine) do not thin the stream;
+            # after a stall it catches up with at most a second's worth at once
+            due = max(due + 1 / RATE_HZ, time.monotonic() - 1.0)
+            self._stop.wait(max(0.0, due - time.monotonic()))
 
     def _publish(self, n: int) -> None:
         for attempt in range(len(self.via) * 10):

@@ -20,7 +20,8 @@ AUTH = ("guest", "guest")
 
 @pytest.fixture
 def two_frontends(cluster: Any) -> tuple[Any, Any]:
-    return cluster.frontend("a"), cluster.frontend("b")
+    a, b = cluster.frontends("a", "b")
+    return a, b
 
 
 def _task_events(client: Client, task_id: str) -> list[dict[str, Any]]:

@@ -28,7 +28,8 @@ def fronts() -> Iterator[tuple[Proc, Proc]]:
     c = Cluster()
     env = {"HERALD_IDEMPOTENCY_TTL": str(TTL_S)}
     try:
-        yield c.frontend("ia", env), c.frontend("ib", env)
+        a, b = c.frontends("ia", "ib", env=env)
+        yield a, b
     finally:
         c.stop()
 

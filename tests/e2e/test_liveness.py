@@ -28,7 +28,7 @@ def _leaves(mon: Client) -> list[str]:
 def test_sigkilled_frontend_is_swept_and_monitors_see_leaves(cluster: Any, token: Any,
                                                              engine: Any) -> None:
     room = f"room-{uuid.uuid4().hex[:6]}"
-    a, b = cluster.frontend("a"), cluster.frontend("b")
+    a, b = cluster.frontends("a", "b")
     cluster.worker()
     cluster.beat()
     mon = Client(a.ws_url)

@@ -66,7 +66,7 @@ def _check_everyone(clients: list[ResumingClient], stream: Stream, group: str) -
 @pytest.mark.parametrize("how", ["sigkill", "sigterm"])
 def test_clients_resume_on_the_survivor_and_miss_nothing(cluster: Any, token: Any,
                                                          how: str) -> None:
-    a, b = cluster.frontend("a"), cluster.frontend("b")
+    a, b = cluster.frontends("a", "b")
     group = f"g-{uuid.uuid4().hex[:6]}"
     clients = _start_clients(a, b, token, group)
     on_a = clients[0::2]

@@ -11,9 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from service.core.envelope import Target
 from service.pg import Herald
 from tests.support import Client, ResumingClient, api, wait_until
+
+#: Both restart the RabbitMQ and Postgres that every other test uses.
+pytestmark = pytest.mark.exclusive
 
 CLIENTS = 60
 MESSAGES = 90
@@ -41,7 +46,7 @@ def _pg_cluster() -> tuple[str, str]:
 
 
 def test_rabbitmq_restart_loses_no_durable_message(cluster: Any, token: Any) -> None:
-    a, b = cluster.frontend("a"), cluster.frontend("b")
+    a, b = cluster.frontends("a", "b")
     cluster.worker()
     group = f"g-{uuid.uuid4().hex[:6]}"  # this test's own traffic only
     clients = [ResumingClient((a if i % 2 else b).ws_url, token(f"u-{uuid.uuid4().hex[:6]}"))
@@ -87,7 +92,7 @@ def test_rabbitmq_restart_loses_no_durable_message(cluster: Any, token: Any) -> 
 
 def test_postgres_restart_keeps_transient_flowing(cluster: Any, token: Any,
                                                   engine: Any) -> None:
-    a, b = cluster.frontend("a"), cluster.frontend("b")
+    a, b = cluster.frontends("a", "b")
     room = f"room-{uuid.uuid4().hex[:6]}"
     listeners = [Client((a if i % 2 else b).ws_url) for i in range(20)]
     ids = [c.hello(token(f"u-{uuid.uuid4().hex[:6]}"))["connection_id"] for c in listeners]

@@ -52,7 +52,7 @@ def events_received(fe: Any) -> float:
 
 
 def test_only_the_frontends_with_a_recipient_receive(cluster: Any, token: Any) -> None:
-    a, b, c = cluster.frontend("ra"), cluster.frontend("rb"), cluster.frontend("rc")
+    a, b, c = cluster.frontends("ra", "rb", "rc")
     group = f"g-{uuid.uuid4().hex[:6]}"
     member, bob = Client(a.ws_url), Client(b.ws_url)
     try:
@@ -102,7 +102,7 @@ def test_a_member_whose_join_was_acked_gets_every_later_message(cluster: Any,
 
 
 def test_the_last_member_leaving_stops_delivery_there(cluster: Any, token: Any) -> None:
-    a, b = cluster.frontend("la"), cluster.frontend("lb")
+    a, b = cluster.frontends("la", "lb")
     group = f"g-{uuid.uuid4().hex[:6]}"
     one, two = Client(a.ws_url), Client(a.ws_url)
     try:
@@ -130,7 +130,7 @@ def test_the_last_member_leaving_stops_delivery_there(cluster: Any, token: Any) 
 
 def test_bindings_come_back_after_a_broker_reconnect_and_a_resume(cluster: Any,
                                                                    token: Any) -> None:
-    a, b = cluster.frontend("ca"), cluster.frontend("cb")
+    a, b = cluster.frontends("ca", "cb")
     group = f"g-{uuid.uuid4().hex[:6]}"
     r = ResumingClient(a.ws_url, token("rita"))
     try:

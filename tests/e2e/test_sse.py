@@ -116,7 +116,7 @@ def test_sse_refusals_come_before_the_stream(cluster: Any, token: Any) -> None:
 
 def test_sse_resumes_on_another_frontend_after_a_sigkill(cluster: Any, token: Any) -> None:
     """Every durable event once, in order, across a SIGKILL of the stream's frontend."""
-    a, b = cluster.frontend("sse-a"), cluster.frontend("sse-b")
+    a, b = cluster.frontends("sse-a", "sse-b")
     user, group = uid("u"), uid("room")
     tok = token(user)
     s = SseClient(sse_url(a, f"default/{group}", tok))

@@ -25,7 +25,7 @@ def test_sse_through_nginx_resumes_after_a_sigkill(cluster: Any, token: Any,
                                                    tmp_path: Path) -> None:
     if not Path(NGINX).exists():
         pytest.fail("needs Debian's nginx: apt-get install -y nginx")
-    a, b = cluster.frontend("sse-na"), cluster.frontend("sse-nb")
+    a, b = cluster.frontends("sse-na", "sse-nb")
     by_id = {requests.get(p.url + "/healthz", timeout=5).json()["frontend"]: p
              for p in (a, b)}
     proxy = Nginx(tmp_path / "nginx", [], render=render(b.port, other_port=a.port))

@@ -139,7 +139,7 @@ def test_a_reload_within_the_window_sends_nothing(cluster: Any, token: Any,
 def test_a_resume_elsewhere_sends_nothing_and_server_joins_count(
         cluster: Any, token: Any, receiver: Receiver) -> None:
     env = receiver.env()
-    a, b = cluster.frontend("wh-a", env), cluster.frontend("wh-b", env)
+    a, b = cluster.frontends("wh-a", "wh-b", env=env)
     cluster.worker(env)
     first = Client(a.ws_url)
     welcome = first.hello(token("wh-erin"))
@@ -181,7 +181,7 @@ def test_a_resume_after_the_window_is_offline_then_online(cluster: Any, token: A
 
 def test_a_drain_sends_nothing(cluster: Any, token: Any, receiver: Receiver) -> None:
     env = receiver.env(HERALD_WEBHOOK_FLAP_S="3")  # room for the drain and the reconnect
-    a, b = cluster.frontend("wh-a", env), cluster.frontend("wh-b", env)
+    a, b = cluster.frontends("wh-a", "wh-b", env=env)
     cluster.worker(env)
     first = Client(a.ws_url)
     welcome = first.hello(token("wh-frank"))

@@ -110,9 +110,13 @@ class Topology:
         return {f["id"] for f in api(via, "GET", "/api/frontends").json()}
 
     def close(self) -> None:
-        for proc in reversed(self.procs):
+        procs = list(reversed(self.procs))
+        for proc in procs:  # all drain at once
             with contextlib.suppress(Exception):
-                proc.stop(timeout=10)
+                proc.terminate()
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                proc.finish_stop(timeout=10)
         for relay in self.relays:
             relay.close()
         if self.rabbit is not None:

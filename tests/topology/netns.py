@@ -2,7 +2,9 @@
 
 Each host is a namespace (``ip netns add``) with its loopback up and one veth pair per link
 (broker, database, clients...), each link a /24 of its own in 10.X.0.0/16 where X is picked
-per run among the second octets no interface here uses yet. A link can be cut (its
+per run among the second octets no interface here uses yet, and held with a lock file for
+the network's life, so test processes running side by side never pick the same one (the
+kernel drops the lock with the process, whatever happens). A link can be cut (its
 root-side end down: packets vanish, no process is told, as when a cable is pulled), healed,
 or made to lose packets at random in both directions (nftables in the host's namespace;
 this kernel has no netem, so a delay comes from ``relay.py``). Nothing is routed anywhere else:
@@ -12,11 +14,18 @@ Everything is removed by ``destroy()`` (deleting a namespace deletes its veth en
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import random
 import re
 import subprocess
 import uuid
 from dataclasses import dataclass, field
+from typing import IO
+
+#: Where the lock file that holds a network's second octet lives while the network does.
+LOCK_DIR = "/tmp"
 
 
 def ip(*args: str, netns: str | None = None) -> None:
@@ -85,15 +94,31 @@ def _used_second_octets() -> set[int]:
     return {int(m) for m in re.findall(r"inet 10\.(\d+)\.", out)}
 
 
+def _claim_octet() -> tuple[int, IO[bytes]]:
+    """A second octet no interface uses and no other test process holds, with its lock."""
+    free = sorted(set(range(100, 250)) - _used_second_octets())
+    random.shuffle(free)
+    for octet in free:
+        path = os.path.join(LOCK_DIR, f"herald-netns-10.{octet}.lock")
+        lock = open(path, "ab")  # noqa: SIM115 - closed by Network.destroy
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # the holder before us unlinks the file before it unlocks: a lock on that
+            # unlinked file holds nothing, so it must still be the file at the path
+            if os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino:
+                return octet, lock
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        lock.close()
+    raise RuntimeError("no free 10.X.0.0/16 for the test's network namespaces")
+
+
 class Network:
     """The hosts of one test run; ``destroy()`` removes all of them."""
 
     def __init__(self) -> None:
         self.tag = uuid.uuid4().hex[:5]
-        free = sorted(set(range(100, 250)) - _used_second_octets())
-        if not free:
-            raise RuntimeError("no free 10.X.0.0/16 for the test's network namespaces")
-        self.octet = random.choice(free)
+        self.octet, self._octet_lock = _claim_octet()
         self.hosts: list[Host] = []
         self._links = 0
 
@@ -128,3 +153,7 @@ class Network:
         for host in self.hosts:
             subprocess.run(["ip", "netns", "del", host.netns], capture_output=True, timeout=30)
         self.hosts.clear()
+        if not self._octet_lock.closed:  # the octet is free again
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._octet_lock.name)
+            self._octet_lock.close()
