@@ -393,6 +393,23 @@ def test_a_full_socket_buffer_queues_the_frame_instead_of_dropping_it(hub: Hub,
     assert ws.read(filled + len(frame)) == b"x" * filled + frame
 
 
+def test_while_another_write_holds_the_lock_a_delivery_waits_for_it(hub: Hub) -> None:
+    ws = RealWS()
+    conn = Conn("r", "u", ws, 100, meter=hub.meter)
+    _made.append(conn)
+    hub.add(conn)
+    first, frame = ws_text_frame(b'{"op":"pong"}'), ws_text_frame(b'{"op":"event"}')
+    assert conn.sock.lock.acquire(blocking=False)  # a pong being written, say
+    conn.sock.sendall_locked(first[:3])  # its first bytes are out
+    hub.deliver(Target.all(), frame, ts=0.0)
+    assert conn._writer is not None  # queued for the writer, not written inside the pong
+    conn.sock.sendall_locked(first[3:])
+    conn.sock.lock.release()
+    assert ws.read(len(first) + len(frame)) == first + frame
+    settle()
+    assert not conn.sock.lock.locked() and conn._writer is None
+
+
 def test_a_partial_fast_write_is_finished_by_the_writer_intact(hub: Hub) -> None:
     ws = RealWS()
     conn = Conn("r", "u", ws, 100, meter=hub.meter, outbox_bytes=8 << 20)
