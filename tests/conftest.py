@@ -68,12 +68,7 @@ class Cluster:
         self.procs: list[Proc] = []
 
     def frontend(self, name: str = "fe", env: dict[str, str] | None = None) -> Proc:
-        port = free_port()
-        proc = Proc(f"{name}-{port}", ["run", "frontend", "--port", str(port)],
-                    {**ENV, **(env or {})}, port=port)
-        self.procs.append(proc)
-        proc.wait_ready()
-        return proc
+        return self.frontends(name, env=env)[0]
 
     def worker(self, env: dict[str, str] | None = None) -> Proc:
         proc = Proc(f"worker-{len(self.procs)}", ["run", "worker"], {**ENV, **(env or {})})
