@@ -50,8 +50,9 @@ class BusConsumer:
     backlog the owner then writes each socket once for many messages, and with no backlog
     a batch is one message, with no wait added. ``on_ready(queue_name, first)`` runs after
     each (re)declare and bind (the fanout, and every wanted routing key), before consuming
-    starts; ``on_lost()`` when the connection drops. ``bind``/``unbind``/``wait_bound``:
-    see ``bindings.py``.
+    starts; ``on_lost()`` when a queue ``on_ready`` was told of is gone (consuming or not).
+    An ``on_ready`` that takes a while calls ``keepalive`` now and then.
+    ``bind``/``unbind``/``wait_bound``: see ``bindings.py``.
     """
 
     def __init__(self, url: str, exchange: str, on_body: Callable[[bytes], None] | None = None,
@@ -112,6 +113,9 @@ class BusConsumer:
         while not self.should_stop:
             conn = Connection(self.nodes.current, heartbeat=self.heartbeat_s)
             self._connection = conn
+            # once the owner was told a queue is ready, its loss is reported, even before
+            # consuming started: a replay the owner ran for it covers only until then
+            told = False
             try:
                 conn.connect()
                 channel = conn.channel()
@@ -126,6 +130,7 @@ class BusConsumer:
                 self.last_seen = time.time()
                 # bound but not yet consuming: what arrives now waits in the queue while
                 # the owner catches up (a replay), so order is kept
+                told = True
                 if self.on_ready is not None:
                     self.on_ready(queue.name, first)
                 first = False
@@ -146,11 +151,10 @@ class BusConsumer:
                 log.warning("bus: connection to %s lost (%s); reconnecting",
                             broker_host(self.nodes.current), exc)
             finally:
-                was_connected = self.connected
                 self.connected = False
                 self.bindings.lost()
                 close_quietly(conn)
-            if was_connected:
+            if told:
                 self.reconnects += 1
                 if self.on_lost is not None and not self.should_stop:
                     self.on_lost()
@@ -158,6 +162,15 @@ class BusConsumer:
             if not self.should_stop and self.nodes.failed():
                 self.nodes.new_round()
                 self._sleep(backoff.next())
+
+    def keepalive(self) -> None:
+        """Send the broker a heartbeat now, for an ``on_ready`` that takes longer than a
+        heartbeat (a replay before consuming starts): the loop does not tick meanwhile, and
+        the broker drops a connection silent for two heartbeats. Call it from ``on_ready``
+        (the loop's own thread or greenlet: py-amqp is not thread-safe)."""
+        conn = self._connection
+        if conn is not None and self.heartbeat_s and conn.connected:
+            conn.connection.send_heartbeat()
 
     def _drain(self, conn: Connection, channel: Any, queue: str) -> None:
         frames = FrameReader(conn)

@@ -6,7 +6,8 @@ that raises ``BusError`` (or the transport's own errors, listed in ``BROKER_ERRO
 the broker is away; ``route=""`` is the fanout (every subscription), any other key reaches
 only the subscriptions bound to it. Listening is a loop (``run``) with a ``should_stop``
 flag that hands every batch of bodies to ``on_batch``, tells ``on_ready(queue_name,
-first)`` after each (re)subscription and ``on_lost()`` when the subscription is gone.
+first)`` after each (re)subscription and ``on_lost()`` when that subscription is gone,
+even if consuming had not started (``keepalive`` keeps it while ``on_ready`` runs long).
 
 Bindings are state the consumer keeps: ``bind``/``unbind`` change what it wants and
 return at once; the loop applies them, and binds everything wanted again on each
@@ -58,3 +59,5 @@ class Consumer(Protocol):
     def bound_count(self) -> int: ...
 
     def stop(self, close: bool = True) -> None: ...
+
+    def keepalive(self) -> None: ...

@@ -119,6 +119,9 @@ class MemoryConsumer:
     def stop(self, close: bool = True) -> None:
         self.should_stop = True
 
+    def keepalive(self) -> None:
+        """Nothing to keep alive."""
+
     def bind(self, key: str) -> None:
         self.wanted.add(key)
         if self.queue_name in self.broker.keys:

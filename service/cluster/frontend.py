@@ -70,7 +70,8 @@ class Frontend(Membership, Publishing):
         self.settings = settings
         self.id = settings.frontend_id_for(port)
         self.host = socket.gethostname()
-        self.engine = get_engine(settings.database_url, settings.db_pool_size)
+        self.engine = get_engine(settings.database_url, settings.db_pool_size,
+                                 settings.db_tx_idle_timeout_s)
         # readiness asks Postgres on a connection of its own, off the pool (readiness.py)
         self.db_probe = DedicatedProbe(settings.database_url, DB_PROBE_TIMEOUT_S)
         self.db_watch = DatabaseWatch(self.db_probe.check, sleep=gevent.sleep)
@@ -242,9 +243,15 @@ class Frontend(Membership, Publishing):
         if not first:
             self.meter.bus_reconnects += 1
             # replay before live messages flow again (they wait in the new queue), but
-            # never hold the bus for long: past the bound the replay finishes alongside
+            # never hold the bus for long: past the bound the replay finishes alongside.
+            # Meanwhile the loop does not tick, so heartbeats go from here: a replay that
+            # outlasts two of them would otherwise lose the queue it is replaying for
             replaying = gevent.spawn(self._replay_bus_gap)
-            replaying.join(timeout=REPLAY_BEFORE_LIVE_S)
+            deadline = time.monotonic() + REPLAY_BEFORE_LIVE_S
+            tick = self.settings.broker_heartbeat_s / 4 or REPLAY_BEFORE_LIVE_S
+            while not replaying.dead and (left := deadline - time.monotonic()) > 0:
+                replaying.join(timeout=min(left, tick))
+                self.consumer.keepalive()
 
     def _on_bus_lost(self) -> None:
         log.warning("frontend %s lost its bus queue", self.id)

@@ -392,3 +392,80 @@ def test_a_url_list_moves_on_to_the_next_node(exchange: str) -> None:
         consumer.stop()
         thread.join(WAIT_S)
         publisher.close()
+
+
+def _drop_owner_of(queue_name: str) -> None:
+    """Close, from the broker's side, the connection that owns this exclusive queue."""
+    url = f"{RABBIT_API}/queues/%2F/{urllib.parse.quote(queue_name, safe='')}"
+    owner = wait_until(lambda: requests.get(url, auth=AUTH, timeout=5).json().get(
+        "owner_pid_details"), timeout=WAIT_S, interval=0.2)
+    requests.delete(f"{RABBIT_API}/connections/{urllib.parse.quote(owner['name'], safe='')}",
+                    auth=AUTH, timeout=5)
+    wait_until(lambda: requests.get(url, auth=AUTH, timeout=5).status_code == 404,
+               timeout=WAIT_S, interval=0.2)
+
+
+def test_a_queue_lost_before_consuming_started_is_reported_lost(
+        exchange: str, started: list[Any]) -> None:
+    """A queue dies while its ``on_ready`` runs (a frontend's gap replay): the owner is told
+    it is lost, so the replay of the next queue starts from this one's bind, not never."""
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def on_ready(name: str, first: bool) -> None:
+        events.put(("ready", first))
+        if first:
+            _drop_owner_of(name)
+
+    consumer = BusConsumer(URL, exchange, lambda _: None, on_ready=on_ready,
+                           on_lost=lambda: events.put(("lost", None)), sleep=time.sleep)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        got = [events.get(timeout=WAIT_S) for _ in range(3)]
+        assert got == [("ready", True), ("lost", None), ("ready", False)]
+        assert consumer.reconnects == 1
+    finally:
+        consumer.stop()
+        thread.join(WAIT_S)
+
+
+@pytest.mark.parametrize("keepalive", [True, False])
+def test_an_on_ready_that_outlasts_two_heartbeats_keeps_its_queue_with_keepalive(
+        exchange: str, started: list[Any], keepalive: bool) -> None:
+    """The loop does not tick while ``on_ready`` runs: with ``keepalive`` every quarter
+    heartbeat the broker keeps the connection; without, it drops it (so the call is what
+    keeps it) and the owner hears of the loss."""
+    lost: list[bool] = []
+    readies: queue.Queue[str] = queue.Queue()
+
+    def on_ready(name: str, first: bool) -> None:
+        if first:
+            for _ in range(16):  # 4 s: four heartbeats of 1 s
+                time.sleep(0.25)
+                if keepalive:
+                    consumer.keepalive()
+        readies.put(name)
+
+    bodies: queue.Queue[bytes] = queue.Queue()
+    consumer = BusConsumer(URL, exchange, bodies.put, on_ready=on_ready,
+                           on_lost=lambda: lost.append(True), sleep=time.sleep, heartbeat_s=1)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        first_queue = readies.get(timeout=WAIT_S)
+        if keepalive:
+            wait_until(lambda: consumer.connected)
+            publisher = BusPublisher(URL, exchange)
+            started.append(publisher)
+            publisher.publish(b"kept")
+            assert bodies.get(timeout=WAIT_S) == b"kept"
+            assert consumer.reconnects == 0 and not lost
+        else:
+            assert readies.get(timeout=WAIT_S) != first_queue  # a new queue, after a loss
+            assert lost == [True] and consumer.reconnects == 1
+    finally:
+        consumer.stop(close=False)
+        waker = BusPublisher(URL, exchange)
+        waker.publish(b"wake")
+        waker.close()
+        thread.join(WAIT_S)

@@ -17,6 +17,7 @@ from service.bus import memory
 from service.cluster.frontend import Frontend
 from service.core.envelope import Target, raw_json
 from service.core.routes import connection_key
+from service.store import replay
 from tests.fakes import events, frames, socket_on, wait
 
 
@@ -93,6 +94,33 @@ def test_a_frontend_replays_what_it_missed_while_its_bus_was_down(
     broker.down = False
     got = wait(lambda: events(on_b, "missed"))
     assert [f["id"] for f in got] == [msg_id]
+
+
+def test_a_slow_gap_replay_keeps_the_new_queue_alive(
+        nodes: Callable[..., Frontend], bus_url: str, database: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay runs before the new queue is consumed, when the consumer loop does not
+    tick: while it takes long (Postgres slow), the frontend sends the broker keepalives every
+    quarter heartbeat, so the queue it replays for is not dropped as silent."""
+    a, b = nodes("a"), nodes("b", broker_heartbeat_s=0.2)
+    on_b = socket_on(b)
+    kept: list[bool] = []
+    monkeypatch.setattr(b.consumer, "keepalive", lambda: kept.append(True))
+    real_since = replay.since
+
+    def slow_since(*args: Any) -> Any:
+        gevent.sleep(1.0)
+        return real_since(*args)
+
+    monkeypatch.setattr(replay, "since", slow_since)
+    broker = memory.broker(f"{bus_url}#{b.settings.exchange}")
+    broker.down = True
+    wait(lambda: not b.consumer.connected)
+    msg_id = a.publish(Target.all(), "missed-slowly", raw_json(1), durable=True)  # logged only
+    broker.down = False
+    got = wait(lambda: events(on_b, "missed-slowly"))
+    assert [f["id"] for f in got] == [msg_id]
+    assert len(kept) >= 5  # ~1 s of replay at one keepalive per 0.05 s (20, when idle)
 
 
 def test_own_messages_wait_for_the_gap_replay_so_none_overtakes(
