@@ -117,10 +117,11 @@ def _run_relay(settings: Any) -> int:
     bus = make_publisher(settings.broker_url, settings.exchange, confirm=True,
                          heartbeat_s=settings.broker_heartbeat_s)
     origin = f"relay:{socket.gethostname()}:{os.getpid()}"
-    publisher = LogPublisher(get_engine(settings.database_url, pool_size=2), bus, origin,
+    idle = settings.db_tx_idle_timeout_s
+    publisher = LogPublisher(get_engine(settings.database_url, 2, idle), bus, origin,
                              targeted=settings.targeted)
     name = make_url(settings.relay_source).database or "outbox"  # for its log lines
-    relay = Relay(get_engine(settings.relay_source, pool_size=2), publisher.engine, publisher,
+    relay = Relay(get_engine(settings.relay_source, 2, idle), publisher.engine, publisher,
                   name, batch=settings.relay_batch)
     signal.signal(signal.SIGTERM, lambda *_: relay.stop())
     signal.signal(signal.SIGINT, lambda *_: relay.stop())

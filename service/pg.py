@@ -55,7 +55,8 @@ class Herald:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env(client=True)
         self.origin = f"backend:{socket.gethostname()}:{os.getpid()}"
-        self.engine = get_engine(self.settings.database_url, pool_size=2)
+        self.engine = get_engine(self.settings.database_url, 2,
+                                 self.settings.db_tx_idle_timeout_s)
         self.bus = make_publisher(self.settings.broker_url, self.settings.exchange,
                                   confirm=True, heartbeat_s=self.settings.broker_heartbeat_s)
         self.log = pipeline.LogPublisher(

@@ -45,7 +45,7 @@ def sweep_frontends() -> int:
     any more (the swept frontend's, a drained one's), so none loses its offline event."""
     from workers.presence import publish_leaves
 
-    engine = get_engine(settings.database_url, pool_size=2)
+    engine = get_engine(settings.database_url, 2, settings.db_tx_idle_timeout_s)
     removed = sweep_dead_frontends(engine, settings.heartbeat_s)
     publish_leaves(removed)
     if settings.webhook_urls:
@@ -61,7 +61,7 @@ def prune_log() -> int:
     than HERALD_HISTORY_TTL (whole partitions: ``store/partitions.py``), idempotency keys
     older than HERALD_IDEMPOTENCY_TTL, and delete
     detached connections nobody resumed in that time. Returns the partitions dropped."""
-    engine = get_engine(settings.database_url, pool_size=2)
+    engine = get_engine(settings.database_url, 2, settings.db_tx_idle_timeout_s)
     made, dropped = partitions.maintain(engine, settings.history_ttl_s,
                                         idempotency_ttl_s=settings.idempotency_ttl_s)
     if made or dropped:

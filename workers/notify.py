@@ -54,7 +54,7 @@ class WorkerPublisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.origin = f"worker:{socket.gethostname()}:{os.getpid()}"
-        self.engine = get_engine(settings.database_url, pool_size=2)
+        self.engine = get_engine(settings.database_url, 2, settings.db_tx_idle_timeout_s)
         self.bus = make_publisher(settings.broker_url, settings.exchange, confirm=True,
                                   heartbeat_s=settings.broker_heartbeat_s)
         self.log = pipeline.LogPublisher(self.engine, self.bus, self.origin,

@@ -129,7 +129,7 @@ def reconcile(engine: Engine) -> int:
 @app.task(name="herald.webhook_presence", ignore_result=True)
 def presence(keys: list[list[str]], final: bool = False) -> None:
     """Check users ("user", id) and groups ("group", "<scope>/<group>") (module doc)."""
-    run_checks(get_engine(settings.database_url, pool_size=2),
+    run_checks(get_engine(settings.database_url, 2, settings.db_tx_idle_timeout_s),
                [(kind, key) for kind, key in keys], final)
 
 
@@ -137,7 +137,7 @@ def presence(keys: list[list[str]], final: bool = False) -> None:
 def check_undelivered(items: list[list[Any]]) -> None:
     """``message.undelivered`` for each (message id, user, event) whose user has no
     socket, live or awaiting resume: the offline fallback's trigger."""
-    engine = get_engine(settings.database_url, pool_size=2)
+    engine = get_engine(settings.database_url, 2, settings.db_tx_idle_timeout_s)
     with engine.connect() as db:
         for message_id, user, event in items:
             if not db.execute(text(_REACHABLE), {"user": user,

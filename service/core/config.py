@@ -78,6 +78,8 @@ class Settings:
     host: str = "127.0.0.1"  # HERALD_HOST: address the frontend binds
     ws_deflate: bool = False  # HERALD_WS_DEFLATE: permessage-deflate (~100 KiB per socket)
     db_pool_size: int = 8  # HERALD_DB_POOL_SIZE: connections per frontend process
+    # Postgres ends a session silent this long inside a transaction; 0: never (store/db.py)
+    db_tx_idle_timeout_s: float = 10.0  # HERALD_DB_TX_IDLE_TIMEOUT
     log_json: bool = False  # HERALD_LOG_JSON: one JSON object per log line
     log_level: str = "INFO"  # HERALD_LOG_LEVEL
     rate_limit: float = 50.0  # HERALD_RATE_LIMIT: client frames per second per socket
@@ -167,6 +169,7 @@ class Settings:
             host=os.environ.get("HERALD_HOST") or cls.host,
             ws_deflate=env_bool("HERALD_WS_DEFLATE", cls.ws_deflate),
             db_pool_size=env_int("HERALD_DB_POOL_SIZE", cls.db_pool_size),
+            db_tx_idle_timeout_s=env_float("HERALD_DB_TX_IDLE_TIMEOUT", cls.db_tx_idle_timeout_s),
             log_json=env_bool("HERALD_LOG_JSON", cls.log_json),
             log_level=(os.environ.get("HERALD_LOG_LEVEL") or cls.log_level).upper(),
             rate_limit=env_float("HERALD_RATE_LIMIT", cls.rate_limit),
@@ -236,6 +239,8 @@ class Settings:
                               f"{self.task_queue_type!r}")
         if not 0 <= self.write_delay_ms <= MAX_WRITE_DELAY_MS:
             raise ConfigError(f"HERALD_WRITE_DELAY_MS must be 0 (off) to {MAX_WRITE_DELAY_MS}")
+        if not math.isfinite(self.db_tx_idle_timeout_s) or self.db_tx_idle_timeout_s < 0:
+            raise ConfigError("HERALD_DB_TX_IDLE_TIMEOUT must be 0 (off) or seconds")
         if self.max_user_connections < 0:
             raise ConfigError("HERALD_MAX_USER_CONNECTIONS must be 0 (no limit) or positive")
         for name, count in (("HERALD_DB_POOL_SIZE", self.db_pool_size),
@@ -299,7 +304,8 @@ ENV_VARS = (
     "HERALD_API_KEYS", "HERALD_ALLOWED_ORIGINS", "HERALD_HELLO_TIMEOUT", "HERALD_MAX_FRAME",
     "HERALD_OUTBOX_LIMIT", "HERALD_HISTORY_TTL", "HERALD_HEARTBEAT", "HERALD_EXCHANGE",
     "HERALD_TASK_QUEUE", "HERALD_FRONTEND_ID", "HERALD_HOST", "HERALD_WS_DEFLATE",
-    "HERALD_DB_POOL_SIZE", "HERALD_LOG_JSON", "HERALD_WORKER_CONCURRENCY",
+    "HERALD_DB_POOL_SIZE", "HERALD_DB_TX_IDLE_TIMEOUT", "HERALD_LOG_JSON",
+    "HERALD_WORKER_CONCURRENCY",
     "HERALD_FLOWER_PORT", "HERALD_RABBITMQ_API", "HERALD_VAR_DIR", "HERALD_RATE_LIMIT",
     "HERALD_RATE_BURST", "HERALD_MAX_GROUPS", "HERALD_MAX_USER_CONNECTIONS",
     "HERALD_FLOWER_BASIC_AUTH", "HERALD_LOG_LEVEL", "HERALD_OUTBOX_BYTES",

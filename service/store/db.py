@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 
 _lock = threading.Lock()
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_]{1,63}")
-_engines: dict[tuple[int, str], Engine] = {}
+_engines: dict[tuple[int, str, float], Engine] = {}
 
 #: Seconds to wait for a pooled connection before giving up (keeps a DB outage visible).
 POOL_TIMEOUT_S = 5.0
@@ -32,6 +32,13 @@ POOL_TIMEOUT_S = 5.0
 POOL_RECYCLE_S = 1800
 #: Seconds for psycopg to establish a connection, per host of a multi-host URL.
 CONNECT_TIMEOUT_S = 5
+#: Default of HERALD_DB_TX_IDLE_TIMEOUT: Postgres ends a session that stays this long
+#: inside a transaction without a statement, or with data its client does not acknowledge.
+#: A frontend cut off between a write and its COMMIT otherwise holds that write's row
+#: locks until TCP gives up (hours): its own registry row among them, which the sweep
+#: (``FOR UPDATE SKIP LOCKED``) then skips, so its clients' rows stay taken. Herald's
+#: transactions run their statements back to back, far below this.
+TX_IDLE_TIMEOUT_S = 10.0
 #: Every Herald role writes: a session on a standby would fail at its first write, so
 #: libpq skips servers that do not take writes (unless the URL asks for something else).
 SESSION_ATTRS = "read-write"
@@ -64,9 +71,20 @@ def _fail_over(ctx: ExceptionContext) -> BaseException | None:
     return OperationalError(ctx.statement, ctx.parameters, ctx.original_exception)
 
 
-def get_engine(url: str, pool_size: int = 4) -> Engine:
+def session_options(tx_idle_timeout_s: float) -> str:
+    """The libpq ``options`` that make the server end a stalled session (see
+    ``TX_IDLE_TIMEOUT_S``; 0: none)."""
+    if not tx_idle_timeout_s:
+        return ""
+    ms = max(1, round(tx_idle_timeout_s * 1000))
+    return f"-c idle_in_transaction_session_timeout={ms} -c tcp_user_timeout={ms}"
+
+
+def get_engine(url: str, pool_size: int = 4,
+               tx_idle_timeout_s: float = TX_IDLE_TIMEOUT_S) -> Engine:
     """Return this process's engine for ``url``, creating it on first use after a fork."""
-    key = (os.getpid(), url)
+    key = (os.getpid(), url, tx_idle_timeout_s)
+    options = session_options(tx_idle_timeout_s)
     with _lock:
         engine = _engines.get(key)
         if engine is None:
@@ -79,7 +97,8 @@ def get_engine(url: str, pool_size: int = 4) -> Engine:
                 # is a round trip per checkout, which batching (the registry writer) amortises
                 pool_pre_ping=True,
                 pool_recycle=POOL_RECYCLE_S,
-                connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+                connect_args={"connect_timeout": CONNECT_TIMEOUT_S,
+                              **({"options": options} if options else {})},
             )
             event.listen(engine, "handle_error", _fail_over)
             _engines[key] = engine

@@ -264,3 +264,16 @@ def test_a_frontend_is_sized_by_herald_worker_connections(env: pytest.MonkeyPatc
     env.setenv("HERALD_WORKER_CONNECTIONS", "0")
     with pytest.raises(ConfigError, match="HERALD_WORKER_CONNECTIONS must be at least 1"):
         Settings.from_env()
+
+
+@pytest.mark.parametrize(("value", "ok"), [("0", True), ("2.5", True), ("-1", False),
+                                           ("inf", False)])
+def test_the_db_transaction_idle_timeout_is_zero_or_seconds(env: pytest.MonkeyPatch,
+                                                            value: str, ok: bool) -> None:
+    assert Settings.from_env().db_tx_idle_timeout_s == 10.0
+    env.setenv("HERALD_DB_TX_IDLE_TIMEOUT", value)
+    if ok:
+        assert Settings.from_env().db_tx_idle_timeout_s == float(value)
+    else:
+        with pytest.raises(ConfigError, match="HERALD_DB_TX_IDLE_TIMEOUT must be 0"):
+            Settings.from_env()
